@@ -1,0 +1,259 @@
+"""Typed configuration: one dataclass per stage of the data flow.
+
+A run is described by :class:`TrainConfig`. It is read from YAML, then ``key=value`` overrides
+from the command line are applied (``objective.beta=0.2``). Every field has a default and a
+docstring; unknown keys are an error that names the closest valid key.
+
+>>> cfg = load_config(None, ["objective.name=dpo", "batch.groups_per_batch=4"])
+>>> cfg.objective.name, cfg.batch.groups_per_batch
+('dpo', 4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from bcat.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:gemma3-270m"
+    """Local Hugging Face model directory, or ``builtin:gemma3-270m`` for the bundled model."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model. Off unless you trust the model's author."""
+    dtype: str = "auto"
+    """``auto`` (fp32 on CPU, bf16 on GPUs that support it), ``float32``, ``bfloat16`` or ``float16``."""
+    lora: bool = True
+    """Train a LoRA adapter (``True``) or all weights (``False``)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters (the attention and MLP projections of Llama-like models)."""
+    trim_vocab: Optional[bool] = None
+    """Restrict the vocabulary to the ids the data uses. ``None``: on for the built-in model only."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training records: a JSONL or Parquet file, or a directory saved with ``datasets``."""
+    anchor: str = "en"
+    """Anchor language: every group is aligned toward its record in this language."""
+    languages: Optional[list[str]] = None
+    """Languages that take part in training (``None``: all found in the data)."""
+    drop_groups_without_anchor: bool = False
+    """Drop groups that lack the anchor language instead of refusing the file (the count is reported)."""
+    max_length: int = 512
+    """Maximum tokens of prompt + completion. Prompts are trimmed, completions never."""
+    prompt_truncation_side: str = "left"
+    """Which end of an over-long prompt to trim: ``left`` keeps the question at the end of RAG prompts."""
+
+
+@dataclass
+class BatchConfig:
+    mode: str = "grouped"
+    """``grouped`` (BCAT: whole groups per micro-batch), or the ablations ``shuffled``, ``monolingual``, ``no_anchor``."""
+    groups_per_batch: int = 2
+    """Groups per micro-batch; a micro-batch holds ``groups_per_batch x languages`` records."""
+    languages_per_group: Optional[int] = None
+    """Sample this many non-anchor languages per group each epoch (``None``: all). The anchor is always kept."""
+    order_by_length: bool = False
+    """Put groups of similar length in the same micro-batch (less padding). Groups are never split."""
+    seed: int = 0
+    """Seed of the batch order; the order is reshuffled every epoch from (seed, epoch)."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "orpo"
+    """``sft``, ``dpo`` or ``orpo``."""
+    beta: float = 0.1
+    """DPO temperature on the implicit reward."""
+    orpo_lambda: float = 0.1
+    """ORPO weight of the odds-ratio term."""
+    orpo_nll_on_prompt: bool = False
+    """ORPO NLL over prompt + completion as TRL does (``True``), or completion only (LLaMA-Factory)."""
+    precompute_reference: bool = True
+    """DPO: compute reference log-probs once before training instead of a second forward every step."""
+
+
+@dataclass
+class AlignmentConfig:
+    hidden_weight: float = 0.3
+    """Weight of the hidden-state alignment term (0 turns it off)."""
+    hidden_loss: str = "infonce"
+    """``cosine``, ``mse`` or ``infonce`` (in-batch negatives: the anchors of the other groups)."""
+    hidden_layers: Optional[list[int]] = None
+    """Indices into ``hidden_states`` (0 = embeddings). ``None``: the middle layer."""
+    temperature: float = 0.1
+    """InfoNCE temperature on cosine similarities."""
+    detach_anchor: bool = True
+    """Stop gradients through the anchor so English does not drift toward the translations."""
+    output_weight: float = 0.1
+    """Weight of the output-agreement term (0 turns it off); see ``bcat.losses.output_agreement_loss``."""
+    token_kl_weight: float = 0.0
+    """Weight of the token-level KL between variants whose completions are token-identical to the anchor's."""
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/bcat"
+    """Where the model, logs and checkpoints go."""
+    max_steps: int = 100
+    """Optimizer steps (an epoch ends and the next begins as needed)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    lr_scheduler: str = "cosine"
+    """``cosine``, ``linear`` or ``constant`` (after warm-up)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step. Groups never straddle two micro-batches."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 turns it off)."""
+    logging_steps: int = 1
+    """Write ``train_log.jsonl`` every this many optimizer steps."""
+    save_steps: int = 0
+    """Checkpoint every this many optimizer steps (0: only the final model)."""
+    save_merged: bool = False
+    """Also write LoRA-merged full weights under ``merged/``."""
+    seed: int = 0
+    """Seed of the model initialisation (LoRA) and dropout."""
+    threads: Optional[int] = None
+    """Torch CPU threads (``None``: torch's default)."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Check values that types alone cannot; raise :class:`ConfigError` naming the key."""
+        checks = [
+            ("objective.name", self.objective.name in OBJECTIVES, f"one of {OBJECTIVES}"),
+            ("batch.mode", self.batch.mode in BATCH_MODES, f"one of {BATCH_MODES}"),
+            ("alignment.hidden_loss", self.alignment.hidden_loss in HIDDEN_LOSSES, f"one of {HIDDEN_LOSSES}"),
+            ("training.lr_scheduler", self.training.lr_scheduler in SCHEDULERS, f"one of {SCHEDULERS}"),
+            ("data.prompt_truncation_side", self.data.prompt_truncation_side in ("left", "right"), "left or right"),
+            ("training.learning_rate", self.training.learning_rate > 0, "a positive number"),
+            ("training.max_steps", self.training.max_steps > 0, "a positive integer"),
+            ("training.gradient_accumulation_steps", self.training.gradient_accumulation_steps > 0, "positive"),
+            ("batch.groups_per_batch", self.batch.groups_per_batch > 0, "a positive integer"),
+            ("batch.languages_per_group", (self.batch.languages_per_group or 1) > 0, "positive or null"),
+            ("data.max_length", self.data.max_length > 8, "greater than 8"),
+            ("objective.beta", self.objective.beta > 0, "a positive number"),
+            ("objective.orpo_lambda", self.objective.orpo_lambda >= 0, "zero or positive"),
+            ("alignment.temperature", self.alignment.temperature > 0, "a positive number"),
+            ("alignment.hidden_weight", self.alignment.hidden_weight >= 0, "zero or positive"),
+            ("alignment.output_weight", self.alignment.output_weight >= 0, "zero or positive"),
+            ("alignment.token_kl_weight", self.alignment.token_kl_weight >= 0, "zero or positive"),
+            ("model.lora_r", self.model.lora_r > 0, "a positive integer"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"config key '{key}' must be {expected}, got {_get(self, key)!r}")
+        return self
+
+
+OBJECTIVES = ("sft", "dpo", "orpo")
+BATCH_MODES = ("grouped", "shuffled", "monolingual", "no_anchor")
+HIDDEN_LOSSES = ("cosine", "mse", "infonce")
+SCHEDULERS = ("cosine", "linear", "constant")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def valid_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """All dotted keys of a config class, e.g. ``objective.beta``."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        sub = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None  # type: ignore[arg-type]
+        keys += valid_keys(sub, f"{prefix}{f.name}.") if sub else [prefix + f.name]
+    return keys
+
+
+def _unknown_key_error(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and f"{prefix}{k}." in {key[: len(prefix) + len(k) + 1] for key in valid_keys()}:
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, type-checked and validated."""
+    schema = OmegaConf.structured(TrainConfig)
+    layers = []
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        for key in _flatten(raw):
+            if key not in valid_keys():
+                raise _unknown_key_error(key, str(path))
+        layers.append((str(path), OmegaConf.create(raw)))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        key = item.split("=", 1)[0].strip()
+        if key not in valid_keys():
+            raise _unknown_key_error(key, "command line")
+        layers.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
+    merged = schema
+    for source, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except ConfigKeyError as e:
+            raise _unknown_key_error(str(e.full_key), source) from None
+        except (ValidationError, OmegaConfBaseException) as e:
+            key = getattr(e, "full_key", None) or "?"
+            reason = str(e.msg).splitlines()[0]
+            raise ConfigError(f"{source}: config key '{key}' has the wrong type: {reason}") from None
+    cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    return cfg.validate()
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, as written next to every trained model."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
