@@ -31,6 +31,7 @@ class GroupCollator:
 
     pad_token_id: int
     anchor: str
+    bos_token_id: int | None = None
     pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: list[Example]) -> dict:
@@ -50,11 +51,17 @@ class GroupCollator:
             input_ids[s, : len(row)] = torch.tensor(row)
             attention_mask[s, : len(row)] = 1
             target_mask[s, p - 1 : len(row) - 1] = True
+        # Hidden states are pooled over real tokens except BOS: its state is the same in every
+        # language (an attention sink) and would inflate cross-lingual similarity.
+        pool_mask = attention_mask.bool()
+        if self.bos_token_id is not None:
+            pool_mask &= input_ids != self.bos_token_id
         groups: dict[str, int] = {}
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "target_mask": target_mask,
+            "pool_mask": pool_mask,
             "prompt_lengths": torch.tensor(prompt_lens),
             "group_index": torch.tensor([groups.setdefault(ex.group, len(groups)) for ex in examples]),
             "is_anchor": torch.tensor([ex.lang == self.anchor for ex in examples]),

@@ -140,6 +140,8 @@ class TrainingConfig:
     """Seed of the model initialisation (LoRA) and dropout."""
     threads: Optional[int] = None
     """Torch CPU threads (``None``: torch's default)."""
+    log_batch_items: bool = False
+    """Also log which (group, lang) records every rank trained on at each step (for audits and tests)."""
 
 
 @dataclass

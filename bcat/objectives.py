@@ -71,13 +71,9 @@ def compute_loss(
     mask = score_mask(batch, objective)
     completion = batch["target_mask"]
     layers = hidden_layers if alignment.hidden_weight > 0 else ()
-    pool_mask = batch["attention_mask"].bool()
-    if getattr(policy.model.config, "bos_token_id", None) is not None:
-        # The BOS state is the same in every language (an attention sink); it would inflate similarity.
-        pool_mask = pool_mask & (batch["input_ids"] != policy.model.config.bos_token_id)
     want_kl = alignment.token_kl_weight > 0
     out = policy(batch["input_ids"], batch["attention_mask"], mask, hidden_layers=layers,
-                 pool_mask=pool_mask, pool_rows=n, return_full=want_kl)
+                 pool_mask=batch["pool_mask"], pool_rows=n, return_full=want_kl)
     token_logps = out["token_logps"]
     summed, mean = sequence_logps(token_logps, completion)
     group, anchor = batch["group_index"], batch["is_anchor"]

@@ -103,6 +103,7 @@ def _scheduler(cfg: TrainConfig, optimizer):
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run training as configured; returns the training summary (also written to disk)."""
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
 
     t_start = time.time()
     tc = cfg.training
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     policy = PolicyForward(model)
     check_selective_head(policy, len(tokenizer), accelerator.device)
     hidden_layers = tuple(cfg.alignment.hidden_layers or [middle_layer(model.config)])
-    collator = GroupCollator(tokenizer.pad_token_id, cfg.data.anchor)
+    collator = GroupCollator(tokenizer.pad_token_id, cfg.data.anchor, tokenizer.bos_token_id)
     trainable, total = count_parameters(model)
     if is_main:
         log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch per rank",
@@ -188,14 +189,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         sums: dict[str, torch.Tensor] = {}
         lang_sum = torch.zeros(len(languages), device=accelerator.device)
         lang_count = torch.zeros(len(languages), device=accelerator.device)
-        step_langs: set[str] = set()
+        step_items: list[list[tuple[str, str]]] = []
         for micro in range(ga):
             indices = next(batches)
             batch = _to(collator([examples[i] for i in indices]), accelerator.device)
             if ref_table is not None:
                 ref = ref_table[batch["indices"].cpu()].to(accelerator.device)
                 batch["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
-            step_langs.update(batch["langs"])
+            step_items.append([(examples[i].group, examples[i].lang) for i in indices])
             sync = micro == ga - 1
             with nullcontext() if sync else accelerator.no_sync(policy):
                 result = compute_loss(policy, batch, cfg.objective, cfg.alignment, hidden_layers, reference)
@@ -217,11 +218,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         terms = {k: float(accelerator.reduce(v, "mean")) for k, v in sums.items()}
         lang_sum, lang_count = accelerator.reduce(lang_sum, "sum"), accelerator.reduce(lang_count, "sum")
         last_terms = terms
+        items = gather_object([step_items]) if tc.log_batch_items else None  # every rank must take part
         if is_main and (step % tc.logging_steps == 0 or step == tc.max_steps):
             entry = {"step": step, "epoch": round(step * ga / len(sampler), 4), "lr": scheduler.get_last_lr()[0],
                      "tokens": tokens, **terms,
                      "main_per_language": {lang: float(lang_sum[i] / lang_count[i])
                                            for i, lang in enumerate(languages) if lang_count[i] > 0}}
+            if items is not None:
+                entry["items_per_rank"] = items
             with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
             if writer is not None:
