@@ -16,14 +16,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from bcat.errors import TrainingError
+
 CHECKPOINTS = "checkpoints"
+CHECKPOINTS_KEPT = 2
+"""How many complete checkpoints stay on disk (older ones are deleted after each save)."""
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, state: dict,
+                    keep: int = CHECKPOINTS_KEPT) -> Path:
     root = out_dir / CHECKPOINTS
     final = root / f"step-{step:08d}"
     tmp = root / f"step-{step:08d}.tmp"
@@ -67,16 +72,25 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    weights = load_file(path / "trainable.safetensors")
+    """Restore a checkpoint; anything unreadable (or pickled code) is a :class:`TrainingError`."""
+    try:
+        weights = load_file(path / "trainable.safetensors")
+        # weights_only=True: tensors and plain containers only, a pickle that would run code is refused
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+        state = json.loads((path / "state.json").read_text())
+    except Exception as e:  # safetensors, pickle and json each raise their own types
+        reason = (str(e).splitlines() or [""])[0]
+        raise TrainingError(f"checkpoint {path} cannot be read safely ({type(e).__name__}: {reason}); "
+                            "delete it to resume from the one before") from None
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != expected:
-        raise ValueError(f"checkpoint {path} does not match this model's trainable parameters")
+        raise TrainingError(f"checkpoint {path} does not match this model's trainable parameters "
+                            "(another model or LoRA setting?)")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    state = json.loads((path / "state.json").read_text())
+    optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(state["scheduler"])
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])

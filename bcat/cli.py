@@ -60,10 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BcatError as e:
+        _close_progress_bars()
         if args.debug:
             raise
         print(f"bcat: error: {e}", file=sys.stderr)
         return e.exit_code
+
+
+def _close_progress_bars() -> None:
+    """End the line of a progress bar left open by the error, so the message stands on its own line."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", None) or ()):
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -92,6 +92,10 @@ class ObjectiveConfig:
     """ORPO NLL over prompt + completion as TRL does (``True``), or completion only (LLaMA-Factory)."""
     precompute_reference: bool = True
     """DPO: compute reference log-probs once before training instead of a second forward every step."""
+    cache_reference: bool = True
+    """DPO: keep precomputed reference log-probs on disk (``$BCAT_CACHE/reference/``, default
+    ``~/.cache/bcat``), keyed by data, tokenizer, length settings and weights; reused across runs and
+    on resume (``bcat.reference``)."""
 
 
 @dataclass
@@ -142,6 +146,10 @@ class TrainingConfig:
     """Torch CPU threads (``None``: torch's default)."""
     log_batch_items: bool = False
     """Also log which (group, lang) records every rank trained on at each step (for audits and tests)."""
+    packed_preference: bool = True
+    """DPO/ORPO: run each pair as one sequence ``prompt | chosen | rejected`` so the prompt is computed
+    once (exact: same log-probs and pooled states as the plain forward; checked once at start, with
+    a fallback to the plain forward for models whose attention takes no custom 4D mask)."""
 
 
 @dataclass
@@ -161,8 +169,15 @@ class TrainConfig:
             ("alignment.hidden_loss", self.alignment.hidden_loss in HIDDEN_LOSSES, f"one of {HIDDEN_LOSSES}"),
             ("training.lr_scheduler", self.training.lr_scheduler in SCHEDULERS, f"one of {SCHEDULERS}"),
             ("data.prompt_truncation_side", self.data.prompt_truncation_side in ("left", "right"), "left or right"),
-            ("training.learning_rate", self.training.learning_rate > 0, "a positive number"),
+            ("training.learning_rate", 0 < self.training.learning_rate < float("inf"), "a positive number"),
             ("training.max_steps", self.training.max_steps > 0, "a positive integer"),
+            ("training.logging_steps", self.training.logging_steps > 0, "a positive integer"),
+            ("training.save_steps", self.training.save_steps >= 0, "zero (off) or a positive integer"),
+            ("training.warmup_steps", self.training.warmup_steps >= 0, "zero or a positive integer"),
+            ("training.weight_decay", self.training.weight_decay >= 0, "zero or positive"),
+            ("training.max_grad_norm", self.training.max_grad_norm >= 0, "zero (off) or positive"),
+            ("training.threads", (self.training.threads or 1) > 0, "positive or null"),
+            ("model.lora_dropout", 0 <= self.model.lora_dropout < 1, "in [0, 1)"),
             ("training.gradient_accumulation_steps", self.training.gradient_accumulation_steps > 0, "positive"),
             ("batch.groups_per_batch", self.batch.groups_per_batch > 0, "a positive integer"),
             ("batch.languages_per_group", (self.batch.languages_per_group or 1) > 0, "positive or null"),
@@ -227,12 +242,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+        except yaml.YAMLError as e:  # safe_load: tags such as !!python/object are refused, never run
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+            raise ConfigError(f"{where}: not valid YAML: {what}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         for key in _flatten(raw):
             if key not in valid_keys():
+                if any(k.startswith(key + ".") for k in valid_keys()):
+                    raise ConfigError(f"{path}: config key '{key}' is a section: give it a mapping of keys")
                 raise _unknown_key_error(key, str(path))
         layers.append((str(path), OmegaConf.create(raw)))
     for item in overrides:

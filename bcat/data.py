@@ -67,7 +67,11 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DataError(str(path), None, None, f"not a readable Parquet file ({e})") from None
+        yield from enumerate(table.to_pylist(), start=1)
         return
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -133,6 +137,9 @@ def parse_record(obj: Any, kind: str, path: str, line: int) -> Record:
         raise DataError(path, line, "lang", f"unknown or malformed language code {lang!r} (use BCP-47, e.g. 'en', 'zh-Hans')")
     has_sft = "completion" in obj
     has_pref = "chosen" in obj or "rejected" in obj
+    if has_sft and has_pref:
+        raise DataError(path, line, "completion", "record mixes SFT ('completion') and preference ('chosen'/'rejected') "
+                        "fields; give one form")
     if kind == "sft" and has_pref and not has_sft:
         raise DataError(path, line, "chosen", "preference record in SFT data; use objective.name=dpo or orpo, or give 'completion'")
     if kind == "preference" and has_sft and not has_pref:

@@ -45,6 +45,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
+        _refuse_remote_code(e, path)
         raise ConfigError(f"model.path: {path} has no usable tokenizer ({e})") from None
     if tokenizer.pad_token_id is None:
         # bcat masks padding with attention and target masks and never trains on pad positions, so
@@ -54,6 +55,35 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
         tokenizer.pad_token = tokenizer.eos_token
         log.info("bcat: the tokenizer has no pad token; using EOS (%r) as pad", tokenizer.eos_token)
     return tokenizer
+
+
+def _refuse_remote_code(error: Exception, path) -> None:
+    """Turn transformers' "needs trust_remote_code" refusal into one clear line (the code never ran)."""
+    if "trust_remote_code" in str(error):
+        raise ConfigError(
+            f"model.path: {path} needs to run Python code shipped with the model (auto_map in its config); "
+            "bcat does not run it unless you set model.trust_remote_code=true"
+        ) from None
+
+
+def stored_parameters(path: str | Path) -> int:
+    """Parameters in the model's safetensors files, read from their headers (no weights loaded); 0 if unknown."""
+    import math
+    import struct
+
+    try:
+        p = resolve_model_dir(str(path))
+        adapter_cfg = p / "adapter_config.json"
+        if adapter_cfg.exists():
+            p = Path(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+        total = 0
+        for f in p.glob("*.safetensors"):
+            with open(f, "rb") as fh:
+                header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+            total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+        return total
+    except Exception:  # the real load reports a broken model directory properly
+        return 0
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -83,6 +113,9 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
         )
     except OSError as e:
         raise ConfigError(f"model.path: cannot load safetensors weights from {base_path} ({e})") from None
+    except ValueError as e:
+        _refuse_remote_code(e, base_path)
+        raise ConfigError(f"model.path: cannot load the model in {base_path} ({str(e).splitlines()[0]})") from None
     if adapter_cfg.exists():
         from peft import PeftModel
 

@@ -22,7 +22,7 @@ import torch
 
 from bcat import losses
 from bcat.config import AlignmentConfig, ObjectiveConfig
-from bcat.forward import PolicyForward, sequence_logps
+from bcat.forward import PolicyForward, packed_inputs, sequence_logps
 
 
 @dataclass
@@ -55,7 +55,7 @@ def score_mask(batch: dict, objective: ObjectiveConfig) -> torch.Tensor:
 def reference_logps(policy: PolicyForward, batch: dict) -> torch.Tensor:
     """Summed completion log-probs [2N] under the policy as it is now (used with adapters off)."""
     with torch.no_grad():
-        out = policy(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+        out = policy(batch["input_ids"], batch["attention_mask"], batch["target_mask"], packed=packed_inputs(batch))
     return sequence_logps(out["token_logps"], batch["target_mask"])[0]
 
 
@@ -73,7 +73,7 @@ def compute_loss(
     layers = hidden_layers if alignment.hidden_weight > 0 else ()
     want_kl = alignment.token_kl_weight > 0
     out = policy(batch["input_ids"], batch["attention_mask"], mask, hidden_layers=layers,
-                 pool_mask=batch["pool_mask"], pool_rows=n, return_full=want_kl)
+                 pool_mask=batch["pool_mask"], pool_rows=n, return_full=want_kl, packed=packed_inputs(batch))
     token_logps = out["token_logps"]
     summed, mean = sequence_logps(token_logps, completion)
     group, anchor = batch["group_index"], batch["is_anchor"]

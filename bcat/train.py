@@ -15,6 +15,7 @@ micro-batch -> collate -> one forward -> loss terms -> backward; every
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -25,21 +26,27 @@ from pathlib import Path
 
 import torch
 
-from bcat.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from bcat.checkpoint import CHECKPOINTS_KEPT, latest_checkpoint, load_checkpoint, save_checkpoint
 from bcat.collate import GroupCollator
 from bcat.config import TrainConfig, load_config, to_yaml
 from bcat.data import load_records
 from bcat.errors import ConfigError, TrainingError
-from bcat.forward import PolicyForward, check_selective_head
-from bcat.model import TRAINED_MODEL_SUBDIR, add_lora, count_parameters, load_model, load_tokenizer
+from bcat.forward import PolicyForward, check_packed_forward, check_selective_head
+from bcat.model import (TRAINED_MODEL_SUBDIR, add_lora, count_parameters, load_model, load_tokenizer,
+                        resolve_model_dir, stored_parameters)
 from bcat.objectives import compute_loss, middle_layer, reference_logps
+from bcat.reference import precompute_reference, reference_key, reference_table  # noqa: F401 (moved there)
 from bcat.sampler import GroupBatchSampler
-from bcat.tokenization import tokenize_records
+from bcat.tokenization import Example, tokenize_records
 
 log = logging.getLogger(__name__)
 
 
 def build_sampler(cfg: TrainConfig, examples, world_size: int = 1, rank: int = 0) -> GroupBatchSampler:
+    n_groups = len({e.group for e in examples})
+    if cfg.batch.groups_per_batch > n_groups:
+        raise ConfigError(f"config key 'batch.groups_per_batch' is {cfg.batch.groups_per_batch} but the data has only "
+                          f"{n_groups} group(s); use at most {n_groups}")
     try:
         return GroupBatchSampler(
             [(e.group, e.lang) for e in examples], cfg.batch.groups_per_batch, mode=cfg.batch.mode,
@@ -49,6 +56,12 @@ def build_sampler(cfg: TrainConfig, examples, world_size: int = 1, rank: int = 0
         )
     except ValueError as e:
         raise ConfigError(f"batch: {e}") from None
+
+
+def required_free_bytes(cfg: TrainConfig) -> int:
+    """Disk the run may need: parameters x 4 bytes x (2 + checkpoints kept), at least 200 MiB."""
+    kept = CHECKPOINTS_KEPT if cfg.training.save_steps else 0
+    return max(200 * 2**20, stored_parameters(cfg.model.path) * 4 * (2 + kept))
 
 
 def check_output_dir(out: Path, resume: bool, min_free_bytes: int) -> None:
@@ -69,23 +82,6 @@ def check_output_dir(out: Path, resume: bool, min_free_bytes: int) -> None:
         raise ConfigError(
             f"training.output_dir {out}: {free / 2**30:.1f} GiB free, the run needs about {min_free_bytes / 2**30:.1f} GiB"
         )
-
-
-def precompute_reference(policy: PolicyForward, examples, collator: GroupCollator, batch_size: int = 16) -> torch.Tensor:
-    """Summed completion log-probs of (chosen, rejected) for every example under the initial model.
-
-    Before the first update the policy IS the reference (a fresh LoRA adapter adds zero), so one
-    batched no-grad pass replaces a second forward on every training step.
-    """
-    table = torch.zeros(len(examples), 2)
-    device = next(policy.parameters()).device
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        batch = _to(collator(chunk), device)
-        logps = reference_logps(policy, batch).float().cpu()
-        n = len(chunk)
-        table[[e.index for e in chunk]] = torch.stack([logps[:n], logps[n:]], dim=1)
-    return table
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -121,13 +117,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     examples = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.prompt_truncation_side)
     sampler = build_sampler(cfg, examples, accelerator.num_processes, accelerator.process_index)
-    check_output_dir(out, resume, min_free_bytes=200 * 2**20)
+    check_output_dir(out, resume, min_free_bytes=required_free_bytes(cfg))
     if report.dropped_groups_without_anchor and is_main:
         log.info("bcat: dropped %d groups without the anchor language", report.dropped_groups_without_anchor)
 
     # -- 2. model -----------------------------------------------------------------------------------
     torch.manual_seed(tc.seed)
     model = load_model(cfg.model, accelerator.device)
+    vocab = None
+    if trim_enabled(cfg):
+        vocab, examples = trim_vocabulary(model, tokenizer, examples)
+        if is_main:
+            log.info("bcat: vocabulary trimmed to the %d token ids the data uses (of %d)", len(vocab),
+                     vocab.old_vocab_size)
     if cfg.model.lora:
         model = add_lora(model, cfg.model)
     if cfg.model.gradient_checkpointing:
@@ -136,9 +138,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             model.enable_input_require_grads()
     model.train()
     policy = PolicyForward(model)
-    check_selective_head(policy, len(tokenizer), accelerator.device)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    check_selective_head(policy, vocab_size, accelerator.device)
     hidden_layers = tuple(cfg.alignment.hidden_layers or [middle_layer(model.config)])
-    collator = GroupCollator(tokenizer.pad_token_id, cfg.data.anchor, tokenizer.bos_token_id)
+    pack = tc.packed_preference and cfg.objective.name in ("dpo", "orpo") and check_packed_forward(
+        policy, vocab_size, accelerator.device, special_id(tokenizer.bos_token_id, vocab), hidden_layers)
+    collator = GroupCollator(special_id(tokenizer.pad_token_id, vocab), cfg.data.anchor,
+                             special_id(tokenizer.bos_token_id, vocab), pack=pack)
     trainable, total = count_parameters(model)
     if is_main:
         log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch per rank",
@@ -148,7 +154,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     ref_table, reference = None, None
     if cfg.objective.name == "dpo":
         if cfg.objective.precompute_reference:
-            ref_table = precompute_reference(policy, examples, collator)
+            key = reference_key(examples, tokenizer, model, resolve_model_dir(cfg.model.path), cfg.data.max_length,
+                                cfg.data.prompt_truncation_side) if cfg.objective.cache_reference else None
+            ref_table = reference_table(policy, examples, collator, key)
         elif cfg.model.lora:
             def reference(batch):  # the same weights with the adapter switched off: no second copy
                 with model.disable_adapter():
@@ -250,7 +258,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "prompt_tokens_trimmed": sum(e.prompt_trimmed for e in examples),
     }
     if is_main:
-        save_model(model, tokenizer, out, merged=tc.save_merged and cfg.model.lora)
+        save_model(model, tokenizer, out, merged=tc.save_merged and cfg.model.lora, vocab=vocab,
+                   base_dir=resolve_model_dir(cfg.model.path))
         tmp = out / "training_summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         tmp.replace(out / "training_summary.json")
@@ -260,19 +269,54 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     return summary
 
 
-def save_model(model, tokenizer, out: Path, merged: bool) -> None:
-    """Final model as safetensors under ``out/model`` (and ``out/merged``), written atomically."""
-    for name, m, enabled in ((TRAINED_MODEL_SUBDIR, model, True), ("merged", None, merged)):
+def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: Path | None = None) -> None:
+    """Final model as safetensors under ``out/model`` (and ``out/merged``), written atomically.
+
+    With a trimmed vocabulary the output is still a normal full-vocabulary model: a LoRA adapter
+    does not touch the vocabulary and loads onto the original model as it is; full weights are put
+    back into the original vocabulary by :func:`bcat.trim.export_full` (untouched rows bit-identical).
+    """
+    from bcat.trim import export_full, save_adapter
+
+    lora = hasattr(model, "peft_config")
+    for name, enabled in ((TRAINED_MODEL_SUBDIR, True), ("merged", merged)):
         if not enabled:
             continue
         target, tmp = out / name, out / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        if m is None:
-            m = copy.deepcopy(model).merge_and_unload()
-        m.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        weights = copy.deepcopy(model).merge_and_unload() if name == "merged" else model
+        if vocab is not None and lora and name != "merged":
+            save_adapter(weights, vocab, tmp)
+            tokenizer.save_pretrained(tmp)
+        elif vocab is not None:
+            export_full(weights, vocab, base_dir, tmp)
+        else:
+            weights.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
+
+
+def trim_enabled(cfg: TrainConfig) -> bool:
+    """``model.trim_vocab``; ``None`` means on for the built-in model (its 262k vocabulary dominates a CPU step)."""
+    return cfg.model.trim_vocab if cfg.model.trim_vocab is not None else cfg.model.path.startswith("builtin:")
+
+
+def trim_vocabulary(model, tokenizer, examples: list[Example]):
+    """Restrict ``model`` to the token ids the examples use (plus specials and byte tokens), in place,
+    and map the examples to the new ids. Must run before LoRA and the optimizer see the weights."""
+    from bcat.trim import kept_token_ids, trim_model
+
+    used = {t for e in examples for ids in (e.prompt_ids, *e.completions) for t in ids}
+    vocab = trim_model(model, kept_token_ids(tokenizer, [], extra_ids=used))
+    mapped = [dataclasses.replace(e, prompt_ids=vocab.encode_ids(e.prompt_ids),
+                                  completions=tuple(vocab.encode_ids(c) for c in e.completions)) for e in examples]
+    return vocab, mapped
+
+
+def special_id(token_id: int | None, vocab) -> int | None:
+    """A special token's id in the (possibly trimmed) model."""
+    return token_id if token_id is None or vocab is None else vocab.encode_ids([token_id])[0]
 
 
 def _check_finite(terms: dict, step: int, langs: list[str], accelerator) -> None:
@@ -287,10 +331,17 @@ def _check_finite(terms: dict, step: int, langs: list[str], accelerator) -> None
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint so the log has each step once."""
+    """On resume, drop log lines written after the checkpoint so the log has each step once (and a line
+    cut short by a kill)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 

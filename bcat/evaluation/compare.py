@@ -1,0 +1,188 @@
+"""``bcat compare A B``: is run B better than run A, language by language?
+
+Both runs must hold exactly the same (group, language) items; otherwise the comparison is refused.
+Per language: the accuracy difference ``B - A`` with a PAIRED bootstrap 95% interval (the same
+groups are drawn for both runs), and the exact McNemar test on the discordant items.
+
+Verdict rule, per language, at ``alpha`` (default 0.05): **better** when the interval lies entirely
+above 0 AND McNemar p < alpha; **worse** when it lies entirely below 0 AND p < alpha; otherwise
+**no significant change**. Requiring both guards against the bootstrap's optimism on few groups.
+The headline differences (English, seen non-English mean, gap, unseen mean) get paired intervals;
+their verdict uses the interval alone (McNemar has no counterpart for a difference of means).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from bcat.errors import BcatError
+from bcat.evaluation.stats import GroupMatrix, gap_statistic, mcnemar_exact, mean_of_columns, paired_bootstrap_ci
+
+BETTER, WORSE, SAME = "better", "worse", "no significant change"
+GAP_DOWN, GAP_UP = "gap decreased", "gap increased"
+
+
+@dataclass
+class Run:
+    """A finished ``bcat eval`` directory: its metrics and per-item correctness."""
+
+    path: Path
+    metrics: dict
+    correct: dict[tuple[str, str], bool]
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
+
+def load_run(path: str | Path, *, need_items: bool = True) -> Run:
+    """Read ``metrics.json`` (and ``predictions.jsonl`` when ``need_items``) from an eval directory."""
+    path = Path(path)
+    metrics_file = path / "metrics.json"
+    if not metrics_file.is_file():
+        raise BcatError(f"{path}: no metrics.json (is it a `bcat eval --output` directory?)")
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BcatError(f"{metrics_file}: not valid JSON ({e.msg})") from None
+    correct: dict[tuple[str, str], bool] = {}
+    pred_file = path / "predictions.jsonl"
+    if need_items:
+        if "per_language" not in metrics or not pred_file.is_file():
+            raise BcatError(f"{path}: no RAG results (metrics.json without per_language, or no predictions.jsonl)")
+        with pred_file.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    correct[(rec["group"], rec["lang"])] = bool(rec["correct"])
+    return Run(path, metrics, correct)
+
+
+def check_same_items(a: Run, b: Run) -> None:
+    """Refuse to compare runs whose (group, language) item sets differ, naming a few differences."""
+    only_a, only_b = sorted(set(a.correct) - set(b.correct)), sorted(set(b.correct) - set(a.correct))
+    if only_a or only_b:
+        def show(keys):
+            return ", ".join(f"{g}/{l}" for g, l in keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+        raise BcatError(
+            f"cannot compare {a.path} and {b.path}: different items ({len(only_a)} only in the first"
+            f"{': ' + show(only_a) if only_a else ''}; {len(only_b)} only in the second"
+            f"{': ' + show(only_b) if only_b else ''}). Evaluate both on the same data, --languages and --limit.")
+
+
+def verdict(ci: Optional[list[float]], p: Optional[float], alpha: float = 0.05) -> str:
+    """The rule in the module docstring. ``p=None`` judges by the interval alone.
+
+    >>> verdict([0.01, 0.2], 0.01), verdict([-0.2, -0.01], 0.03), verdict([0.01, 0.2], 0.08)
+    ('better', 'worse', 'no significant change')
+    """
+    if ci is None:
+        return SAME
+    significant = p is None or p < alpha
+    if ci[0] > 0 and significant:
+        return BETTER
+    if ci[1] < 0 and significant:
+        return WORSE
+    return SAME
+
+
+def compare_runs(a: Run, b: Run, *, n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05,
+                 level: float = 0.95) -> dict:
+    """The comparison of run ``b`` against baseline ``a`` (same items), as a JSON-ready dict."""
+    check_same_items(a, b)
+    langs_info = b.metrics.get("languages") or a.metrics.get("languages") or {}
+    anchor = langs_info.get("anchor", "en")
+    seen = list(langs_info.get("seen", []))
+    unseen = list(langs_info.get("unseen", []))
+    langs = seen + unseen or sorted({l for _, l in a.correct})
+    keys = sorted(a.correct)
+    ma = GroupMatrix.from_items([(g, l, a.correct[(g, l)]) for g, l in keys], langs)
+    mb = GroupMatrix.from_items([(g, l, b.correct[(g, l)]) for g, l in keys], langs)
+
+    def paired(stat):
+        return paired_bootstrap_ci(ma.values, mb.values, stat, n_resamples=n_resamples, seed=seed, level=level)
+
+    per_lang = {}
+    for lang in langs:
+        col = ma.col(lang)
+        present = ~np.isnan(ma.values[:, col])
+        xa, xb = ma.values[present, col], mb.values[present, col]
+        b_only_a = int(((xa == 1) & (xb == 0)).sum())  # right in A, wrong in B
+        c_only_b = int(((xa == 0) & (xb == 1)).sum())
+        ci = paired(lambda acc, c=col: acc[:, c])
+        p = mcnemar_exact(b_only_a, c_only_b)
+        per_lang[lang] = {
+            "a": float(xa.mean()), "b": float(xb.mean()), "diff": float(xb.mean() - xa.mean()), "ci": ci,
+            "a_only_correct": b_only_a, "b_only_correct": c_only_b, "mcnemar_p": p, "n": int(present.sum()),
+            "seen": lang not in unseen, "verdict": verdict(ci, p, alpha),
+        }
+
+    others = [ma.col(l) for l in seen if l != anchor]
+    headline = {}
+    stats = {"english": (lambda acc: acc[:, ma.col(anchor)]) if anchor in langs else None,
+             "non_english_mean": mean_of_columns(others) if others else None,
+             "gap": gap_statistic(ma.col(anchor), others) if anchor in langs and others else None,
+             "unseen_mean": mean_of_columns([ma.col(l) for l in unseen]) if unseen else None}
+    for name, stat in stats.items():
+        va, vb = a.metrics.get(name), b.metrics.get(name)
+        if stat is None or va is None or vb is None:
+            continue
+        ci = paired(stat)
+        v = verdict(ci, None, alpha)
+        if name == "gap":  # the signed gap (English minus the rest): lower is the goal
+            v = {BETTER: GAP_UP, WORSE: GAP_DOWN}.get(v, SAME)
+        headline[name] = {"a": va, "b": vb, "diff": vb - va, "ci": ci, "verdict": v}
+
+    return {
+        "a": {"path": str(a.path), "model": a.metrics.get("model"), "data_fingerprint": a.metrics.get("data_fingerprint")},
+        "b": {"path": str(b.path), "model": b.metrics.get("model"), "data_fingerprint": b.metrics.get("data_fingerprint")},
+        "same_data_file": a.metrics.get("data_fingerprint") == b.metrics.get("data_fingerprint"),
+        "n_items": len(keys), "n_groups": len(ma.groups),
+        "rule": (f"better/worse: the paired bootstrap {level:.0%} interval of B - A excludes 0 AND the exact "
+                 f"McNemar p < {alpha}; headline rows: the interval alone"),
+        "alpha": alpha, "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "group", "level": level},
+        "languages": {"anchor": anchor, "seen": seen, "unseen": unseen},
+        "per_language": per_lang,
+        "headline": headline,
+    }
+
+
+def _ci(ci: Optional[list[float]]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a"
+
+
+def format_table(comparison: dict) -> str:
+    """A plain-text table of a comparison, one row per language, then the headline rows."""
+    head = f"{'':<18}{'A':>7}{'B':>7}{'B-A':>8}  {'95% CI':<18}{'McNemar p':>10}  verdict"
+    lines = [f"A = {comparison['a']['path']}", f"B = {comparison['b']['path']}", head, "-" * len(head)]
+    for lang, r in comparison["per_language"].items():
+        tag = lang + ("" if r["seen"] else "*")
+        lines.append(f"{tag:<18}{r['a']:>7.3f}{r['b']:>7.3f}{r['diff']:>+8.3f}  {_ci(r['ci']):<18}"
+                     f"{r['mcnemar_p']:>10.4f}  {r['verdict']}")
+    lines.append("-" * len(head))
+    for name, r in comparison["headline"].items():
+        lines.append(f"{name:<18}{r['a']:>7.3f}{r['b']:>7.3f}{r['diff']:>+8.3f}  {_ci(r['ci']):<18}"
+                     f"{'':>10}  {r['verdict']}")
+    if comparison["languages"]["unseen"]:
+        lines.append("* unseen in training")
+    if not comparison["same_data_file"]:
+        lines.append("note: the data files differ (same item keys, different fingerprints)")
+    return "\n".join(lines)
+
+
+def run_compare(args) -> dict:
+    """Everything ``bcat compare`` does: compare, write ``comparison.json``, print the table."""
+    a, b = load_run(args.run_a), load_run(args.run_b)
+    comparison = compare_runs(a, b, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha)
+    out_dir = Path(args.output) if args.output else b.path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(json.dumps(comparison, ensure_ascii=False, indent=2) + "\n",
+                                             encoding="utf-8")
+    print(format_table(comparison))
+    return comparison

@@ -1,0 +1,210 @@
+"""``bcat eval``: run the suites on one model and write ``metrics.json`` and ``predictions.jsonl``.
+
+Library use::
+
+    from bcat.evaluation.evaluate import evaluate_rag
+    from bcat.evaluation.model import load_for_eval
+    from bcat.evaluation.rag import load_items
+
+    model, tokenizer = load_for_eval("runs/bcat/final")
+    summary, predictions = evaluate_rag(model, tokenizer, load_items("test.jsonl"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from bcat.errors import BcatError
+from bcat.evaluation.generation import greedy_generate
+from bcat.evaluation.metrics import LanguageIdentifier, score_item
+from bcat.evaluation.normalize import first_line
+from bcat.evaluation.rag import RagItem, build_prompts, instruction_table, load_items, uses_chat_template
+from bcat.evaluation.summary import summarize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UNSEEN = ("th", "vi", "hu", "ro")
+BUILTIN_DATA = "resources/kb/test.jsonl"
+SUITES = ("rag", "ood")
+
+
+@dataclass
+class RagOptions:
+    """How the RAG suite prompts, decodes and summarises."""
+
+    batch_size: int = 8
+    """Prompts per generation batch."""
+    max_new_tokens: int = 32
+    """Generation budget per answer (answers are short; generation also stops at the first line break)."""
+    shots: int = 0
+    """Solved examples in the prompt (same language, other groups)."""
+    chat_template: str = "off"
+    """``auto`` (use the tokenizer's chat template when it has one), ``on`` or ``off`` (plain prompt)."""
+    unseen: Sequence[str] = DEFAULT_UNSEEN
+    """Languages not seen in training, reported apart from the seen ones."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the confidence intervals."""
+    seed: int = 0
+    """Seed of the bootstrap and of the choice of shots."""
+    languages: Optional[Sequence[str]] = field(default=None)
+    """Restrict the language ID to these (default: the languages evaluated)."""
+
+
+def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions = RagOptions()
+                 ) -> tuple[dict, list[dict]]:
+    """Generate an answer for every item, score it, and summarise. Returns ``(summary, predictions)``."""
+    chat = uses_chat_template(tokenizer, options.chat_template)
+    prompts = build_prompts(items, tokenizer, shots=options.shots, chat=chat, seed=options.seed)
+    outputs = greedy_generate(model, tokenizer, prompts, batch_size=options.batch_size,
+                              max_new_tokens=options.max_new_tokens, add_special_tokens=not chat, desc="rag")
+    summary, predictions = score_outputs(items, outputs, options, prompts=prompts)
+    summary["prompt_format"] = "chat" if chat else "plain"
+    return summary, predictions
+
+
+def score_outputs(items: Sequence[RagItem], outputs: Sequence[str], options: RagOptions = RagOptions(),
+                  prompts: Optional[Sequence[str]] = None) -> tuple[dict, list[dict]]:
+    """Score model outputs (one per item, in order) and summarise: ``(summary, prediction records)``.
+
+    >>> item = RagItem("g1", "en", "How long?", ("It lasts 24 months.",), ("24 months",), answer_neutral=True)
+    >>> summary, preds = score_outputs([item], [" 24 months\\nQuestion: ..."], RagOptions(bootstrap=10))
+    >>> summary["english"], preds[0]["prediction"]
+    (1.0, '24 months')
+    """
+    identifier = LanguageIdentifier(options.languages or {i.lang for i in items}, fallback=instruction_table())
+    scores, predictions = [], []
+    for n, (item, raw) in enumerate(zip(items, outputs)):
+        s = score_item(item.group, item.lang, raw, item.answers, answer_neutral=item.answer_neutral,
+                       identifier=identifier)
+        scores.append(s)
+        predictions.append({
+            "group": item.group, "lang": item.lang, "prompt": prompts[n] if prompts is not None else None,
+            "raw_output": raw, "prediction": first_line(raw), "answers": list(item.answers),
+            "answer_neutral": item.answer_neutral, "correct": s.correct, "chrf3_recall": round(s.chrf3_recall, 6),
+            "detected_language": s.detected_language, "language_ok": s.language_ok,
+        })
+    summary = summarize(scores, unseen=options.unseen, preferred=list(instruction_table()),
+                        n_resamples=options.bootstrap, seed=options.seed)
+    return summary, predictions
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def items_digest(keys: Sequence[Sequence[str]]) -> str:
+    """Order-free sha256 of the (group, lang) keys: equal digests mean the same item set.
+
+    >>> items_digest([["g1", "en"], ["g1", "fr"]]) == items_digest([["g1", "fr"], ["g1", "en"]])
+    True
+    """
+    text = "\n".join(sorted(f"{g}\t{l}" for g, l in keys))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def resolve_data(data: str) -> Path:
+    """The data file for ``--data``: a path, or ``builtin`` for the bundled test split."""
+    if data == "builtin":
+        from importlib import resources
+
+        path = Path(str(resources.files("bcat").joinpath(BUILTIN_DATA)))
+        if not path.is_file():
+            raise BcatError(f"--data builtin: the bundled test split bcat/{BUILTIN_DATA} is not present in this "
+                            "installation; pass a JSONL file with --data")
+        return path
+    return Path(data)
+
+
+def parse_suites(text: str) -> list[str]:
+    """``rag,ood`` -> ``['rag', 'ood']``, refusing unknown names."""
+    suites = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in suites if s not in SUITES]
+    if bad or not suites:
+        raise BcatError(f"--suite: unknown suite {', '.join(bad) or '(none)'}; choose from {', '.join(SUITES)}")
+    return suites
+
+
+def _load_ood():
+    try:
+        ood = importlib.import_module("bcat.evaluation.ood")
+    except ModuleNotFoundError as e:
+        if e.name == "bcat.evaluation.ood":
+            raise BcatError("--suite ood: the out-of-domain suite (bcat.evaluation.ood) is not available in "
+                            "this installation") from None
+        raise
+    return ood
+
+
+def ood_arguments(ood, args) -> dict:
+    """Keyword arguments for ``ood.run_ood`` from the ``bcat eval`` options it accepts.
+
+    ``--languages`` is narrowed to the languages the OOD suite has data for; ``--limit`` caps the
+    items per language and task; ``--ood-tasks`` picks tasks.
+    """
+    accepted = inspect.signature(ood.run_ood).parameters
+    kwargs: dict = {"batch_size": args.batch_size, "limit": args.limit}
+    if args.languages:
+        supported = getattr(ood, "OOD_LANGS", None)
+        kwargs["languages"] = [l for l in args.languages if supported is None or l in supported]
+        if not kwargs["languages"]:
+            raise BcatError(f"--suite ood: none of --languages {','.join(args.languages)} has OOD data")
+    if getattr(args, "ood_tasks", None):
+        kwargs["tasks"] = tuple(args.ood_tasks)
+    return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+def run_eval(args) -> dict:
+    """Everything ``bcat eval`` does; returns the metrics written to ``OUTPUT/metrics.json``."""
+    from bcat import __version__
+    from bcat.evaluation.model import load_for_eval
+
+    suites = parse_suites(args.suite)
+    output = Path(args.output)
+    items, data_path = None, None
+    if "rag" in suites:  # validate the data before loading any model
+        data_path = resolve_data(args.data)
+        items = load_items(data_path, languages=args.languages, limit_groups=args.limit)
+    ood = _load_ood() if "ood" in suites else None
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BcatError(f"--output: cannot create {output}: {e}") from e
+
+    started = time.time()
+    model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    metrics: dict = {"bcat_version": __version__, "model": args.model, "suites": suites}
+    if items is not None:
+        options = RagOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
+                             chat_template=args.chat_template, unseen=args.unseen, bootstrap=args.bootstrap,
+                             seed=args.seed)
+        summary, predictions = evaluate_rag(model, tokenizer, items, options)
+        keys = [[i.group, i.lang] for i in items]
+        metrics.update({
+            "data": str(data_path), "data_fingerprint": file_sha256(data_path),
+            "options": {"batch_size": options.batch_size, "max_new_tokens": options.max_new_tokens,
+                        "shots": options.shots, "chat_template": options.chat_template, "limit": args.limit,
+                        "languages": args.languages, "unseen": list(options.unseen)},
+            **summary,
+            "items": keys, "items_sha256": items_digest(keys),
+        })
+        with (output / "predictions.jsonl").open("w", encoding="utf-8") as f:
+            for p in predictions:
+                f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    if ood is not None:
+        metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, args))
+    metrics["seconds"] = round(time.time() - started, 1)
+    (output / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return metrics
