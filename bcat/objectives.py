@@ -8,7 +8,8 @@ alignment terms, all from ONE forward pass.
 - ``hidden_alignment``: mean-pooled hidden states of each translation pulled toward its group's
   anchor (English) at the chosen layers.
 - ``output_agreement``: each translation's output score pulled toward its anchor's; the score is
-  the DPO implicit-reward margin, the ORPO log-odds, or the SFT mean answer log-likelihood.
+  the DPO implicit-reward margin, the ORPO odds-ratio term log sigmoid(log-odds), or the SFT mean
+  answer log-likelihood.
 - ``token_kl``: where a translation's answer is token-identical to the anchor's (numbers, codes),
   KL(anchor || translation) of the next-token distributions over the answer.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 
 from bcat import losses
 from bcat.config import AlignmentConfig, ObjectiveConfig
@@ -98,7 +100,9 @@ def compute_loss(
         # Per-language logging uses each pair's own NLL rather than the shared batch mean.
         own_nll = -(token_logps[:n] * nll_mask).sum(-1) / nll_mask.sum(-1).clamp_min(1)
         per_example = per_example - nll + own_nll
-        score = log_odds
+        # The odds-ratio term itself, not raw log-odds: log-odds grow without bound as training
+        # separates chosen from rejected, and a squared difference of them would swamp the loss.
+        score = F.logsigmoid(log_odds)
         terms["nll"] = nll
         terms["log_odds"] = log_odds.mean()
     else:
