@@ -34,8 +34,8 @@ DEMO_TRAIN_OVERRIDES = [
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("demo", help="evaluate, train and re-evaluate the built-in model on the bundled data")
     p.add_argument("--output", default="runs/demo", help="directory for every artefact (default runs/demo)")
-    p.add_argument("--eval-groups", type=int, default=8, help="test groups evaluated (x 11 languages; default 8)")
-    p.add_argument("--steps", type=int, default=24, help="training steps (default 24)")
+    p.add_argument("--eval-groups", type=int, default=20, help="test groups evaluated (x 11 languages; default 20)")
+    p.add_argument("--steps", type=int, default=48, help="training steps (default 48)")
     p.add_argument("--batch-size", type=int, default=12, help="generation batch size (default 12)")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for the training config")
     p.set_defaults(func=run_demo)
