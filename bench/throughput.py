@@ -579,6 +579,11 @@ def markdown(doc: dict) -> str:
         met = "" if c["met"] is None else ("yes" if c["met"] else "NO")
         mem = f"{c['peak_rss_ratio']:.2f} ({'ok' if c['memory_met'] else 'HIGHER'})" if "peak_rss_ratio" in c else ""
         lines.append(f"| {c['shape']} | {c['check']} | {c['ratio']:.3f} | {c['target']} | {met} | {mem} |")
+    if meta.get("machine_busy"):
+        lines.append(f"\n**The machine was busy** (fp32 matmul {meta['matmul_gflops_runs']} GFLOP/s before/after): "
+                     "these timings are unreliable.")
+    if meta.get("note"):
+        lines.append(f"\nNote: {meta['note']}")
     for shape, st in meta["data"].items():
         lines.append(f"\n{shape}: {st['records']} records, prompt tokens min/mean/max {st['prompt_tokens']}, "
                      f"answer tokens {st['answer_tokens']}")
@@ -677,6 +682,10 @@ def main(argv=None) -> int:
 
     matmul_runs.append(probe_matmul())  # again at the end; the higher is the machine's rate
     matmul = max(matmul_runs)
+    busy = min(matmul_runs) < 0.85 * matmul
+    if busy:
+        print(f"bench: WARNING the matmul rate moved from {matmul_runs[0]:.0f} to {matmul_runs[1]:.0f} GFLOP/s during "
+              "the run: the machine was busy, timings are unreliable", flush=True)
     cache.cleanup()
 
     import torch
@@ -690,7 +699,7 @@ def main(argv=None) -> int:
     doc = {
         "meta": {"model": args.model, "flop_params": flop_params, "steps": steps, "warmup": args.warmup,
                  "pairs_per_step": gpb * len(LANGS), "groups_per_batch": gpb, "languages": list(LANGS),
-                 "threads": THREADS, "matmul_gflops": matmul, "matmul_gflops_runs": matmul_runs, "machine": f"{platform.processor() or platform.machine()}"
+                 "threads": THREADS, "matmul_gflops": matmul, "matmul_gflops_runs": matmul_runs, "machine_busy": busy, "machine": f"{platform.processor() or platform.machine()}"
                  f" {os.cpu_count()} CPUs, {platform.platform()}", "torch": torch.__version__,
                  "transformers": transformers.__version__, "trl": trl_version, "quick": args.quick,
                  "data": {s: token_stats(str(model_dir), str(data[s])) for s in shapes},
