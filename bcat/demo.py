@@ -6,6 +6,12 @@
 4. ``bcat eval``: the tuned model on the same items;
 5. ``bcat compare`` and ``bcat report``: per-language verdicts and ``report.html``.
 
+``--baseline`` adds ordinary fine-tuning as a control: the same objective, data, steps and
+micro-batch size, but records shuffled across groups (``batch.mode=shuffled``, what a stock trainer
+does) and no alignment terms. It is trained and evaluated on the same items, and
+``bcat compare baseline bcat`` (in ``OUTPUT/bcat_vs_baseline``) says what the batch-level alignment
+adds over it.
+
 Every number the demo prints comes from those commands' output files in ``--output``.
 """
 
@@ -18,7 +24,6 @@ from pathlib import Path
 from bcat.kb.languages import ANCHOR, SEEN
 
 DEMO_TRAIN_OVERRIDES = [
-    "model.path=builtin:gemma3-270m",
     "objective.name=orpo",
     "batch.mode=grouped",
     "batch.groups_per_batch=1",
@@ -30,6 +35,9 @@ DEMO_TRAIN_OVERRIDES = [
     "training.warmup_steps=0",
 ]
 
+BASELINE_OVERRIDES = ["batch.mode=shuffled", "alignment.hidden_weight=0", "alignment.output_weight=0"]
+"""Ordinary fine-tuning: records shuffled across groups, no alignment terms (all else as BCAT)."""
+
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("demo", help="evaluate, train and re-evaluate the built-in model on the bundled data")
@@ -37,6 +45,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--eval-groups", type=int, default=20, help="test groups evaluated (x 11 languages; default 20)")
     p.add_argument("--steps", type=int, default=48, help="training steps (default 48)")
     p.add_argument("--batch-size", type=int, default=12, help="generation batch size (default 12)")
+    p.add_argument("--model", default="builtin:gemma3-270m", help="model to tune (default builtin:gemma3-270m)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also train and evaluate ordinary fine-tuning (shuffled records, no alignment) as a control")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for the training config")
     p.set_defaults(func=run_demo)
 
@@ -49,24 +60,31 @@ def run_demo(args) -> int:
     started = time.time()
     seen = ",".join((ANCHOR, *SEEN))
     pairs = out / "train_pairs.jsonl"
+    train = ["train", *DEMO_TRAIN_OVERRIDES, f"model.path={args.model}", f"data.train={pairs}",
+             f"data.languages=[{seen}]", f"training.max_steps={args.steps}", *args.overrides]
+    evals = [out / "eval_base", out / "eval_bcat"]
     steps = [
         ["data", "pairs", "--input", str(_resource("kb/train.jsonl")), "--output", str(pairs)],
-        _eval("builtin:gemma3-270m", out / "eval_base", args),
-        ["train", *DEMO_TRAIN_OVERRIDES, f"data.train={pairs}", f"data.languages=[{seen}]",
-         f"training.max_steps={args.steps}", f"training.output_dir={out / 'train'}", *args.overrides],
-        _eval(str(out / "train" / "model"), out / "eval_bcat", args),
-        ["compare", str(out / "eval_base"), str(out / "eval_bcat"), "--output", str(out)],
-        ["report", str(out / "eval_base"), str(out / "eval_bcat"), "--output", str(out)],
+        _eval(args.model, evals[0], args),
+        [*train, f"training.output_dir={out / 'train'}"],
+        _eval(str(out / "train" / "model"), evals[1], args),
     ]
+    if args.baseline:
+        evals.insert(1, out / "eval_baseline")
+        steps += [[*train, *BASELINE_OVERRIDES, f"training.output_dir={out / 'train_baseline'}"],
+                  _eval(str(out / "train_baseline" / "model"), evals[1], args),
+                  ["compare", str(evals[1]), str(evals[2]), "--output", str(out / "bcat_vs_baseline")]]
+    steps += [["compare", str(evals[0]), str(evals[-1]), "--output", str(out)],
+              ["report", *map(str, evals), "--output", str(out)]]
     for argv in steps:
-        if argv[0] == "train" and (out / "train" / "training_summary.json").exists():
-            print("bcat demo: reusing the finished training run in", out / "train")
+        if argv[0] == "train" and (Path(argv[-1].split("=", 1)[1]) / "training_summary.json").exists():
+            print("bcat demo: reusing the finished training run in", argv[-1].split("=", 1)[1])
             continue
         print("\n$ bcat " + " ".join(argv), flush=True)
         code = main(argv)
         if code:
             return code
-    print_table(out / "eval_base" / "metrics.json", out / "eval_bcat" / "metrics.json")
+    print_table([e / "metrics.json" for e in evals])
     print(f"\nbcat demo: done in {(time.time() - started) / 60:.1f} min; report: {out / 'report.html'}")
     return 0
 
@@ -82,13 +100,13 @@ def _resource(name: str) -> Path:
     return Path(str(files("bcat") / "resources" / name))
 
 
-def print_table(before_path: Path, after_path: Path) -> None:
-    """Per-language accuracy before and after, the gap, and the unseen-language mean."""
-    before, after = (json.loads(p.read_text()) for p in (before_path, after_path))
-    print(f"\n{'language':<10}{'base':>8}{'bcat':>8}")
-    for lang in before["per_language"]:
-        a, b = before["per_language"][lang]["accuracy"], after["per_language"][lang]["accuracy"]
-        print(f"{lang:<10}{a:>8.2f}{b:>8.2f}")
+def print_table(metrics_files: list[Path]) -> None:
+    """Per-language accuracy of each run (base first, bcat last), the gap and the unseen-language mean."""
+    runs = [json.loads(p.read_text()) for p in metrics_files]
+    names = [p.parent.name.removeprefix("eval_") for p in metrics_files]
+    print("\n" + f"{'language':<18}" + "".join(f"{n:>10}" for n in names))
+    for lang in runs[0]["per_language"]:
+        print(f"{lang:<18}" + "".join(f"{r['per_language'][lang]['accuracy']:>10.2f}" for r in runs))
     for key in ("english", "non_english_mean", "gap", "unseen_mean"):
-        if before.get(key) is not None:
-            print(f"{key:<18}{before[key]:>8.2f} -> {after[key]:.2f}")
+        if runs[0].get(key) is not None:
+            print(f"{key:<18}" + "".join(f"{r[key]:>10.2f}" for r in runs))

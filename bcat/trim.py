@@ -15,7 +15,8 @@ those rows of the embedding and of the output layer:
   position ``log p_full = log p_trim + log P_full(kept)``, with ``P_full(kept) <= 1``.
 - A trimmed model cannot produce a dropped id (its output layer has no row for it), so greedy or
   sampled generation needs no extra mask. :class:`KeptIdsLogitsProcessor` gives the full model the
-  same restriction, to compare the two.
+  same restriction, to compare the two. :func:`bcat.evaluation.generation.greedy_generate` maps
+  prompt ids in and generated ids out.
 - :func:`export_full` writes the full-vocabulary model back: kept rows take the trained values,
   every other row is bit-identical to the original file.
 
@@ -473,29 +474,3 @@ class KeptIdsLogitsProcessor(LogitsProcessor):
             self.mask = torch.full((scores.shape[-1],), float("-inf"), device=scores.device)
             self.mask[self.kept.to(scores.device)] = 0.0
         return scores + self.mask.to(scores.dtype)
-
-
-@torch.no_grad()
-def generate_text(model, tokenizer, prompts: Sequence[str], vocab: TrimmedVocab | None = None,
-                  **generate_kwargs) -> list[str]:
-    """Generate continuations of ``prompts``; works for trimmed (``vocab`` given) and full models.
-
-    Prompts are tokenised with the original tokenizer, left-padded, mapped to trimmed ids, and the
-    generated ids mapped back before decoding, so callers only ever see original ids and text.
-    Returns the decoded continuations (prompt removed, special tokens skipped).
-    """
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
-    try:
-        batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = side
-    input_ids = batch["input_ids"] if vocab is None else vocab.encode_ids(batch["input_ids"])
-    generate_kwargs.setdefault("do_sample", False)
-    generate_kwargs.setdefault("pad_token_id", model.generation_config.pad_token_id)
-    out = model.generate(input_ids=input_ids.to(model.device), attention_mask=batch["attention_mask"].to(model.device),
-                         **generate_kwargs)
-    new = out[:, input_ids.shape[1]:].cpu()
-    if vocab is not None:
-        new = vocab.decode_ids(new)
-    return tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -80,3 +80,19 @@ def parallel_records(n_groups: int = 4, langs=("en", "fr", "de"), objective: str
                 rec["rejected"] = f" {g + 5}0 {ANSWERS[lang].split()[1]}"
             recs.append(rec)
     return recs
+
+
+# RAG QA records for `bcat eval` (group, lang, question, passages, answers)
+QA = {
+    "en": ("How long is the warranty?", "The warranty lasts {n} months.", "{n} months"),
+    "fr": ("Combien de temps dure la garantie ?", "La garantie dure {n} mois.", "{n} mois"),
+    "hi": ("वारंटी कितने समय की है?", "वारंटी {n} महीने की है।", "{n} महीने"),
+    "ja": ("保証期間はどのくらいですか？", "保証期間は{n}か月です。", "{n}か月"),
+    "th": ("การรับประกันนานเท่าไร", "การรับประกันมีอายุ {n} เดือน", "{n} เดือน"),
+}
+
+
+def qa_records(n_groups: int = 3) -> list[dict]:
+    return [{"group": f"g{g}", "lang": lang, "question": q, "passages": [p.format(n=12 * (g + 1)),
+             p.format(n=12 * (g + 1) + 5)], "answers": [a.format(n=12 * (g + 1))], "answer_neutral": g == 2}
+            for g in range(n_groups) for lang, (q, p, a) in QA.items()]

@@ -184,10 +184,10 @@ def test_tokenizer_round_trips_every_language(gemma):
 @pytest.mark.slow
 def test_generates_text_in_every_language(gemma):
     """Greedy, 6 tokens, all 11 prompts in one left-padded batch: each continuation is non-empty."""
-    from bcat.trim import generate_text
+    from bcat.evaluation.generation import greedy_generate
 
     model, tok, _ = gemma
-    outputs = generate_text(model, tok, list(PROMPTS.values()), max_new_tokens=6)
+    outputs = greedy_generate(model, tok, list(PROMPTS.values()), max_new_tokens=6, batch_size=len(PROMPTS))
     for lang, text in zip(PROMPTS, outputs):
         print(f"{lang}: {PROMPTS[lang]!r} -> {text!r}")
         assert text.strip(), lang

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) train like one process with the same global batch, and never split a group."""
+"""Two CPU processes (gloo) train like one process with the same global batch, and never split a group;
+evaluation split across two processes gives the same predictions as one."""
 
 from __future__ import annotations
 
@@ -17,16 +18,21 @@ COMMON = ["objective.name=orpo", "training.max_steps=3", "batch.groups_per_batch
           "alignment.hidden_loss=cosine"]
 
 
-def bcat_train(args, processes: int) -> None:
+def run_bcat(argv, processes: int) -> None:
+    """``bcat ARGV`` in one plain process, or under ``accelerate launch`` (gloo on CPU) with N processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes == 1:
-        cmd = [sys.executable, "-m", "bcat.cli", "train", *args]
+        cmd = [sys.executable, "-m", "bcat.cli", *argv]
     else:
         launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
         cmd = [launcher, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bcat.cli", "train", *args]
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bcat.cli", *argv]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def bcat_train(args, processes: int) -> None:
+    run_bcat(["train", *args], processes)
 
 
 def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_model_dir):
@@ -50,3 +56,22 @@ def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_mo
         assert not groups[0] & groups[1]
     summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
     assert summary["world_size"] == 2
+
+
+def test_eval_on_two_processes_equals_one_process(tmp_path, tiny_model_dir):
+    """``bcat eval`` under ``accelerate launch``: items split across 2 ranks, predictions gathered in order;
+    the same predictions and metrics as one process, and only rank 0 writes (the same files)."""
+    from helpers import qa_records
+
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_records(3))
+    args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--suite", "rag,ood", "--limit", "3",
+            "--ood-tasks", "lastword,retrieval", "--max-new-tokens", "4", "--bootstrap", "200", "--batch-size", "4"]
+    run_bcat([*args, "--output", str(tmp_path / "one")], 1)
+    run_bcat([*args, "--output", str(tmp_path / "two")], 2)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for key in ("seconds", "processes"):
+        one.pop(key), two.pop(key)
+    assert one == two
+    assert (tmp_path / "one" / "predictions.jsonl").read_text() == (tmp_path / "two" / "predictions.jsonl").read_text()

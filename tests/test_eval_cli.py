@@ -10,26 +10,7 @@ from pathlib import Path
 import pytest
 
 from bcat.cli import main
-
-QA = {
-    "en": ("How long is the warranty?", "The warranty lasts {n} months.", "{n} months"),
-    "fr": ("Combien de temps dure la garantie ?", "La garantie dure {n} mois.", "{n} mois"),
-    "hi": ("वारंटी कितने समय की है?", "वारंटी {n} महीने की है।", "{n} महीने"),
-    "ja": ("保証期間はどのくらいですか？", "保証期間は{n}か月です。", "{n}か月"),
-    "th": ("การรับประกันนานเท่าไร", "การรับประกันมีอายุ {n} เดือน", "{n} เดือน"),
-}
-
-
-def qa_records(n_groups=3):
-    return [{"group": f"g{g}", "lang": lang, "question": q, "passages": [p.format(n=12 * (g + 1)),
-             p.format(n=12 * (g + 1) + 5)], "answers": [a.format(n=12 * (g + 1))], "answer_neutral": g == 2}
-            for g in range(n_groups) for lang, (q, p, a) in QA.items()]
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
+from helpers import QA, qa_records, write_jsonl
 
 FAST = ["--max-new-tokens", "4", "--bootstrap", "200", "--batch-size", "4"]
 
@@ -86,7 +67,7 @@ def test_eval_chat_template_and_shots(runs):
 
 def test_generation_is_independent_of_batching(tiny_model_dir):
     from bcat.evaluation.generation import greedy_generate
-    from bcat.evaluation.model import load_for_eval
+    from bcat.model import load_for_eval
 
     model, tok = load_for_eval(str(tiny_model_dir))
     prompts = ["Question: How long? Answer:", "La garantie dure 24 mois. Réponse :", "保証期間は24か月です。答え："]
@@ -116,6 +97,9 @@ def test_compare_same_items(runs, capsys):
     for r in comparison["per_language"].values():
         assert r["verdict"] in ("better", "worse", "no significant change") and 0 <= r["mcnemar_p"] <= 1
     assert "gap" in comparison["headline"]
+    # the chat run used other prompts: said under the table and recorded
+    assert comparison["option_differences"] == {"chat_template": ["off", "on"], "shots": [0, 1]}
+    assert "note: evaluated with different --shots: A 0, B 1" in printed
 
 
 def test_compare_refuses_different_items(runs, capsys, tmp_path):
@@ -193,3 +177,36 @@ def test_ood_suite_is_called_or_reported_missing(tmp_path, tiny_model_dir, monke
     monkeypatch.setitem(sys.modules, "bcat.evaluation.ood", None)  # the module is absent
     assert main(["eval", "--model", str(tiny_model_dir), "--suite", "ood", "--output", str(tmp_path / "p")]) == 2
     assert "out-of-domain suite" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- trimmed vocabulary
+
+def test_trimmed_generation_equals_full_model_restricted_to_kept_ids(tmp_path, tiny_model_dir):
+    """Eval on a trimmed vocabulary == the full model with every dropped id masked (greedy, fp32)."""
+    from bcat.evaluation.evaluate import trim_to_prompts
+    from bcat.evaluation.generation import greedy_generate
+    from bcat.evaluation.rag import build_prompts, load_items
+    from bcat.model import load_for_eval
+    from bcat.trim import KeptIdsLogitsProcessor
+
+    full, tok = load_for_eval(str(tiny_model_dir))
+    trimmed, _ = load_for_eval(str(tiny_model_dir))
+    items = [i for i in load_items(write_jsonl(tmp_path / "qa.jsonl", qa_records()))
+             if i.lang in ("en", "fr")]
+    prompts = build_prompts(items, tok)
+    vocab = trim_to_prompts(trimmed, tok, prompts)
+    assert len(vocab) < len(tok)  # a real trim: the test could tell a wrong mapping apart
+    got = greedy_generate(trimmed, tok, prompts, vocab=vocab, max_new_tokens=8, batch_size=4)
+    expected = greedy_generate(full, tok, prompts, logits_processor=[KeptIdsLogitsProcessor(vocab.kept)],
+                               max_new_tokens=8, batch_size=4)
+    assert got == expected and any(got)
+
+
+def test_eval_trim_vocab_option(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "qa.jsonl", [r for r in qa_records(2) if r["lang"] in ("en", "fr")])
+    for name, flag in (("on", ["--trim-vocab"]), ("off", [])):
+        assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(tmp_path / name),
+                     *flag, *FAST]) == 0
+    on, off = (json.loads((tmp_path / m / "metrics.json").read_text()) for m in ("on", "off"))
+    assert on["options"]["trim_vocab"] is True and off["options"]["trim_vocab"] is False
+    assert on["vocabulary"]["of"] == 600 and 0 < on["vocabulary"]["kept"] < 600 and "vocabulary" not in off

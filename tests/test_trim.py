@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bcat.evaluation.generation import greedy_generate
 from bcat.trim import (
     KeptIdsLogitsProcessor,
     TrimmedVocab,
     byte_token_ids,
     export_full,
-    generate_text,
     kept_token_ids,
     save_adapter,
     trim_model,
@@ -310,10 +310,9 @@ def test_generation_matches_restricted_full_model(model_dirs, arch, tied):
     """Greedy: trimmed model == full model restricted to the kept ids; text decodes the same."""
     full, trimmed, vocab, tok = trimmed_pair(model_dirs[arch, tied])
     prompts = [words(TEXT[0], 4), words(TEXT[1], 7), words(TEXT[2], 2)]  # different lengths: left padding
-    kwargs = dict(max_new_tokens=12, min_new_tokens=12)
-    got = generate_text(trimmed, tok, prompts, vocab=vocab, **kwargs)
+    got = greedy_generate(trimmed, tok, prompts, vocab=vocab, max_new_tokens=12, batch_size=2)
     restrict = KeptIdsLogitsProcessor(vocab.kept)
-    expected = generate_text(full, tok, prompts, logits_processor=[restrict], **kwargs)
+    expected = greedy_generate(full, tok, prompts, logits_processor=[restrict], max_new_tokens=12, batch_size=2)
     assert got == expected and all(got)
 
 

@@ -4,6 +4,7 @@ Examples::
 
     bcat eval --model runs/bcat/final --data test.jsonl --output out/bcat
     bcat eval --model builtin:gemma3-270m --data builtin --output out/base --shots 2
+    accelerate launch --multi_gpu --num_processes 2 -m bcat.cli eval ...   # items split across processes
     bcat compare out/base out/bcat
     bcat report out/base out/bcat --output out/report
 """
@@ -99,6 +100,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                    help="render prompts with the tokenizer's chat template: auto (if it has one), on, off (default)")
     p.add_argument("--ood-tasks", type=_codes, default=None, metavar="TASKS",
                    help="comma-separated tasks of the ood suite (default: all of them)")
+    p.add_argument("--trim-vocab", action="store_true",
+                   help="generate with the vocabulary restricted to the ids of the prompts (faster with a large "
+                        "vocabulary; the model can then only answer with those ids)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu; evaluation runs in fp32)")
     p.add_argument("--trust-remote-code", action="store_true", help="run Python code shipped with the model")
     _add_stats_options(p, with_alpha=False)

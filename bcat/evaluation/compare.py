@@ -143,6 +143,7 @@ def compare_runs(a: Run, b: Run, *, n_resamples: int = 2000, seed: int = 0, alph
         "a": {"path": str(a.path), "model": a.metrics.get("model"), "data_fingerprint": a.metrics.get("data_fingerprint")},
         "b": {"path": str(b.path), "model": b.metrics.get("model"), "data_fingerprint": b.metrics.get("data_fingerprint")},
         "same_data_file": a.metrics.get("data_fingerprint") == b.metrics.get("data_fingerprint"),
+        "option_differences": option_differences(a, b),
         "n_items": len(keys), "n_groups": len(ma.groups),
         "rule": (f"better/worse: the paired bootstrap {level:.0%} interval of B - A excludes 0 AND the exact "
                  f"McNemar p < {alpha}; headline rows: the interval alone"),
@@ -151,6 +152,20 @@ def compare_runs(a: Run, b: Run, *, n_resamples: int = 2000, seed: int = 0, alph
         "per_language": per_lang,
         "headline": headline,
     }
+
+
+def option_differences(a: Run, b: Run) -> dict[str, list]:
+    """Evaluation options that differ between the runs, ``{option: [a, b]}`` (``limit`` and
+    ``languages`` are covered by the item check). Differences make the comparison less clean:
+    each is printed under the table.
+
+    >>> run = lambda **o: Run(Path("r"), {"options": {"shots": 0, **o}}, {})
+    >>> option_differences(run(trim_vocab=True), run(trim_vocab=False))
+    {'trim_vocab': [True, False]}
+    """
+    oa, ob = a.metrics.get("options", {}), b.metrics.get("options", {})
+    return {k: [oa.get(k), ob.get(k)] for k in sorted(set(oa) | set(ob))
+            if k not in ("limit", "languages") and oa.get(k) != ob.get(k)}
 
 
 def _ci(ci: Optional[list[float]]) -> str:
@@ -173,6 +188,8 @@ def format_table(comparison: dict) -> str:
         lines.append("* unseen in training")
     if not comparison["same_data_file"]:
         lines.append("note: the data files differ (same item keys, different fingerprints)")
+    for option, (va, vb) in comparison.get("option_differences", {}).items():
+        lines.append(f"note: evaluated with different --{option.replace('_', '-')}: A {va}, B {vb}")
     return "\n".join(lines)
 
 

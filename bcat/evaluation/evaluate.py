@@ -3,7 +3,7 @@
 Library use::
 
     from bcat.evaluation.evaluate import evaluate_rag
-    from bcat.evaluation.model import load_for_eval
+    from bcat.model import load_for_eval
     from bcat.evaluation.rag import load_items
 
     model, tokenizer = load_for_eval("runs/bcat/final")
@@ -27,6 +27,7 @@ from bcat.evaluation.generation import greedy_generate
 from bcat.evaluation.metrics import LanguageIdentifier, score_item
 from bcat.evaluation.normalize import first_line
 from bcat.evaluation.rag import RagItem, build_prompts, instruction_table, load_items, uses_chat_template
+from bcat.evaluation.sharding import is_main_process, map_sharded, num_processes, process_device
 from bcat.evaluation.summary import summarize
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ class RagOptions:
     """Seed of the bootstrap and of the choice of shots."""
     languages: Optional[Sequence[str]] = field(default=None)
     """Restrict the language ID to these (default: the languages evaluated)."""
+    trim_vocab: bool = False
+    """Generate with the vocabulary restricted to the ids of the prompts (plus the
+    :func:`bcat.trim.kept_token_ids` margin), the model trimmed in place. Exact for the prompts, but
+    the model can then only answer with those ids: off by default, as it changes some answers
+    (see the README's "Vocabulary trimming" section for what it changed and saved)."""
 
 
 def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions = RagOptions()
@@ -63,11 +69,29 @@ def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions
     """Generate an answer for every item, score it, and summarise. Returns ``(summary, predictions)``."""
     chat = uses_chat_template(tokenizer, options.chat_template)
     prompts = build_prompts(items, tokenizer, shots=options.shots, chat=chat, seed=options.seed)
-    outputs = greedy_generate(model, tokenizer, prompts, batch_size=options.batch_size,
-                              max_new_tokens=options.max_new_tokens, add_special_tokens=not chat, desc="rag")
+    vocab = trim_to_prompts(model, tokenizer, prompts) if options.trim_vocab else None
+    outputs = map_sharded(
+        lambda part: greedy_generate(model, tokenizer, part, batch_size=options.batch_size,
+                                     max_new_tokens=options.max_new_tokens, add_special_tokens=not chat,
+                                     desc="rag", vocab=vocab),
+        prompts)
     summary, predictions = score_outputs(items, outputs, options, prompts=prompts)
     summary["prompt_format"] = "chat" if chat else "plain"
+    if vocab is not None:
+        summary["vocabulary"] = {"trimmed": True, "kept": len(vocab), "of": vocab.old_vocab_size}
     return summary, predictions
+
+
+def trim_to_prompts(model, tokenizer, prompts: Sequence[str]):
+    """Trim ``model`` in place to the ids of ``prompts`` plus the margin; returns the :class:`TrimmedVocab`.
+
+    The gold answers are NOT added: that would steer decoding toward them.
+    """
+    from bcat.trim import kept_token_ids, trim_model
+
+    vocab = trim_model(model, kept_token_ids(tokenizer, prompts))
+    log.info("bcat eval: vocabulary trimmed to %d of %d ids for generation", len(vocab), vocab.old_vocab_size)
+    return vocab
 
 
 def score_outputs(items: Sequence[RagItem], outputs: Sequence[str], options: RagOptions = RagOptions(),
@@ -169,7 +193,7 @@ def ood_arguments(ood, args) -> dict:
 def run_eval(args) -> dict:
     """Everything ``bcat eval`` does; returns the metrics written to ``OUTPUT/metrics.json``."""
     from bcat import __version__
-    from bcat.evaluation.model import load_for_eval
+    from bcat.model import load_for_eval
 
     suites = parse_suites(args.suite)
     output = Path(args.output)
@@ -178,33 +202,38 @@ def run_eval(args) -> dict:
         data_path = resolve_data(args.data)
         items = load_items(data_path, languages=args.languages, limit_groups=args.limit)
     ood = _load_ood() if "ood" in suites else None
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BcatError(f"--output: cannot create {output}: {e}") from e
+    if is_main_process():
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BcatError(f"--output: cannot create {output}: {e}") from e
 
     started = time.time()
-    model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code, device=process_device(args.device))
     metrics: dict = {"bcat_version": __version__, "model": args.model, "suites": suites}
+    if ood is not None:  # before any trimming: perplexities are over the full vocabulary
+        metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, args))
     if items is not None:
         options = RagOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
                              chat_template=args.chat_template, unseen=args.unseen, bootstrap=args.bootstrap,
-                             seed=args.seed)
+                             seed=args.seed, trim_vocab=args.trim_vocab)
         summary, predictions = evaluate_rag(model, tokenizer, items, options)
         keys = [[i.group, i.lang] for i in items]
         metrics.update({
             "data": str(data_path), "data_fingerprint": file_sha256(data_path),
             "options": {"batch_size": options.batch_size, "max_new_tokens": options.max_new_tokens,
                         "shots": options.shots, "chat_template": options.chat_template, "limit": args.limit,
-                        "languages": args.languages, "unseen": list(options.unseen)},
+                        "languages": args.languages, "unseen": list(options.unseen), "trim_vocab": options.trim_vocab},
             **summary,
             "items": keys, "items_sha256": items_digest(keys),
         })
-        with (output / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for p in predictions:
-                f.write(json.dumps(p, ensure_ascii=False) + "\n")
-    if ood is not None:
-        metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, args))
     metrics["seconds"] = round(time.time() - started, 1)
-    (output / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    metrics["processes"] = num_processes()
+    if is_main_process():
+        if items is not None:
+            with (output / "predictions.jsonl").open("w", encoding="utf-8") as f:
+                for p in predictions:
+                    f.write(json.dumps(p, ensure_ascii=False) + "\n")
+        (output / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n",
+                                             encoding="utf-8")
     return metrics

@@ -41,6 +41,7 @@ from bcat.evaluation.normalize import first_line
 from bcat.evaluation.ood_arith import ARITH_LANGS, arith_prompt
 from bcat.evaluation.ood_build import load_ood_file
 from bcat.evaluation.ood_text import last_number, lastword_correct
+from bcat.evaluation.sharding import is_main_process, map_sharded
 from bcat.udhr import UDHR_LANGS, load_udhr
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def sequence_nll(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
     """``(summed NLL in nats, predicted tokens)`` per text; every token after the first is predicted."""
     out: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
     device = _device(model)
-    with tqdm(total=len(texts), desc=desc, unit="text") as bar:
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not is_main_process()) as bar:
         for idx, enc in _batches(tokenizer, texts, batch_size, max_length):
             enc = enc.to(device)
             logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
@@ -154,7 +155,7 @@ def pooled_hidden_states(model, tokenizer, texts: Sequence[str], layer: int, *, 
     device = _device(model)
     bos = tokenizer.bos_token_id
     rows: list[torch.Tensor | None] = [None] * len(texts)
-    with tqdm(total=len(texts), desc=desc, unit="text") as bar:
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not is_main_process()) as bar:
         for idx, enc in _batches(tokenizer, texts, batch_size, max_length):
             enc = enc.to(device)
             kwargs = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
@@ -210,11 +211,12 @@ def eval_lastword(model, tokenizer, languages: Sequence[str], *, batch_size: int
         mine = _subset([it for it in items if it["lang"] == lang], limit)
         if not mine:
             continue
-        outputs = greedy_generate(model, tokenizer, [it["context"] for it in mine], batch_size=batch_size,
-                                  max_new_tokens=LASTWORD_NEW_TOKENS, desc=f"lastword {lang}")
+        outputs = map_sharded(lambda part: greedy_generate(model, tokenizer, part, batch_size=batch_size,
+                                                           max_new_tokens=LASTWORD_NEW_TOKENS, desc=f"lastword {lang}"),
+                              [it["context"] for it in mine])
         correct = sum(lastword_correct(o, it["target"], lang) for o, it in zip(outputs, mine))
-        nll = sequence_nll(model, tokenizer, [it["text"] for it in mine], batch_size=batch_size,
-                           desc=f"lastword ppl {lang}")
+        nll = map_sharded(lambda part: sequence_nll(model, tokenizer, part, batch_size=batch_size,
+                                                    desc=f"lastword ppl {lang}"), [it["text"] for it in mine])
         total, tokens = sum(x for x, _ in nll), sum(n for _, n in nll)
         results[lang] = {"accuracy": correct / len(mine), "ppl": math.exp(total / max(tokens, 1)), "n": len(mine)}
     return results
@@ -234,12 +236,17 @@ def eval_retrieval(model, tokenizer, languages: Sequence[str], *, layer: int | N
     others = [lang for lang in languages if lang != PIVOT]
     udhr = load_udhr([PIVOT, *others])
     articles = _subset(sorted(udhr[PIVOT]), limit)
-    pivot = pooled_hidden_states(model, tokenizer, [udhr[PIVOT][a] for a in articles], layer,
-                                 batch_size=batch_size, desc=f"retrieval {PIVOT}")
+
+    def embed(lang: str) -> torch.Tensor:
+        return torch.stack(map_sharded(
+            lambda part: pooled_hidden_states(model, tokenizer, part, layer, batch_size=batch_size,
+                                              desc=f"retrieval {lang}"),
+            [udhr[lang][a] for a in articles]))
+
+    pivot = embed(PIVOT)
     results: dict = {}
     for lang in others:
-        queries = pooled_hidden_states(model, tokenizer, [udhr[lang][a] for a in articles], layer,
-                                       batch_size=batch_size, desc=f"retrieval {lang}")
+        queries = embed(lang)
         results[lang] = {"top1": top1_accuracy(queries, pivot, center=center), "n": len(articles)}
     results["layer"] = layer
     return results
@@ -256,8 +263,9 @@ def eval_arith(model, tokenizer, languages: Sequence[str], *, batch_size: int = 
         if not tests:
             continue
         prompts = [arith_prompt(lang, it["question"], shots) for it in tests]
-        outputs = greedy_generate(model, tokenizer, prompts, batch_size=batch_size,
-                                  max_new_tokens=ARITH_NEW_TOKENS, desc=f"arith {lang}")
+        outputs = map_sharded(lambda part: greedy_generate(model, tokenizer, part, batch_size=batch_size,
+                                                           max_new_tokens=ARITH_NEW_TOKENS, desc=f"arith {lang}"),
+                              prompts)
         correct = 0
         for out, it in zip(outputs, tests):
             predicted = last_number(first_line(out))
