@@ -117,7 +117,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     examples = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.prompt_truncation_side)
     sampler = build_sampler(cfg, examples, accelerator.num_processes, accelerator.process_index)
-    check_output_dir(out, resume, min_free_bytes=required_free_bytes(cfg))
+    if is_main:  # the only process that writes
+        check_output_dir(out, resume, min_free_bytes=required_free_bytes(cfg))
     if is_main and cfg.alignment.hidden_weight > 0 and cfg.alignment.hidden_loss == "infonce" \
             and cfg.batch.groups_per_batch == 1:
         log.warning("bcat: alignment.hidden_loss=infonce with batch.groups_per_batch=1 has no negatives and is "

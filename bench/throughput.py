@@ -62,8 +62,9 @@ about 150 tokens. The actual token statistics are in the results.
 Models: ``tiny`` = a random Llama of about 20M parameters (hidden 384, 8 layers, vocab 8192 BPE
 trained on the synthetic text) built here; ``builtin:gemma3-270m`` = the built-in Gemma 3 270M
 (``bcat.builtin_model``) with its vocabulary trimmed to the ids the data uses (``bcat.trim``), the
-same trimmed model and the same remapped token ids for every configuration (``bcat train`` does
-not trim by itself yet, so the benchmark trims: ``model.trim_vocab=false`` and a patched loader).
+same trimmed model and the same remapped token ids for every configuration: the benchmark trims
+once, the same way for TRL and bcat (bcat's own ``model.trim_vocab`` is turned off and its loader
+patched to return the benchmark's trimmed model).
 
 Targets (the script prints the measured truth whether or not they are met):
 
@@ -377,7 +378,7 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
 
 
 def _patch_trimmed(bt, spec: dict) -> None:
-    """Make ``bcat.train`` train the trimmed model on remapped ids (``bcat train`` does not trim yet).
+    """Make ``bcat.train`` train the benchmark's trimmed model on remapped ids (the same model TRL gets).
 
     The loop sees: the trimmed model from the loader, examples whose ids are already mapped to the
     trimmed vocabulary, and a tokenizer whose special-token ids and length are the trimmed ones.

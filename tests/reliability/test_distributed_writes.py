@@ -14,7 +14,7 @@ from reliability.support import guard_env, guard_events, tree
 
 ARGS = ["objective.name=orpo", "training.max_steps=3", "training.save_steps=1", "batch.groups_per_batch=1",
         "training.threads=1", "training.log_batch_items=true"]
-PROBE = ".bcat-write-test-"  # every rank checks that the output directory is writable with an empty file it deletes
+PROBE = ".bcat-write-test-"  # rank 0 checks that the output directory is writable with an empty file it deletes
 
 
 def test_only_rank_0_writes(tmp_path, tiny_model_dir, train):
@@ -36,6 +36,7 @@ def test_only_rank_0_writes(tmp_path, tiny_model_dir, train):
 
     started = {e["rank"] for e in guard_events(events) if e["kind"] == "start"}
     assert {"0", "1"} <= started  # the hook ran in both ranks
+    assert [e for e in guard_events(events) if e["kind"] != "start" and e["rank"] != "0"] == []  # not even a probe
     writes = [e for e in guard_events(events) if e["kind"] != "start" and PROBE not in e["detail"]]
     by_rank = {}
     for e in writes:
