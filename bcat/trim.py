@@ -420,7 +420,7 @@ def export_full(trimmed_model, vocab: TrimmedVocab, full_model_dir: str | Path, 
         raise TypeError("merge the adapter first (model.merge_and_unload()) or save the adapter alone")
     full_model_dir, out_dir = Path(full_model_dir), Path(out_dir)
     dtype = dtype or next(trimmed_model.parameters()).dtype
-    full = AutoModelForCausalLM.from_pretrained(full_model_dir, dtype=dtype)
+    full = AutoModelForCausalLM.from_pretrained(full_model_dir, dtype=dtype, use_safetensors=True)
     if full.get_input_embeddings().weight.shape[0] != vocab.old_vocab_size:
         raise ValueError(f"{full_model_dir} has {full.get_input_embeddings().weight.shape[0]} tokens, "
                          f"the trim was made from {vocab.old_vocab_size}")
