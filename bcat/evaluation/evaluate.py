@@ -202,14 +202,21 @@ def run_eval(args) -> dict:
         data_path = resolve_data(args.data)
         items = load_items(data_path, languages=args.languages, limit_groups=args.limit)
     ood = _load_ood() if "ood" in suites else None
-    if is_main_process():
+    created = is_main_process() and not output.exists()
+    if is_main_process():  # fail on an unwritable --output before loading the model
         try:
             output.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BcatError(f"--output: cannot create {output}: {e}") from e
 
     started = time.time()
-    model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code, device=process_device(args.device))
+    try:
+        model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code,
+                                         device=process_device(args.device))
+    except BcatError:
+        if created:  # a model that does not load leaves nothing behind
+            output.rmdir()
+        raise
     metrics: dict = {"bcat_version": __version__, "model": args.model, "suites": suites}
     if ood is not None:  # before any trimming: perplexities are over the full vocabulary
         metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, args))

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from helpers import parallel_records, write_jsonl
-from reliability.support import (REPO, assert_clean_failure, copy_model, edit_json, guard_env, guard_events,
+from bcat.cli import main
+from reliability.support import (REPO, Result, assert_clean_failure, copy_model, edit_json, guard_env, guard_events,
                                  run_cli, tree)
 
 PACKAGE = REPO / "bcat"
@@ -39,7 +40,7 @@ def data(tmp_path):
 # ------------------------------------------------------------------------------------------------ weights
 
 
-def test_model_with_only_a_pickled_checkpoint_is_refused(tmp_path, train, data, tiny_model_dir):
+def test_model_with_only_a_pickled_checkpoint_is_refused(tmp_path, train, data, tiny_model_dir, capsys):
     marker = tmp_path / "PWNED"
     model = copy_model(tiny_model_dir, tmp_path / "m")
     (model / "model.safetensors").unlink()
@@ -47,6 +48,11 @@ def test_model_with_only_a_pickled_checkpoint_is_refused(tmp_path, train, data, 
         pickle.dump({"model.embed_tokens.weight": _Payload(marker)}, f)
     out = tmp_path / "out"
     assert_clean_failure(train(out, data, model=model), "model.path: cannot load safetensors weights")
+    assert not marker.exists() and not out.exists()
+    # evaluation loads the same way
+    rc = main(["eval", "--model", str(model), "--output", str(out), "--limit", "1"])
+    captured = capsys.readouterr()
+    assert_clean_failure(Result(rc, captured.out, captured.err), "--model: cannot load safetensors weights")
     assert not marker.exists() and not out.exists()
 
 
@@ -83,13 +89,14 @@ def test_source_reads_torch_files_with_weights_only_and_never_unpickles():
         assert not (isinstance(value, ast.Constant) and value.value is True), f"{path}:{node.lineno}"
 
 
-def test_training_loads_weights_as_safetensors_only():
-    calls = [n for p, n in _calls("from_pretrained") if p == Path("bcat/model.py")
-             and isinstance(n.func.value, ast.Name) and n.func.value.id == "AutoModelForCausalLM"]
-    assert calls
-    for node in calls:
+def test_weights_load_as_safetensors_only():
+    """Every model load in the package (training, evaluation, export) asks for safetensors."""
+    calls = [(p, n) for p, n in _calls("from_pretrained")
+             if isinstance(n.func.value, ast.Name) and n.func.value.id == "AutoModelForCausalLM"]
+    assert {p for p, _ in calls} >= {Path("bcat/model.py"), Path("bcat/trim.py")}
+    for path, node in calls:
         value = _keyword(node, "use_safetensors")
-        assert isinstance(value, ast.Constant) and value.value is True
+        assert isinstance(value, ast.Constant) and value.value is True, f"{path}:{node.lineno}"
 
 
 def test_resume_reads_the_optimizer_state_with_weights_only(tmp_path, train, data):
