@@ -77,8 +77,9 @@ def run_demo(args) -> int:
     steps += [["compare", str(evals[0]), str(evals[-1]), "--output", str(out)],
               ["report", *map(str, evals), "--output", str(out)]]
     for argv in steps:
-        if argv[0] == "train" and (Path(argv[-1].split("=", 1)[1]) / "training_summary.json").exists():
-            print("bcat demo: reusing the finished training run in", argv[-1].split("=", 1)[1])
+        run_dir = Path(argv[-1].removeprefix("training.output_dir=")) if argv[0] == "train" else None
+        if run_dir is not None and (run_dir / "training_summary.json").exists():
+            print("bcat demo: reusing the finished training run in", run_dir)
             continue
         print("\n$ bcat " + " ".join(argv), flush=True)
         code = main(argv)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import parallel_records, write_jsonl
+from helpers import parallel_records, qa_records, write_jsonl
 
 COMMON = ["objective.name=orpo", "training.max_steps=3", "batch.groups_per_batch=1", "training.lr_scheduler=constant",
           "training.learning_rate=5e-3", "training.log_batch_items=true", "training.threads=1",
@@ -61,8 +61,6 @@ def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_mo
 def test_eval_on_two_processes_equals_one_process(tmp_path, tiny_model_dir):
     """``bcat eval`` under ``accelerate launch``: items split across 2 ranks, predictions gathered in order;
     the same predictions and metrics as one process, and only rank 0 writes (the same files)."""
-    from helpers import qa_records
-
     data = write_jsonl(tmp_path / "qa.jsonl", qa_records(3))
     args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--suite", "rag,ood", "--limit", "3",
             "--ood-tasks", "lastword,retrieval", "--max-new-tokens", "4", "--bootstrap", "200", "--batch-size", "4"]
