@@ -1,3 +1,17 @@
-"""bcat: Batch-level Cross-lingual Alignment Tuning."""
+"""bcat: Batch-level Cross-lingual Alignment Tuning.
+
+The package follows the data flow; each step imports only the steps before it (``.importlinter``)::
+
+    data/       parallel records (group, lang) -> validated Records -> token ids        (Example)
+    batching/   whole groups per micro-batch and rank, anchor first -> padded/packed tensors
+    model/      load (or the built-in Gemma) -> trim vocabulary -> one forward -> log-probs, pooled states
+    training/   losses (SFT/DPO/ORPO + hidden/output alignment) -> objective -> the loop -> checkpoints
+    evaluation/ greedy answers per language -> scores -> summary, OOD suite -> compare (bootstrap, McNemar)
+    report/     tables + charts -> report.md / report.html
+    cli/        ``bcat train | plan | eval | compare | report | demo | data``: thin wrappers over the above
+
+Below them all: ``errors``, ``languages`` (the anchor and language lists) and ``config`` (the typed
+run configuration; every field documented).
+"""
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from bcat.errors import ConfigError
+from bcat.languages import ANCHOR
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ModelConfig:
 class DataConfig:
     train: str = ""
     """Training records: a JSONL or Parquet file, or a directory saved with ``datasets``."""
-    anchor: str = "en"
+    anchor: str = ANCHOR
     """Anchor language: every group is aligned toward its record in this language."""
     languages: Optional[list[str]] = None
     """Languages that take part in training (``None``: all found in the data)."""
@@ -95,7 +96,7 @@ class ObjectiveConfig:
     cache_reference: bool = True
     """DPO: keep precomputed reference log-probs on disk (``$BCAT_CACHE/reference/``, default
     ``~/.cache/bcat``), keyed by data, tokenizer, length settings and weights; reused across runs and
-    on resume (``bcat.reference``)."""
+    on resume (``bcat.training.reference``)."""
 
 
 @dataclass
@@ -111,7 +112,7 @@ class AlignmentConfig:
     detach_anchor: bool = True
     """Stop gradients through the anchor so English does not drift toward the translations."""
     output_weight: float = 0.1
-    """Weight of the output-agreement term (0 turns it off); see ``bcat.losses.output_agreement_loss``."""
+    """Weight of the output-agreement term (0 turns it off); see ``bcat.training.losses.output_agreement_loss``."""
     token_kl_weight: float = 0.0
     """Weight of the token-level KL between variants whose completions are token-identical to the anchor's."""
 

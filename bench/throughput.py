@@ -15,7 +15,7 @@ fp32, no gradient checkpointing, no dropout, learning rate 2e-4 constant, gradie
 
 Configurations
 --------------
-- ``bcat-dpo``: ``bcat train`` (the real loop, ``bcat.train.train``) with DPO, the group sampler,
+- ``bcat-dpo``: ``bcat train`` (the real loop, ``bcat.training.loop.train``) with DPO, the group sampler,
   hidden (InfoNCE, middle layer, w=0.3) + output (w=0.1) alignment on, bcat's defaults otherwise:
   reference log-probs precomputed (and cached; the cache starts empty in every run), prompt-shared
   packed forward, selective output head.
@@ -61,7 +61,7 @@ about 150 tokens. The actual token statistics are in the results.
 
 Models: ``tiny`` = a random Llama of about 20M parameters (hidden 384, 8 layers, vocab 8192 BPE
 trained on the synthetic text) built here; ``builtin:gemma3-270m`` = the built-in Gemma 3 270M
-(``bcat.builtin_model``) with its vocabulary trimmed to the ids the data uses (``bcat.trim``), the
+(``bcat.model.builtin``) with its vocabulary trimmed to the ids the data uses (``bcat.model.trim``), the
 same trimmed model and the same remapped token ids for every configuration: the benchmark trims
 once, the same way for TRL and bcat (bcat's own ``model.trim_vocab`` is turned off and its loader
 patched to return the benchmark's trimmed model).
@@ -307,7 +307,7 @@ def trimmed_setup(model_dir: str, data_path: str):
     """(loader returning (trimmed model, TrimmedVocab), kept ids) for a model trimmed to the data's ids."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bcat import trim
+    from bcat.model import trim
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     records = [json.loads(x) for x in Path(data_path).read_text().splitlines()]
@@ -328,8 +328,8 @@ def trimmed_setup(model_dir: str, data_path: str):
 def run_bcat(spec: dict, clock: StepClock) -> dict:
     import torch
 
-    import bcat.train as bt
-    from bcat.collate import GroupCollator
+    import bcat.training.loop as bt
+    from bcat.batching.collate import GroupCollator
     from bcat.config import load_config
 
     conf = BCAT_CONFIGS[spec["config"]]
@@ -378,14 +378,14 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
 
 
 def _patch_trimmed(bt, spec: dict) -> None:
-    """Make ``bcat.train`` train the benchmark's trimmed model on remapped ids (the same model TRL gets).
+    """Make ``bcat.training.loop`` train the benchmark's trimmed model on remapped ids (the same model TRL gets).
 
     The loop sees: the trimmed model from the loader, examples whose ids are already mapped to the
     trimmed vocabulary, and a tokenizer whose special-token ids and length are the trimmed ones.
     """
     import torch
 
-    from bcat.trim import TrimmedVocab
+    from bcat.model.trim import TrimmedVocab
 
     load, kept = trimmed_setup(spec["model_dir"], spec["data"])
     real_tokenize, real_load_tokenizer = bt.tokenize_records, bt.load_tokenizer
@@ -458,11 +458,13 @@ def run_trl(spec: dict, clock: StepClock) -> dict:
                   activation_checkpointing=False, report_to=[], save_strategy="no", logging_steps=1,
                   dataloader_num_workers=0, seed=0, disable_dropout=True, max_length=2048)
     if conf["objective"] == "dpo":
-        from trl import DPOConfig as Config, DPOTrainer as Trainer
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as Trainer
 
         extra = dict(precompute_ref_log_probs=conf["precompute"])
     else:
-        from trl.experimental.orpo import ORPOConfig as Config, ORPOTrainer as Trainer
+        from trl.experimental.orpo import ORPOConfig as Config
+        from trl.experimental.orpo import ORPOTrainer as Trainer
 
         extra = dict(remove_unused_columns=False)
     if vocab is not None:
@@ -636,7 +638,7 @@ def main(argv=None) -> int:
             build_tiny_llama(model_dir, texts)
         trim = False
     elif args.model.startswith("builtin:"):
-        from bcat.builtin_model import resolve
+        from bcat.model.builtin import resolve
 
         model_dir = resolve(args.model)
         trim = True

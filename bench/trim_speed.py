@@ -7,7 +7,7 @@ A step is forward + backward + AdamW step (lr 1e-5) on all parameters, or on a L
 (r=16, attention and MLP projections) for the ``-lora`` variants. Each variant runs in its own
 subprocess, so the peak resident memory it reports (``ru_maxrss``) is its own. The batch is
 ``--batch`` rows of ``--length`` tokens cut from multilingual product text (9 languages); the
-trimmed variants keep the ids of that text plus the default margin of :func:`bcat.trim.kept_token_ids`.
+trimmed variants keep the ids of that text plus the default margin of :func:`bcat.model.trim.kept_token_ids`.
 The first step is a warm-up and is not timed.
 """
 
@@ -54,8 +54,8 @@ def run_variant(variant: str, batch: int, length: int, steps: int, threads: int)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bcat.builtin_model import resolve
-    from bcat.trim import kept_token_ids, trim_model
+    from bcat.model.builtin import resolve
+    from bcat.model.trim import kept_token_ids, trim_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

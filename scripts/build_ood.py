@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from bcat.evaluation.ood_build import build_ood_data
-from bcat.udhr import vendor_udhr
+from bcat.data.udhr import vendor_udhr
+from bcat.evaluation.ood.build import build_ood_data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""Evaluation: the multilingual controlled-RAG QA suite, run comparison and reports.
+"""Step 6, evaluation: the multilingual controlled-RAG QA suite, the OOD suite, and run comparison.
 
-Modules, one concept each: :mod:`~bcat.evaluation.normalize` (text normal form and answer
-matching), :mod:`~bcat.evaluation.metrics` (per-item and per-language metrics),
-:mod:`~bcat.evaluation.stats` (bootstrap over groups, exact McNemar), :mod:`~bcat.evaluation.rag`
-(records and prompt template), :mod:`~bcat.evaluation.generation` (batched greedy decoding),
-:mod:`~bcat.evaluation.summary` (headline numbers),
-:mod:`~bcat.evaluation.evaluate` (``bcat eval``), :mod:`~bcat.evaluation.compare`
-(``bcat compare``), :mod:`~bcat.evaluation.report` (``bcat report``), :mod:`~bcat.evaluation.cli`.
+- :mod:`~bcat.evaluation.generation`: batched greedy decoding;
+- :mod:`~bcat.evaluation.metrics`: per-item and per-language metrics;
+- :mod:`~bcat.evaluation.stats`: bootstrap over groups, exact McNemar;
+- :mod:`~bcat.evaluation.summary`: the headline numbers (English, non-English mean, gap, unseen);
+- :mod:`~bcat.evaluation.evaluate`: ``bcat eval``;
+- :mod:`~bcat.evaluation.sharding`: items split across processes under ``accelerate launch``;
+- :mod:`~bcat.evaluation.compare`: ``bcat compare`` (paired bootstrap + McNemar per language);
+- :mod:`~bcat.evaluation.ood`: the out-of-domain suite.
 """

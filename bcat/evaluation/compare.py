@@ -21,7 +21,14 @@ from typing import Optional
 import numpy as np
 
 from bcat.errors import BcatError
-from bcat.evaluation.stats import GroupMatrix, gap_statistic, mcnemar_exact, mean_of_columns, paired_bootstrap_ci
+from bcat.evaluation.stats import (
+    GroupMatrix,
+    gap_statistic,
+    mcnemar_exact,
+    mean_of_columns,
+    paired_bootstrap_ci,
+)
+from bcat.languages import ANCHOR
 
 BETTER, WORSE, SAME = "better", "worse", "no significant change"
 GAP_DOWN, GAP_UP = "gap decreased", "gap increased"
@@ -97,7 +104,7 @@ def compare_runs(a: Run, b: Run, *, n_resamples: int = 2000, seed: int = 0, alph
     """The comparison of run ``b`` against baseline ``a`` (same items), as a JSON-ready dict."""
     check_same_items(a, b)
     langs_info = b.metrics.get("languages") or a.metrics.get("languages") or {}
-    anchor = langs_info.get("anchor", "en")
+    anchor = langs_info.get("anchor", ANCHOR)
     seen = list(langs_info.get("seen", []))
     unseen = list(langs_info.get("unseen", []))
     langs = seen + unseen or sorted({l for _, l in a.correct})

@@ -3,8 +3,8 @@
 Library use::
 
     from bcat.evaluation.evaluate import evaluate_rag
-    from bcat.model import load_for_eval
-    from bcat.evaluation.rag import load_items
+    from bcat.model.loading import load_for_eval
+    from bcat.data.rag import load_items
 
     model, tokenizer = load_for_eval("runs/bcat/final")
     summary, predictions = evaluate_rag(model, tokenizer, load_items("test.jsonl"))
@@ -22,17 +22,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bcat.data.normalize import first_line
+from bcat.data.rag import (
+    RagItem,
+    build_prompts,
+    instruction_table,
+    load_items,
+    uses_chat_template,
+)
 from bcat.errors import BcatError
 from bcat.evaluation.generation import greedy_generate
 from bcat.evaluation.metrics import LanguageIdentifier, score_item
-from bcat.evaluation.normalize import first_line
-from bcat.evaluation.rag import RagItem, build_prompts, instruction_table, load_items, uses_chat_template
-from bcat.evaluation.sharding import is_main_process, map_sharded, num_processes, process_device
+from bcat.evaluation.sharding import (
+    is_main_process,
+    map_sharded,
+    num_processes,
+    process_device,
+)
 from bcat.evaluation.summary import summarize
+from bcat.languages import UNSEEN
 
 log = logging.getLogger(__name__)
 
-DEFAULT_UNSEEN = ("th", "vi", "hu", "ro")
 BUILTIN_DATA = "resources/kb/test.jsonl"
 SUITES = ("rag", "ood")
 
@@ -49,7 +60,7 @@ class RagOptions:
     """Solved examples in the prompt (same language, other groups)."""
     chat_template: str = "off"
     """``auto`` (use the tokenizer's chat template when it has one), ``on`` or ``off`` (plain prompt)."""
-    unseen: Sequence[str] = DEFAULT_UNSEEN
+    unseen: Sequence[str] = UNSEEN
     """Languages not seen in training, reported apart from the seen ones."""
     bootstrap: int = 2000
     """Bootstrap resamples for the confidence intervals."""
@@ -59,7 +70,7 @@ class RagOptions:
     """Restrict the language ID to these (default: the languages evaluated)."""
     trim_vocab: bool = False
     """Generate with the vocabulary restricted to the ids of the prompts (plus the
-    :func:`bcat.trim.kept_token_ids` margin), the model trimmed in place. Exact for the prompts, but
+    :func:`bcat.model.trim.kept_token_ids` margin), the model trimmed in place. Exact for the prompts, but
     the model can then only answer with those ids: off by default, as it changes some answers
     (see the README's "Vocabulary trimming" section for what it changed and saved)."""
 
@@ -87,7 +98,7 @@ def trim_to_prompts(model, tokenizer, prompts: Sequence[str]):
 
     The gold answers are NOT added: that would steer decoding toward them.
     """
-    from bcat.trim import kept_token_ids, trim_model
+    from bcat.model.trim import kept_token_ids, trim_model
 
     vocab = trim_model(model, kept_token_ids(tokenizer, prompts))
     log.info("bcat eval: vocabulary trimmed to %d of %d ids for generation", len(vocab), vocab.old_vocab_size)
@@ -163,10 +174,10 @@ def parse_suites(text: str) -> list[str]:
 
 def _load_ood():
     try:
-        ood = importlib.import_module("bcat.evaluation.ood")
+        ood = importlib.import_module("bcat.evaluation.ood.suite")
     except ModuleNotFoundError as e:
-        if e.name == "bcat.evaluation.ood":
-            raise BcatError("--suite ood: the out-of-domain suite (bcat.evaluation.ood) is not available in "
+        if e.name == "bcat.evaluation.ood.suite":
+            raise BcatError("--suite ood: the out-of-domain suite (bcat.evaluation.ood.suite) is not available in "
                             "this installation") from None
         raise
     return ood
@@ -193,7 +204,7 @@ def ood_arguments(ood, args) -> dict:
 def run_eval(args) -> dict:
     """Everything ``bcat eval`` does; returns the metrics written to ``OUTPUT/metrics.json``."""
     from bcat import __version__
-    from bcat.model import load_for_eval
+    from bcat.model.loading import load_for_eval
 
     suites = parse_suites(args.suite)
     output = Path(args.output)

@@ -5,7 +5,7 @@ at EOS, at ``max_new_tokens``, or as soon as its continuation has a line break a
 base model never stops by itself and goes on with the next "Question:". Leading line breaks do not
 stop it. Results come back in the order of the prompts.
 
-A model with a trimmed vocabulary (:mod:`bcat.trim`) generates the same way: prompt ids are mapped
+A model with a trimmed vocabulary (:mod:`bcat.model.trim`) generates the same way: prompt ids are mapped
 into its ids and the generated ids back, so callers only see text. It can only emit kept ids.
 """
 
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from bcat.evaluation.sharding import is_main_process
-from bcat.trim import TrimmedVocab
+from bcat.model.trim import TrimmedVocab
 
 log = logging.getLogger(__name__)
 

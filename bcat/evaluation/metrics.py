@@ -1,6 +1,6 @@
 """Per-item and per-language QA metrics.
 
-Per item: ``correct`` (normalised containment, see :mod:`bcat.evaluation.normalize`),
+Per item: ``correct`` (normalised containment, see :mod:`bcat.data.normalize`),
 ``chrf3_recall`` (character 3-gram recall of the answer in the prediction, the BERGEN metric) and
 ``language_ok`` (whether the answer is written in the question's language, by offline language ID).
 
@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
-from bcat.evaluation.normalize import first_line, has_letters, is_correct, normalize
+from bcat.data.normalize import first_line, has_letters, is_correct, normalize
+from bcat.languages import ANCHOR
 
 log = logging.getLogger(__name__)
 
-ANCHOR = "en"
 
 
 def char_ngrams(text: str, n: int = 3) -> Counter:

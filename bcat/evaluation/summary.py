@@ -16,9 +16,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from bcat.evaluation.metrics import ANCHOR, ItemScore, all_correct_share, per_language
-from bcat.evaluation.stats import (GroupMatrix, all_correct_rows, bootstrap_ci, gap_statistic,
-                                   mean_of_columns)
+from bcat.evaluation.metrics import ItemScore, all_correct_share, per_language
+from bcat.evaluation.stats import (
+    GroupMatrix,
+    all_correct_rows,
+    bootstrap_ci,
+    gap_statistic,
+    mean_of_columns,
+)
+from bcat.languages import ANCHOR
 
 
 def order_languages(langs: Sequence[str], unseen: Sequence[str], anchor: str = ANCHOR,

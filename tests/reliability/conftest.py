@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reliability.support import Result
 
 from bcat.cli import main
-
-from reliability.support import Result
 
 
 @pytest.fixture(autouse=True)

@@ -6,17 +6,16 @@ from __future__ import annotations
 import logging
 
 import pytest
-
-from bcat.cli import main
-from bcat.config import load_config
-from bcat.data import load_records
-from bcat.errors import ConfigError
-from bcat.model import load_tokenizer
-from bcat.tokenization import tokenize_records
-from bcat.train import build_sampler
-
 from helpers import parallel_records, write_jsonl
 from reliability.support import Result, assert_clean_failure, copy_model, edit_json
+
+from bcat.batching.plan import build_sampler
+from bcat.cli import main
+from bcat.config import load_config
+from bcat.data.records import load_records
+from bcat.data.tokenization import tokenize_records
+from bcat.errors import ConfigError
+from bcat.model.loading import load_tokenizer
 
 BAD_OVERRIDES = [
     ("objective.bta=0.2", ["unknown config key 'objective.bta'", "did you mean 'objective.beta'?"]),
@@ -132,7 +131,7 @@ def test_model_without_tokenizer(tmp_path, train, data, tiny_model_dir):
 def test_tokenizer_without_pad_uses_eos_and_says_so(tmp_path, train, data, tiny_model_dir, caplog):
     model = copy_model(tiny_model_dir, tmp_path / "m")
     edit_json(model / "tokenizer_config.json", pad_token=None)
-    caplog.set_level(logging.INFO, logger="bcat.model")
+    caplog.set_level(logging.INFO, logger="bcat.model.loading")
     tok = load_tokenizer(model)
     assert tok.pad_token == tok.eos_token == "</s>" and tok.pad_token_id == tok.eos_token_id
     assert "no pad token; using EOS ('</s>') as pad" in caplog.text

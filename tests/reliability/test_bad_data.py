@@ -4,10 +4,9 @@ the line and the field, no traceback, and nothing written (the output directory 
 from __future__ import annotations
 
 import pytest
+from reliability.support import FIXTURES, assert_clean_failure, tree
 
 from bcat.errors import DataError
-
-from reliability.support import FIXTURES, assert_clean_failure, tree
 
 # (fixture file, objective, extra overrides, line (None: a whole-file problem), field, words in the message)
 BAD = [

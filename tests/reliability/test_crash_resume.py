@@ -12,13 +12,12 @@ import sys
 import time
 
 import torch
-from safetensors.torch import load_file
-
-import bcat.losses
-from bcat.checkpoint import latest_checkpoint
-
 from helpers import parallel_records, write_jsonl
 from reliability.support import assert_clean_failure
+from safetensors.torch import load_file
+
+import bcat.training.losses
+from bcat.training.checkpoint import latest_checkpoint
 
 # Constant LR: the schedule must not depend on max_steps when a shorter run is resumed to a longer one.
 COMMON = ["objective.name=orpo", "training.lr_scheduler=constant", "training.learning_rate=5e-3",
@@ -66,7 +65,7 @@ def test_leftover_tmp_checkpoint_and_cut_log_line_are_ignored_on_resume(tmp_path
         f.write('{"step": 4, "loss": 1.2')
     assert latest_checkpoint(part).name == "step-00000002"
 
-    caplog.set_level(logging.INFO, logger="bcat.train")
+    caplog.set_level(logging.INFO, logger="bcat.training.loop")
     assert train(part, data, *COMMON, steps=4, resume=True).rc == 0
     assert "step-00000002 (step 2)" in caplog.text
     assert_bitwise_equal(full, part)
@@ -112,14 +111,14 @@ def test_sigkill_mid_training_then_resume_is_bitwise_identical(tmp_path, train, 
 
 def test_nan_loss_stops_with_step_term_and_languages_and_the_checkpoint_resumes(tmp_path, train, monkeypatch):
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(3))
-    real, calls = bcat.losses.hidden_alignment_loss, {"n": 0}
+    real, calls = bcat.training.losses.hidden_alignment_loss, {"n": 0}
 
     def poisoned(*args, **kwargs):  # the hidden-alignment term turns NaN at the 3rd step
         calls["n"] += 1
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] == 3 else value
 
-    monkeypatch.setattr(bcat.losses, "hidden_alignment_loss", poisoned)
+    monkeypatch.setattr(bcat.training.losses, "hidden_alignment_loss", poisoned)
     out = tmp_path / "out"
     result = train(out, data, *COMMON, "alignment.hidden_weight=0.3", steps=5)
     assert_clean_failure(result, "non-finite loss at step 3", "hidden", "['de', 'en', 'fr']",
@@ -138,7 +137,7 @@ def test_nan_loss_stops_with_step_term_and_languages_and_the_checkpoint_resumes(
 
 def test_inf_in_a_term_is_caught_too(tmp_path, train, monkeypatch):
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(2))
-    real = bcat.losses.output_agreement_loss
-    monkeypatch.setattr(bcat.losses, "output_agreement_loss", lambda *a, **k: real(*a, **k) + float("inf"))
+    real = bcat.training.losses.output_agreement_loss
+    monkeypatch.setattr(bcat.training.losses, "output_agreement_loss", lambda *a, **k: real(*a, **k) + float("inf"))
     result = train(tmp_path / "out", data, *COMMON, "alignment.output_weight=0.1")
     assert_clean_failure(result, "non-finite loss at step 1", "output", "['de', 'en', 'fr']")

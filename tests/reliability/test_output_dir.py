@@ -8,15 +8,14 @@ import os
 import shutil
 
 import pytest
-from transformers import AutoModelForCausalLM
-
-import bcat.train
-from bcat.config import load_config
-from bcat.model import stored_parameters
-from bcat.train import required_free_bytes
-
 from helpers import parallel_records, write_jsonl
 from reliability.support import assert_clean_failure, tree
+from transformers import AutoModelForCausalLM
+
+import bcat.training.outputs
+from bcat.config import load_config
+from bcat.model.loading import stored_parameters
+from bcat.training.outputs import required_free_bytes
 
 
 @pytest.fixture
@@ -69,7 +68,7 @@ def test_disk_estimate_is_proportional_to_the_model(tiny_model_dir, monkeypatch)
     assert stored_parameters("/no/such/model") == 0
     cfg = load_config(None, [f"model.path={tiny_model_dir}"])
     assert required_free_bytes(cfg) == 200 * 2**20  # a tiny model: the floor
-    monkeypatch.setattr(bcat.train, "stored_parameters", lambda path: 270_000_000)
+    monkeypatch.setattr(bcat.training.outputs, "stored_parameters", lambda path: 270_000_000)
     assert required_free_bytes(cfg) == 270_000_000 * 4 * 2
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "training.save_steps=10"])
     assert required_free_bytes(cfg) == 270_000_000 * 4 * (2 + 2)

@@ -13,11 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import parallel_records, write_jsonl
+from reliability.support import (
+    REPO,
+    Result,
+    assert_clean_failure,
+    copy_model,
+    edit_json,
+    guard_env,
+    guard_events,
+    run_cli,
+    tree,
+)
+
 from bcat.cli import main
-from reliability.support import (REPO, Result, assert_clean_failure, copy_model, edit_json, guard_env, guard_events,
-                                 run_cli, tree)
 
 PACKAGE = REPO / "bcat"
 
@@ -93,7 +102,7 @@ def test_weights_load_as_safetensors_only():
     """Every model load in the package (training, evaluation, export) asks for safetensors."""
     calls = [(p, n) for p, n in _calls("from_pretrained")
              if isinstance(n.func.value, ast.Name) and n.func.value.id == "AutoModelForCausalLM"]
-    assert {p for p, _ in calls} >= {Path("bcat/model.py"), Path("bcat/trim.py")}
+    assert {p for p, _ in calls} >= {Path("bcat/model/loading.py"), Path("bcat/model/export.py")}
     for path, node in calls:
         value = _keyword(node, "use_safetensors")
         assert isinstance(value, ast.Constant) and value.value is True, f"{path}:{node.lineno}"

@@ -1,0 +1,74 @@
+"""The ``bcat`` command line: a thin layer on top of the library, one module per command.
+
+This file only routes. Every command module (``bcat/cli/*.py``) exposes ``add_cli(subparsers)``,
+which registers its parser and sets ``func`` to a function taking the parsed arguments and
+returning an exit code; the work itself happens in the library modules those functions call."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from bcat.errors import BcatError
+
+# (module, subcommand group or None). Order is the order of `bcat --help`.
+COMMAND_MODULES = [
+    ("bcat.cli.train", None),
+    ("bcat.cli.plan", None),
+    ("bcat.cli.eval", None),
+    ("bcat.cli.demo", None),
+    ("bcat.cli.data", "data"),
+]
+
+
+def offline_by_default() -> None:
+    """No network at run time: models and data come from local paths only."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcat", description="Batch-level Cross-lingual Alignment Tuning")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for module_name, group in COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        target = sub
+        if group is not None:
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help="data files: check, build, pairs").add_subparsers(
+                    dest="data_command", required=True
+                )
+            target = groups[group]
+        module.add_cli(target)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    offline_by_default()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except BcatError as e:
+        _close_progress_bars()
+        if args.debug:
+            raise
+        print(f"bcat: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _close_progress_bars() -> None:
+    """End the line of a progress bar left open by the error, so the message stands on its own line."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", None) or ()):
+        bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

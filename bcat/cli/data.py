@@ -1,0 +1,106 @@
+"""``bcat data check|build|pairs``: validate a data file; the bundled controlled-RAG data and training pairs.
+
+    bcat data check FILE [--objective orpo] [--tokenizer DIR] [--json]
+    bcat data build [--output DIR] [--seed 0]
+    bcat data pairs --input QA.jsonl --output PAIRS.jsonl \\
+        [--mix grounding=0.5,language=0.25,hallucination=0.25] [--seed 0] [--sft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from bcat.data.kb.build import build, default_output_dir, write_jsonl
+from bcat.data.kb.pairs import DEFAULT_MIX, make_pairs, make_sft, parse_mix, read_qa
+from bcat.data.records import load_records
+from bcat.data.tokenization import length_stats, tokenize_records
+from bcat.languages import ANCHOR
+from bcat.model.loading import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_MIX_TEXT = ",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items())
+
+
+def cmd_build(args) -> int:
+    """Regenerate train/dev/test QA files (the bundled ones with the default output and seed)."""
+    paths = build(args.output, seed=args.seed)
+    for split, path in paths.items():
+        lines = path.read_text(encoding="utf-8").count("\n")
+        log.info("%s: %d records -> %s", split, lines, path)
+    return 0
+
+
+def cmd_pairs(args) -> int:
+    """Turn QA records into preference pairs (or SFT records with --sft)."""
+    mix = None if args.sft else parse_mix(args.mix)  # a bad --mix fails before any reading
+    records = read_qa(args.input)
+    out = make_sft(records) if args.sft else make_pairs(records, mix, seed=args.seed)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output, out)
+    if args.sft:
+        log.info("%d SFT records -> %s", len(out), output)
+    else:
+        counts = Counter(r["pair_type"] for r in out)
+        log.info("%d pairs (%s) -> %s", len(out), ", ".join(f"{k} {counts[k]}" for k in sorted(counts)), output)
+    return 0
+
+
+def _add_check(subparsers) -> None:
+    p = subparsers.add_parser("check", help="validate a data file and print a summary")
+    p.add_argument("file")
+    p.add_argument("--objective", default="orpo", choices=["sft", "dpo", "orpo"])
+    p.add_argument("--anchor", default=ANCHOR)
+    p.add_argument("--drop-groups-without-anchor", action="store_true")
+    p.add_argument("--tokenizer", help="a local model or tokenizer directory: also print token-length statistics")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_check_main)
+
+
+def _check_main(args) -> int:
+    records, report = load_records(args.file, args.objective, args.anchor, None, args.drop_groups_without_anchor)
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+        examples = tokenize_records(records, tokenizer, args.max_length)
+        report.token_lengths = length_stats(examples)
+    if args.json:
+        print(json.dumps(asdict(report), ensure_ascii=False, indent=2))
+        return 0
+    print(f"{report.path}: OK")
+    print(f"  records {report.records}, groups {report.groups}, languages {len(report.records_per_language)}")
+    print("  records per language: " + ", ".join(f"{k} {v}" for k, v in report.records_per_language.items()))
+    print(f"  groups missing some language: {report.groups_missing_languages}")
+    if report.dropped_groups_without_anchor:
+        print(f"  dropped groups without the anchor: {report.dropped_groups_without_anchor}")
+    for name, stats in (report.token_lengths or {}).items():
+        print(f"  tokens {name}: " + ", ".join(f"{k} {v:g}" for k, v in stats.items()))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    """Register ``check``, ``build`` and ``pairs`` under ``bcat data``."""
+    _add_check(subparsers)
+    p = subparsers.add_parser("build", help="regenerate the bundled multilingual controlled-RAG QA splits",
+                              description=cmd_build.__doc__)
+    p.add_argument("--output", type=Path, default=None,
+                   help=f"output directory (default: the package's {default_output_dir()})")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (0 gives the bundled files)")
+    p.set_defaults(func=cmd_build)
+
+    p = subparsers.add_parser("pairs", help="make preference pairs (or SFT records) from QA records",
+                              description=cmd_pairs.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", required=True, type=Path, help="QA JSONL, e.g. bcat/resources/kb/train.jsonl")
+    p.add_argument("--output", required=True, type=Path, help="output JSONL")
+    p.add_argument("--mix", default=_DEFAULT_MIX_TEXT,
+                   help="share of each rejected-answer type: grounding (a distractor passage's answer), "
+                        "language (the English answer), hallucination (an answer in no passage)")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing each group's pair type")
+    p.add_argument("--sft", action="store_true", help="write prompt + completion (the gold answer) instead of pairs")
+    p.set_defaults(func=cmd_pairs)

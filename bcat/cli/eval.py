@@ -1,0 +1,129 @@
+"""Command-line wiring of ``bcat eval``, ``bcat compare`` and ``bcat report``.
+
+Examples::
+
+    bcat eval --model runs/bcat/final --data test.jsonl --output out/bcat
+    bcat eval --model builtin:gemma3-270m --data builtin --output out/base --shots 2
+    accelerate launch --multi_gpu --num_processes 2 -m bcat.cli eval ...   # items split across processes
+    bcat compare out/base out/bcat
+    bcat report out/base out/bcat --output out/report
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bcat.errors import BcatError
+from bcat.evaluation.compare import run_compare
+from bcat.evaluation.evaluate import run_eval
+from bcat.languages import UNSEEN
+from bcat.report.render import run_report
+
+
+def _codes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool) -> None:
+    p.add_argument("--bootstrap", type=_positive, default=2000, metavar="N",
+                   help="bootstrap resamples (over groups) for the 95%% intervals (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (and of the choice of shots)")
+    if with_alpha:
+        p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level of the verdicts (default 0.05)")
+
+
+def cmd_eval(args) -> int:
+    if args.languages is not None and not args.languages:
+        raise BcatError("--languages: give at least one language code")
+    metrics = run_eval(args)
+    if "gap" in metrics:
+        print(f"english {metrics['english']}  non-English mean {metrics['non_english_mean']}  gap {metrics['gap']}"
+              f"  unseen mean {metrics['unseen_mean']}  -> {args.output}/metrics.json")
+    else:
+        print(f"wrote {args.output}/metrics.json")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    run_compare(args)
+    return 0
+
+
+def cmd_report(args) -> int:
+    run_report(args)
+    return 0
+
+
+def add_eval_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="evaluate a model: multilingual RAG QA (and the out-of-domain suite)",
+                       description="Generate answers for a multilingual RAG QA file and score them per language; "
+                                   "writes OUTPUT/metrics.json and OUTPUT/predictions.jsonl.")
+    p.add_argument("--model", required=True, help="local model or adapter directory, or builtin:NAME")
+    p.add_argument("--data", default="builtin",
+                   help="RAG QA JSONL (group, lang, question, passages, answers), or 'builtin' (default)")
+    p.add_argument("--suite", default="rag", help="comma-separated suites: rag, ood (default rag)")
+    p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
+    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+                   help="evaluate the first N groups only (all their languages)")
+    p.add_argument("--languages", type=_codes, default=None, metavar="CODES",
+                   help="comma-separated languages to evaluate (default: all in the file)")
+    p.add_argument("--unseen", type=_codes, default=list(UNSEEN), metavar="CODES",
+                   help=f"languages not seen in training, reported apart (default {','.join(UNSEEN)})")
+    p.add_argument("--batch-size", type=_positive, default=8, help="prompts per generation batch (default 8)")
+    p.add_argument("--max-new-tokens", type=_positive, default=32, help="generation budget per answer (default 32)")
+    p.add_argument("--shots", type=_non_negative, default=0, help="solved examples in each prompt (default 0)")
+    p.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
+                   help="render prompts with the tokenizer's chat template: auto (if it has one), on, off (default)")
+    p.add_argument("--ood-tasks", type=_codes, default=None, metavar="TASKS",
+                   help="comma-separated tasks of the ood suite (default: all of them)")
+    p.add_argument("--trim-vocab", action="store_true",
+                   help="generate with the vocabulary restricted to the ids of the prompts (faster with a large "
+                        "vocabulary; the model can then only answer with those ids)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu; evaluation runs in fp32)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run Python code shipped with the model")
+    _add_stats_options(p, with_alpha=False)
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def add_cli(sub) -> None:
+    """Register ``eval``, ``compare`` and ``report``."""
+    add_eval_parser(sub)
+
+    p = sub.add_parser("compare", help="compare two eval runs per language (paired bootstrap + McNemar)",
+                       description="Compare run B against baseline A on the same items. Verdict per language: "
+                                   "better/worse when the paired bootstrap 95% CI of B - A excludes 0 AND the "
+                                   "exact McNemar p < alpha; otherwise no significant change.")
+    p.add_argument("run_a", metavar="DIR_A", help="baseline eval directory")
+    p.add_argument("run_b", metavar="DIR_B", help="eval directory to judge against the baseline")
+    p.add_argument("--output", default=None, help="directory for comparison.json (default DIR_B)")
+    _add_stats_options(p, with_alpha=True)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="Markdown + HTML report of one or more eval runs",
+                       description="Write report.md and a self-contained report.html (charts embedded).")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="eval directories, baseline first")
+    p.add_argument("--output", default=None, help="report directory (default: the run for one run, else ./report)")
+    _add_stats_options(p, with_alpha=True)
+    p.set_defaults(func=cmd_report)

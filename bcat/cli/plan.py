@@ -1,0 +1,36 @@
+"""``bcat plan``: print exactly what each micro-batch of a run will hold, without loading a model."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bcat.batching.plan import KeyOnly, batch_plan, build_sampler
+from bcat.config import load_config
+from bcat.data.records import load_records
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="print the batch plan (which records each micro-batch holds)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps to show (default: one epoch)")
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON object per line (the default is a readable table)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    records, _ = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
+                              cfg.data.drop_groups_without_anchor)
+    if args.steps is None:
+        per_rank = len(build_sampler(cfg, KeyOnly(records), args.world_size, 0))
+        args.steps = max(1, per_rank // cfg.training.gradient_accumulation_steps)
+    for entry in batch_plan(cfg, records, args.steps, args.world_size):
+        if args.json:
+            sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        else:
+            items = " ".join(f"{it['group']}/{it['lang']}" for it in entry["items"])
+            print(f"epoch {entry['epoch']} step {entry['step']} micro {entry['micro_step']} rank {entry['rank']}: {items}")
+    return 0

@@ -1,0 +1,26 @@
+"""``bcat train``: parse the command line, run :func:`bcat.training.loop.train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bcat.config import load_config
+from bcat.model.loading import TRAINED_MODEL_SUBDIR
+from bcat.training.loop import train
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model with batch-level cross-lingual alignment")
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.name=dpo training.max_steps=50")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps({k: summary[k] for k in ("steps", "tokens", "wall_time_s", "final_terms")}, indent=1))
+    print(f"bcat: model written to {Path(cfg.training.output_dir) / TRAINED_MODEL_SUBDIR}")
+    return 0

@@ -1,0 +1,249 @@
+"""The controlled-RAG QA suite: records, the prompt template, and batched greedy generation.
+
+Input: JSONL, one record per (group, language)::
+
+    {"group": "warranty-01", "lang": "fr", "question": "Combien de temps dure la garantie ?",
+     "passages": ["La garantie dure 24 mois.", "La batterie dure 10 heures."],
+     "answers": ["24 mois"], "answer_neutral": false}
+
+``passages`` are shown in the order given. ``answers`` are the accepted answers in that language.
+``answer_neutral`` marks answers that have no language (a model code, a number); their language is
+not checked. The whole file is validated before any model work.
+
+The prompt (plain form; the wording per language is in ``bcat/resources/eval/instructions.tsv``)::
+
+    Answer the question using only the passages. Reply with the answer only.
+
+    Passage 1: The warranty lasts 24 months.
+    Passage 2: The battery lasts 10 hours.
+
+    Question: How long is the warranty?
+    Answer:
+
+With ``shots`` > 0, that many solved examples of the same language (other groups of the same file,
+first answer) come first, each a full block. With a chat template the block without the final
+``Answer:`` line is the user turn and the model answers as the assistant.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional, Sequence
+
+from bcat.errors import BcatError, DataError
+
+log = logging.getLogger(__name__)
+
+
+# --- records ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RagItem:
+    """One question in one language, with its passages and accepted answers."""
+
+    group: str
+    lang: str
+    question: str
+    passages: tuple[str, ...]
+    answers: tuple[str, ...]
+    answer_neutral: bool = False
+    line: int = 0
+
+
+def _require(path, line, rec, name, kind, what):
+    if name not in rec:
+        raise DataError(path, line, name, "missing (a record needs group, lang, question, passages, answers)")
+    value = rec[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise DataError(path, line, name, f"must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _string_list(path, line, rec, name) -> tuple[str, ...]:
+    values = _require(path, line, rec, name, list, "a list of strings")
+    if not values:
+        raise DataError(path, line, name, "must not be empty")
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v.strip():
+            raise DataError(path, line, name, f"item {i} must be a non-empty string")
+    return tuple(values)
+
+
+def parse_record(rec: object, path: str, line: int, known_languages: Sequence[str]) -> RagItem:
+    """Validate one decoded JSON record and turn it into a :class:`RagItem`."""
+    if not isinstance(rec, dict):
+        raise DataError(path, line, None, "each line must be a JSON object")
+    group = rec.get("group")
+    if isinstance(group, int) and not isinstance(group, bool):
+        group = str(group)
+    if not isinstance(group, str) or not group:
+        raise DataError(path, line, "group", "missing or not a non-empty string")
+    lang = _require(path, line, rec, "lang", str, "a language code")
+    if lang not in known_languages:
+        raise DataError(path, line, "lang", f"no prompt wording for language '{lang}'; known: "
+                        f"{', '.join(known_languages)} (add a row to bcat/resources/eval/instructions.tsv)")
+    question = _require(path, line, rec, "question", str, "a string")
+    if not question.strip():
+        raise DataError(path, line, "question", "must not be empty")
+    neutral = rec.get("answer_neutral", False)
+    if not isinstance(neutral, bool):
+        raise DataError(path, line, "answer_neutral", f"must be true or false, got {neutral!r}")
+    return RagItem(group, lang, question, _string_list(path, line, rec, "passages"),
+                   _string_list(path, line, rec, "answers"), neutral, line)
+
+
+def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,
+               limit_groups: Optional[int] = None) -> list[RagItem]:
+    """Read and validate a RAG QA file. All lines are checked before anything is returned.
+
+    ``languages`` keeps only those languages (each must occur in the file); ``limit_groups`` keeps
+    the first N groups in file order, with all their languages, so that languages stay paired.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BcatError(f"data file not found: {path}")
+    known = list(instruction_table())
+    items: list[RagItem] = []
+    seen: dict[tuple[str, str], int] = {}
+    with path.open(encoding="utf-8") as f:
+        for line_no, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(path, line_no, None, f"not valid JSON ({e.msg})") from None
+            item = parse_record(rec, str(path), line_no, known)
+            key = (item.group, item.lang)
+            if key in seen:
+                raise DataError(path, line_no, "lang", f"group '{item.group}' already has a '{item.lang}' record "
+                                f"(line {seen[key]})")
+            seen[key] = line_no
+            items.append(item)
+    if not items:
+        raise DataError(path, None, None, "no records")
+    if languages:
+        present = {i.lang for i in items}
+        missing = [l for l in languages if l not in present]
+        if missing:
+            raise BcatError(f"--languages: {', '.join(missing)} not in {path} (it has {', '.join(sorted(present))})")
+        items = [i for i in items if i.lang in set(languages)]
+    if limit_groups is not None:
+        keep = set(list(dict.fromkeys(i.group for i in items))[:limit_groups])
+        items = [i for i in items if i.group in keep]
+    return items
+
+
+# --- prompt --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Wording:
+    """The localized parts of the prompt for one language."""
+
+    passage: str
+    question: str
+    answer: str
+    instruction: str
+
+
+@functools.lru_cache(maxsize=1)
+def instruction_table() -> dict[str, Wording]:
+    """The prompt wording per language, from ``bcat/resources/eval/instructions.tsv``."""
+    text = resources.files("bcat").joinpath("resources/eval/instructions.tsv").read_text(encoding="utf-8")
+    rows = [r for r in text.splitlines() if r.strip() and not r.startswith("#")]
+    reader = csv.DictReader(rows, delimiter="\t", quoting=csv.QUOTE_NONE)
+    return {r["lang"]: Wording(r["passage"], r["question"], r["answer"], r["instruction"]) for r in reader}
+
+
+def _label(label: str, text: str) -> str:
+    """``label text``; no space after a full-width colon."""
+    return f"{label}{'' if label.endswith('：') else ' '}{text}".rstrip()
+
+
+def render_block(item: RagItem, *, with_instruction: bool = True, answer: Optional[str] = None,
+                 answer_line: bool = True) -> str:
+    """One question block: instruction, numbered passages, question and the answer label.
+
+    >>> item = RagItem("g", "en", "How long is the warranty?", ("It lasts 24 months.",), ("24 months",))
+    >>> print(render_block(item))
+    Answer the question using only the passages. Reply with the answer only.
+    <BLANKLINE>
+    Passage 1: It lasts 24 months.
+    <BLANKLINE>
+    Question: How long is the warranty?
+    Answer:
+    """
+    w = instruction_table()[item.lang]
+    parts = [w.instruction, ""] if with_instruction else []
+    parts += [_label(w.passage.format(n=i), p) for i, p in enumerate(item.passages, start=1)]
+    parts += ["", _label(w.question, item.question)]
+    if answer_line:
+        parts.append(_label(w.answer, answer or ""))
+    return "\n".join(parts)
+
+
+def render_plain(item: RagItem, shots: Sequence[RagItem] = ()) -> str:
+    """The plain-text prompt: the instruction once, then the solved shots, then the question."""
+    blocks = [render_block(s, with_instruction=(i == 0), answer=s.answers[0]) for i, s in enumerate(shots)]
+    blocks.append(render_block(item, with_instruction=not shots))
+    return "\n\n".join(blocks)
+
+
+def chat_messages(item: RagItem, shots: Sequence[RagItem] = ()) -> list[dict]:
+    """The prompt as chat messages: each shot a user turn and its answer, then the question."""
+    messages: list[dict] = []
+    for s in shots:
+        messages.append({"role": "user", "content": render_block(s, answer_line=False)})
+        messages.append({"role": "assistant", "content": s.answers[0]})
+    messages.append({"role": "user", "content": render_block(item, answer_line=False)})
+    return messages
+
+
+def select_shots(items: Sequence[RagItem], k: int, seed: int = 0) -> dict[tuple[str, str], list[RagItem]]:
+    """For each item, ``k`` solved examples in its language from OTHER groups (seeded, per group).
+
+    The same group's shots are chosen the same way in every language (same group ids), so the
+    languages see parallel examples when the file has them.
+    """
+    if k <= 0:
+        return {(i.group, i.lang): [] for i in items}
+    by_lang: dict[str, dict[str, RagItem]] = {}
+    for i in items:
+        by_lang.setdefault(i.lang, {})[i.group] = i
+    groups = list(dict.fromkeys(i.group for i in items))
+    out = {}
+    for i in items:
+        rng = random.Random(f"{seed}:{i.group}")
+        order = [g for g in rng.sample(groups, len(groups)) if g != i.group]
+        out[(i.group, i.lang)] = [by_lang[i.lang][g] for g in order if g in by_lang[i.lang]][:k]
+    return out
+
+
+def uses_chat_template(tokenizer, mode: str) -> bool:
+    """Decide plain vs chat prompts: ``on`` needs a chat template, ``auto`` uses one if present."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has:
+        raise BcatError("--chat-template on, but the tokenizer has no chat template")
+    return has and mode in ("on", "auto")
+
+
+def build_prompts(items: Sequence[RagItem], tokenizer, *, shots: int = 0, chat: bool = False,
+                  seed: int = 0) -> list[str]:
+    """The prompt text of every item. Chat prompts are rendered with the tokenizer's template."""
+    chosen = select_shots(items, shots, seed)
+    prompts = []
+    for item in items:
+        s = chosen[(item.group, item.lang)]
+        if chat:
+            prompts.append(tokenizer.apply_chat_template(chat_messages(item, s), tokenize=False,
+                                                         add_generation_prompt=True))
+        else:
+            prompts.append(render_plain(item, s))
+    return prompts

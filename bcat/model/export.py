@@ -1,0 +1,127 @@
+"""Writing a trained model: safetensors in Hugging Face format, full vocabulary, written atomically.
+
+A model trained on a trimmed vocabulary (:mod:`bcat.model.trim`) is written back as a normal
+full-vocabulary model: full weights through :func:`export_full` (untouched rows bit-identical to the
+original), a LoRA adapter through :func:`save_adapter` (it never touches the vocabulary, so it loads
+onto the original model as it is).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+
+from bcat.model.builtin import licence_files
+from bcat.model.loading import TRAINED_MODEL_SUBDIR
+from bcat.model.trim import TrimmedVocab
+
+
+def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: Path | None = None) -> None:
+    """Final model as safetensors under ``out/model`` (and ``out/merged``), written atomically.
+
+    With a trimmed vocabulary the output is still a normal full-vocabulary model: a LoRA adapter
+    does not touch the vocabulary and loads onto the original model as it is; full weights are put
+    back into the original vocabulary by :func:`export_full` (untouched rows bit-identical).
+    """
+    lora = hasattr(model, "peft_config")
+    for name, enabled in ((TRAINED_MODEL_SUBDIR, True), ("merged", merged)):
+        if not enabled:
+            continue
+        target, tmp = out / name, out / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        weights = copy.deepcopy(model).merge_and_unload() if name == "merged" else model
+        if vocab is not None and lora and name != "merged":
+            save_adapter(weights, vocab, tmp)
+            tokenizer.save_pretrained(tmp)
+        elif vocab is not None:
+            export_full(weights, vocab, base_dir, tmp)
+        else:
+            weights.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+
+
+def untrim_state_dict(trimmed: dict[str, torch.Tensor], vocab: TrimmedVocab, full: dict[str, torch.Tensor],
+                      inplace: bool = False) -> dict[str, torch.Tensor]:
+    """Merge a trimmed model's state dict into the original full one.
+
+    For the vocabulary keys (``vocab.param_names``): ``full[key][kept] = trimmed[key]``; the other
+    rows are left as they are (bit-identical to ``full``). Every other key takes the trimmed model's
+    value (trained body weights), cast to the full tensor's dtype. A key of the full state dict that
+    the trimmed one lacks keeps its value (e.g. a tied ``lm_head.weight`` not stored in a file).
+    ``inplace=True`` writes into ``full``'s tensors (no second copy of a large embedding).
+    """
+    out = full if inplace else dict(full)
+    with torch.no_grad():
+        for key, value in trimmed.items():
+            if key not in full:
+                raise KeyError(f"'{key}' of the trimmed model is not in the full model: not the same architecture")
+            target = full[key] if inplace else full[key].clone()
+            if key in vocab.param_names:
+                if target.shape[0] != vocab.old_vocab_size or value.shape[0] != len(vocab):
+                    raise ValueError(f"'{key}': shapes {tuple(value.shape)} (trimmed) and {tuple(target.shape)} (full) "
+                                     f"do not match a {len(vocab)} of {vocab.old_vocab_size} trim")
+                target[vocab.kept] = value.to(target.dtype)
+            else:
+                if target.shape != value.shape:
+                    raise ValueError(f"'{key}': shape {tuple(value.shape)} != {tuple(target.shape)} of the full model")
+                target.copy_(value)
+            out[key] = target
+    return out
+
+
+def export_full(trimmed_model, vocab: TrimmedVocab, full_model_dir: str | Path, out_dir: str | Path,
+                dtype: torch.dtype | None = None) -> Path:
+    """Write a full-vocabulary model directory that plain ``transformers`` loads.
+
+    Loads the original from ``full_model_dir`` (in ``dtype``, default the trimmed model's dtype, so
+    trained values are not rounded; upcasting bf16 to fp32 is exact), merges the trimmed weights
+    with :func:`untrim_state_dict`, saves safetensors, the original tokenizer, and the original
+    notice/licence files (a Gemma derivative must carry the Gemma notice).
+
+    A LoRA model must be merged first (``model = model.merge_and_unload()``). Alternatively keep
+    the adapter alone (:func:`save_adapter`): LoRA on attention/MLP layers does not touch the
+    vocabulary, so an adapter trained on the trimmed model loads unchanged onto the full model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if hasattr(trimmed_model, "peft_config"):
+        raise TypeError("merge the adapter first (model.merge_and_unload()) or save the adapter alone")
+    full_model_dir, out_dir = Path(full_model_dir), Path(out_dir)
+    dtype = dtype or next(trimmed_model.parameters()).dtype
+    full = AutoModelForCausalLM.from_pretrained(full_model_dir, dtype=dtype, use_safetensors=True)
+    if full.get_input_embeddings().weight.shape[0] != vocab.old_vocab_size:
+        raise ValueError(f"{full_model_dir} has {full.get_input_embeddings().weight.shape[0]} tokens, "
+                         f"the trim was made from {vocab.old_vocab_size}")
+    untrim_state_dict(trimmed_model.state_dict(), vocab, full.state_dict(), inplace=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(full_model_dir).save_pretrained(out_dir)
+    for path in licence_files(full_model_dir):
+        shutil.copy2(path, out_dir / path.name)
+    return out_dir
+
+
+def save_adapter(peft_model, vocab: TrimmedVocab, out_dir: str | Path) -> Path:
+    """Save a LoRA adapter trained on a trimmed model so that it loads onto the FULL model.
+
+    LoRA on attention/MLP projections never touches the vocabulary, so the adapter is the same for
+    both models. PEFT however notices that ``vocab_size`` differs from the base config and would
+    save the (trimmed) embedding and output layers with the adapter, which then no longer fits the
+    full model: ``save_embedding_layers=False`` prevents that. An adapter that trains the
+    vocabulary layers themselves (LoRA on them, ``modules_to_save``, trainable tokens) is refused:
+    merge it and use :func:`export_full` instead.
+    """
+    vocab_modules = {name.rsplit(".", 1)[0].split(".")[-1] for name in vocab.param_names}  # embed_tokens, lm_head
+    adapted = [name for name, _ in peft_model.named_parameters()
+               if any(tag in name for tag in ("lora_", "modules_to_save", "trainable_tokens"))
+               and any(f".{module}." in name for module in vocab_modules)]
+    if adapted:
+        raise ValueError(f"the adapter trains vocabulary layers ({adapted[0]}, ...): it depends on the trim; "
+                         "merge it (merge_and_unload) and use export_full")
+    peft_model.save_pretrained(out_dir, save_embedding_layers=False)
+    return Path(out_dir)

@@ -1,0 +1,282 @@
+"""One forward pass per micro-batch: per-token log-probs of the scored tokens and pooled hidden
+states, everything the losses need.
+
+The output head is applied only at the scored positions (the completion tokens, plus the prompt
+for ORPO's TRL-style NLL): RAG prompts are long and answers short, so most positions never need
+the ``vocab``-wide logits. :class:`PolicyForward` wraps the model as an ``nn.Module`` so that DDP
+(via ``accelerate``) sees the whole computation in its ``forward``.
+
+Prompt-shared preference forward (``packed=``): chosen and rejected repeat the same prompt, so
+each pair runs as ONE sequence ``prompt | chosen | rejected`` (layout built by
+:class:`bcat.batching.collate.GroupCollator` with ``pack=True``). A 4D attention mask lets every token see
+exactly what it sees in its plain row: causal, no padding, and rejected tokens never see chosen
+tokens; position ids restart the rejected completion right after the prompt. The per-token
+log-probs come back in the PLAIN layout ``[2N, T-1]``, so the losses cannot tell the two paths
+apart; the pooled hidden states of the chosen rows are averaged over prompt + chosen, the same
+tokens as in the plain row. Transformers (5.x) hands an already-4D mask straight to the attention
+function: a boolean mask (``True`` = attend) for ``sdpa``, an additive float mask for ``eager``.
+Models with sliding-window layers (Gemma 3, windowed Qwen2) get a dict
+``{"full_attention": mask, "sliding_attention": windowed mask}``, the window measured in
+positions as in the plain forward. :func:`check_packed_forward` compares the two paths once at the
+start and turns packing off (saying so once) where a model does not honour such a mask.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    r"""Mean of the hidden states over the masked positions of each sequence.
+
+    .. math:: h_b = \frac{\sum_t m_{bt} H_{bt}}{\max(1, \sum_t m_{bt})}
+
+    Summed in fp32 so a low-precision hidden state does not lose the small terms; a row with an
+    empty mask gives a zero vector instead of ``nan``.
+
+    Args:
+        hidden: ``[B, T, D]``.
+        mask: ``[B, T]`` bool or 0/1.
+
+    Returns:
+        ``[B, D]`` in fp32.
+    """
+    weights = mask.to(torch.float32).unsqueeze(-1)  # [B, T, 1]
+    summed = (hidden.to(torch.float32) * weights).sum(dim=1)
+    return summed / weights.sum(dim=1).clamp_min(1.0)
+
+
+def _softcap(logits: torch.Tensor, config) -> torch.Tensor:
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+PACKED_KEYS = ("input_ids", "segments", "position_ids", "index", "pool_mask")
+"""The prompt-shared layout, as ``batch["packed_" + key]`` from the collator."""
+
+
+def packed_inputs(batch: dict) -> dict | None:
+    """The ``packed=`` argument of :meth:`PolicyForward.forward` from a collated batch, or ``None``."""
+    if "packed_input_ids" not in batch:
+        return None
+    return {k: batch[f"packed_{k}"] for k in PACKED_KEYS}
+
+
+def _sliding_window(config) -> tuple[int | None, bool]:
+    """(window, per layer type): Gemma 3 / Qwen2 name ``sliding_attention`` layers in ``layer_types``
+    and take a dict of masks; Mistral-style configs (a window, no ``layer_types``) window every layer."""
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None, False
+    if types is None:
+        return window, False
+    return (window, True) if "sliding_attention" in types else (None, False)
+
+
+def packed_attention_mask(segments: torch.Tensor, position_ids: torch.Tensor, config, dtype: torch.dtype):
+    """4D mask [B, 1, T, T] of the prompt-shared layout, in the form the model's attention takes.
+
+    Query ``q`` sees key ``k`` iff ``k <= q``, ``k`` is not padding, and not (``q`` rejected and ``k``
+    chosen). Every query also sees itself, so padding rows are never empty (no ``nan``). For
+    sliding-window layers, also ``pos[q] - pos[k] < window`` (the plain forward's rule, in positions).
+
+    >>> seg = torch.tensor([[0, 0, 1, 2, -1]])
+    >>> pos = torch.tensor([[0, 1, 2, 2, 0]])
+    >>> class C: _attn_implementation = "sdpa"
+    >>> packed_attention_mask(seg, pos, C(), torch.float32)[0, 0].int().tolist()
+    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 1, 1, 1]]
+    """
+    width = segments.shape[1]
+    idx = torch.arange(width, device=segments.device)
+    allowed = idx[None, :, None] >= idx[None, None, :]  # [1, q, k] causal
+    allowed = allowed & (segments != -1)[:, None, :]
+    allowed = allowed & ~((segments == 2)[:, :, None] & (segments == 1)[:, None, :])
+    eye = torch.eye(width, dtype=torch.bool, device=segments.device)[None]
+    window, per_type = _sliding_window(config)
+    windowed = None
+    if window is not None:
+        near = (position_ids[:, :, None] - position_ids[:, None, :]) < window
+        windowed = (allowed & near) | eye
+    masks = {"full_attention": allowed | eye if per_type or windowed is None else windowed}
+    if per_type:
+        masks["sliding_attention"] = windowed
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl == "sdpa":
+        masks = {k: m[:, None] for k, m in masks.items()}
+    elif impl == "eager":
+        low = torch.finfo(dtype).min
+        masks = {k: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, low)[:, None]
+                 for k, m in masks.items()}
+    else:
+        raise NotImplementedError(f"packed preference forward: attention implementation {impl!r} takes no 4D mask")
+    return masks if per_type else masks["full_attention"]
+
+
+class PolicyForward(nn.Module):
+    """``forward(input_ids, attention_mask, score_mask, ...)`` -> dict of tensors.
+
+    - ``token_logps`` [S, T-1]: log p(input_ids[:, t+1] | ...) where ``score_mask`` is set, else 0;
+    - ``pooled`` [L, S_pool, D]: masked mean of ``hidden_states[layer]`` over ``pool_mask`` for
+      each requested layer (rows ``:pool_rows`` only);
+    - ``scored_logps`` [K, V]: full log-softmax at the scored positions, only if ``return_full``.
+
+    With ``packed`` (see :func:`packed_inputs`) the model runs on the prompt-shared layout instead
+    of ``input_ids``; the outputs keep the same shapes and meaning (``pool_rows`` must be at most
+    the number of pairs: only chosen rows are pooled).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.selective_head = True
+        self.packed_ok = True
+        """Whether the prompt-shared forward is exact for this model (set by :func:`check_packed_forward`)."""
+
+    def _config(self):
+        return self.model.config
+
+    def _head_inputs(self, input_ids, attention_mask, want_hidden: bool, position_ids=None):
+        kwargs = {"position_ids": position_ids} if position_ids is not None else {}
+        if self.selective_head:
+            out = self.model.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_hidden, use_cache=False,
+                **kwargs,
+            )
+            return out.last_hidden_state, out.hidden_states
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_hidden,
+                         use_cache=False, **kwargs)
+        return out.logits, out.hidden_states
+
+    def forward(self, input_ids, attention_mask, score_mask, hidden_layers: tuple[int, ...] = (),
+                pool_mask=None, pool_rows: int = 0, return_full: bool = False, packed: dict | None = None) -> dict:
+        targets = input_ids[:, 1:][score_mask]
+        if packed is None or not self.packed_ok:
+            states, hidden_states = self._head_inputs(input_ids, attention_mask, bool(hidden_layers))
+            picked = states[:, :-1][score_mask]  # [K, D] hidden states (or logits on the fallback path)
+        else:
+            dtype = self.model.get_input_embeddings().weight.dtype
+            mask = packed_attention_mask(packed["segments"], packed["position_ids"], self._config(), dtype)
+            states, hidden_states = self._head_inputs(packed["input_ids"], mask, bool(hidden_layers),
+                                                      packed["position_ids"])
+            source = packed["index"][:, :-1][score_mask]  # flat packed index of the state scoring each target
+            picked = states.reshape(-1, states.shape[-1])[source]
+            pool_mask = packed["pool_mask"]
+        if self.selective_head:
+            picked = _softcap(self.model.get_output_embeddings()(picked), self.model.config)
+        logits = picked.float()
+        logz = torch.logsumexp(logits, dim=-1)
+        picked_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+        token_logps = torch.zeros(score_mask.shape, dtype=logits.dtype, device=logits.device)
+        token_logps = token_logps.masked_scatter(score_mask, picked_logps)
+        out = {"token_logps": token_logps}
+        if hidden_layers:
+            out["pooled"] = torch.stack(
+                [masked_mean_pool(hidden_states[layer][:pool_rows], pool_mask[:pool_rows]) for layer in hidden_layers]
+            )
+        if return_full:
+            out["scored_logps"] = logits - logz[:, None]
+        return out
+
+
+def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.device, bos_token_id: int | None = None,
+                         hidden_layers: tuple[int, ...] = ()) -> bool:
+    """Compare the prompt-shared forward with the plain one once; turn packing off if they differ.
+
+    Two random pairs (different prompt and answer lengths, so padding is exercised) go through
+    both paths in eval mode. Packing is kept when the per-token log-probs (and pooled hidden
+    states of ``hidden_layers``) agree within the dtype's tolerance AND the rejected log-probs do
+    not move when the chosen tokens change (the mask really hides them). Returns the decision,
+    also stored in ``policy.packed_ok``.
+    """
+    from bcat.batching.collate import GroupCollator
+    from bcat.data.tokenization import Example
+
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(k):
+        return torch.randint(3, max(4, vocab_size), (k,), generator=gen).tolist()
+
+    examples = [Example(0, "g", "en", rand(7), (rand(4), rand(6))), Example(1, "g", "fr", rand(5), (rand(3), rand(2)))]
+    altered = [Example(e.index, e.group, e.lang, e.prompt_ids, (rand(len(e.completions[0])), e.completions[1]))
+               for e in examples]
+    collator = GroupCollator(pad_token_id=0, anchor="en", bos_token_id=bos_token_id, pack=True)
+    dtype = policy.model.get_input_embeddings().weight.dtype
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    was_training = policy.training
+    policy.eval()
+    policy.packed_ok = True  # so that the packed path really runs below
+    reason = ""
+    impl = getattr(policy.model.config, "_attn_implementation", None) or "eager"
+    try:
+        if impl not in ("sdpa", "eager"):
+            raise NotImplementedError(f"attention implementation {impl!r} takes no 4D mask")
+        with torch.no_grad():
+            outs = []
+            for exs, pack in ((examples, False), (examples, True), (altered, True)):
+                b = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collator(exs).items()}
+                outs.append(policy(b["input_ids"], b["attention_mask"], b["target_mask"], hidden_layers=hidden_layers,
+                                   pool_mask=b["pool_mask"], pool_rows=2, packed=packed_inputs(b) if pack else None))
+        plain, packed, moved = outs
+        diff = (plain["token_logps"] - packed["token_logps"]).abs().max().item()
+        leak = (packed["token_logps"][2:] - moved["token_logps"][2:]).abs().max().item()
+        pooled = 0.0
+        if hidden_layers:  # relative: hidden states can be large (Gemma scales its embeddings by sqrt(d))
+            scale = plain["pooled"].abs().max().clamp_min(1.0)
+            pooled = ((plain["pooled"] - packed["pooled"]).abs().max() / scale).item()
+        ok = diff <= tol and leak <= tol / 10 and pooled <= tol
+        if not ok:
+            reason = (f"max log-prob difference {diff:.2e}, chosen->rejected leak {leak:.2e}, "
+                      f"pooled relative difference {pooled:.2e}")
+    except Exception as e:  # an attention implementation or model class that refuses a 4D mask
+        ok, reason = False, f"{type(e).__name__}: {e}"
+    finally:
+        policy.train(was_training)
+    policy.packed_ok = ok
+    if not ok:
+        log.warning("bcat: this model does not take the prompt-shared attention mask exactly (%s); "
+                    "preference pairs use the plain forward (slower)", reason)
+    return ok
+
+
+def check_selective_head(policy: PolicyForward, vocab_size: int, device: torch.device) -> bool:
+    """Compare the selective head with the model's own logits once; fall back if they differ.
+
+    Architectures that post-process logits in ways we do not replicate (scales, custom heads)
+    keep working, only without the saving. Returns whether the selective head is used.
+    """
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (2, 12), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    score = torch.ones(2, 11, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        reference = policy.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        reference = reference.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        policy.selective_head = True
+        try:
+            ours = policy(ids, mask, score)["token_logps"]
+            ok = torch.allclose(ours, reference, atol=1e-4, rtol=0)
+        except Exception as e:  # a model without get_decoder() or with an unusual signature
+            log.debug("selective head failed: %s", e)
+            ok = False
+    policy.selective_head = ok
+    if not ok:
+        log.warning("bcat: this model's output head is not reproduced exactly; using full logits (slower)")
+    return ok
+
+
+def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed and mean per-token log-probs of each row over ``mask``.
+
+    >>> t = torch.tensor([[-1.0, -2.0, 0.0], [-3.0, 0.0, 0.0]])
+    >>> m = torch.tensor([[True, True, False], [True, False, False]])
+    >>> [x.tolist() for x in sequence_logps(t, m)]
+    [[-3.0, -3.0], [-1.5, -3.0]]
+    """
+    summed = (token_logps * mask).sum(-1)
+    return summed, summed / mask.sum(-1).clamp_min(1)

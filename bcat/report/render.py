@@ -1,0 +1,168 @@
+"""``bcat report DIR...``: a Markdown and a self-contained HTML report of one or more eval runs.
+
+The report holds: the runs; the headline (English, seen non-English mean, gap, unseen mean, with
+95% intervals) and its chart; with exactly two runs, the ``bcat compare`` verdict table; accuracy
+per language side by side (unseen languages marked); answer quality per language (chrF3 recall,
+answer-language rate, consistency with English); and the out-of-domain results when present.
+
+``report.html`` embeds its charts as base64 PNG (one file to attach to a review); ``report.md``
+links the same PNG files, written next to it.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+from pathlib import Path
+from typing import Sequence
+
+from bcat.errors import BcatError
+from bcat.evaluation.compare import BETTER, WORSE, Run, compare_runs, load_run
+from bcat.report.charts import headline_chart, per_language_chart
+from bcat.report.tables import (
+    Table,
+    accuracy_table,
+    all_languages,
+    fmt,
+    fmt_ci,
+    headline_table,
+    ood_tables,
+    quality_table,
+    run_names,
+    runs_table,
+    verdict_table,
+)
+
+# --- documents -----------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Roboto,'Noto Sans',Helvetica,Arial,sans-serif;color:#1f2328;
+max-width:1100px;margin:32px auto;padding:0 24px;line-height:1.45}
+h1{font-size:26px;margin-bottom:4px} h2{font-size:19px;margin-top:36px;border-bottom:1px solid #d8dee4;padding-bottom:6px}
+h3{font-size:15px;margin-top:22px} .meta{color:#59636e;font-size:13px;margin-top:0}
+table{border-collapse:collapse;margin:12px 0;font-size:13.5px}
+th,td{padding:6px 12px;border-bottom:1px solid #e4e8ec} th{background:#f6f8fa;text-align:left;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.label{font-weight:500;white-space:nowrap}
+tbody tr:hover{background:#f9fbfd} .note{color:#59636e;font-size:12.5px;max-width:900px}
+img{max-width:100%;border:1px solid #e4e8ec;border-radius:6px;padding:6px;background:#fff}
+.pill{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
+.good{background:#dafbe1;color:#116329} .bad{background:#ffebe9;color:#a40e26} .neutral{background:#eef1f4;color:#59636e}
+.cards{display:flex;gap:14px;flex-wrap:wrap;margin:14px 0}
+.card{border:1px solid #d8dee4;border-radius:8px;padding:10px 16px;min-width:170px}
+.card .k{font-size:12px;color:#59636e} .card .v{font-size:22px;font-weight:600} .card .c{font-size:12px;color:#59636e}
+"""
+
+
+def _cards(runs: Sequence[Run], names: Sequence[str]) -> str:
+    """One card per run with its gap, the headline number."""
+    out = []
+    for run, name in zip(runs, names):
+        gap, ci = run.metrics.get("gap"), run.metrics.get("ci", {}).get("gap")
+        out.append(f'<div class="card"><div class="k">{html.escape(name)}: gap</div>'
+                   f'<div class="v">{fmt(gap, signed=True)}</div><div class="c">95% CI {fmt_ci(ci, signed=True)}</div></div>')
+    return f'<div class="cards">{"".join(out)}</div>'
+
+
+def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamples: int = 2000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` and the chart PNGs into ``output``; return the two report paths."""
+    if not run_dirs:
+        raise BcatError("report: give at least one eval directory")
+    runs = [load_run(d, need_items=False) for d in run_dirs]
+    names = run_names(runs)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    langs, unseen = all_languages(runs)
+    rag_runs = [r for r in runs if r.metrics.get("per_language")]
+
+    sections: list[tuple[str, list]] = []  # (title, parts); a part is a Table, (png name, bytes, alt) or str
+    sections.append(("Runs", [runs_table(runs, names)]))
+    if rag_runs:
+        sections.append(("Headline", ["cards", headline_table(runs, names),
+                                      ("headline.png", headline_chart(runs, names), "headline accuracy and gap")]))
+        if len(runs) == 2:
+            sections.append(("Comparison", _comparison_parts(runs, names, n_resamples, seed, alpha)))
+        sections.append(("Accuracy per language", [
+            ("accuracy.png", per_language_chart(runs, names, langs, unseen, "accuracy", "accuracy", True),
+             "accuracy per language"), accuracy_table(runs, names, langs, unseen)]))
+        sections.append(("Answer language and quality", [
+            ("answer_language.png", per_language_chart(runs, names, langs, unseen, "answer_language_rate",
+                                                       "answer-language rate", False), "answer-language rate"),
+            quality_table(runs, names, langs)]))
+    ood = ood_tables(runs, names)
+    if ood:
+        sections.append(("Out-of-domain", ["Retention checks outside RAG QA (bcat.evaluation.ood.suite): compare a "
+                                           "tuned model with its base, language by language."]
+                         + [part for task, table in ood for part in (f"### {task}", table)]))
+
+    md_path, html_path = output / "report.md", output / "report.html"
+    md_path.write_text(_markdown(sections, runs, names), encoding="utf-8")
+    html_path.write_text(_html(sections, runs, names), encoding="utf-8")
+    for _, parts in sections:
+        for part in parts:
+            if isinstance(part, tuple):
+                (output / part[0]).write_bytes(part[1])
+    return md_path, html_path
+
+
+def _comparison_parts(runs, names, n_resamples, seed, alpha) -> list:
+    try:
+        a, b = load_run(runs[0].path), load_run(runs[1].path)
+        comparison = compare_runs(a, b, n_resamples=n_resamples, seed=seed, alpha=alpha)
+    except BcatError as e:
+        return [f"No comparison: {e}"]
+    better = [l for l, r in comparison["per_language"].items() if r["verdict"] == BETTER]
+    worse = [l for l, r in comparison["per_language"].items() if r["verdict"] == WORSE]
+    summary = (f"{names[1]} against {names[0]} on {comparison['n_items']} items ({comparison['n_groups']} groups): "
+               f"better in {', '.join(better) or 'no language'}; worse in {', '.join(worse) or 'no language'}.")
+    return [summary, verdict_table(comparison, names)]
+
+
+def _title(names) -> str:
+    return "bcat evaluation: " + (" vs ".join(names) if len(names) <= 3 else f"{len(names)} runs")
+
+
+def _markdown(sections, runs, names) -> str:
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    out = [f"# {_title(names)}", "", f"Generated {now} by `bcat report`.", ""]
+    for title, parts in sections:
+        out += [f"## {title}", ""]
+        for part in parts:
+            if part == "cards":
+                continue
+            if isinstance(part, Table):
+                out += [part.markdown(), ""]
+            elif isinstance(part, tuple):
+                out += [f"![{part[2]}]({part[0]})", ""]
+            else:
+                out += [part, ""]
+    return "\n".join(out)
+
+
+def _html(sections, runs, names) -> str:
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    body = [f"<h1>{html.escape(_title(names))}</h1>", f'<p class="meta">Generated {now} by <code>bcat report</code>.</p>']
+    for title, parts in sections:
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        for part in parts:
+            if part == "cards":
+                body.append(_cards(runs, names))
+            elif isinstance(part, Table):
+                body.append(part.html())
+            elif isinstance(part, tuple):
+                data = base64.b64encode(part[1]).decode("ascii")
+                body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(part[2])}">')
+            elif part.startswith("### "):
+                body.append(f"<h3>{html.escape(part[4:])}</h3>")
+            else:
+                body.append(f"<p>{html.escape(part)}</p>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(_title(names))}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def run_report(args) -> tuple[Path, Path]:
+    """Everything ``bcat report`` does."""
+    output = args.output or (args.runs[0] if len(args.runs) == 1 else "report")
+    md, page = build_report(args.runs, output, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha)
+    print(f"wrote {md} and {page}")
+    return md, page

@@ -1,0 +1,266 @@
+"""``bcat train``: the training loop, visible in one place.
+
+Why a plain Accelerate loop and not ``transformers.Trainer``: the method lives in the batch
+composition. Trainer builds its own sampler and dataloader, drops unknown columns, and shards
+batches across ranks itself; keeping whole groups together would mean overriding most of it. Here
+the group sampler deals micro-batches to ranks directly, and ``accelerate`` still provides device
+placement, DDP/FSDP/DeepSpeed through ``accelerate launch``, and mixed precision.
+
+Order of work: validate config, data and output directory (nothing is written before that), load
+the model, optionally precompute DPO reference log-probs, then loop:
+micro-batch -> collate -> one forward -> loss terms -> backward; every
+``gradient_accumulation_steps`` micro-batches: clip, optimizer step, schedule, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from bcat.batching.collate import GroupCollator
+from bcat.batching.plan import build_sampler
+from bcat.config import TrainConfig, to_yaml
+from bcat.data.records import load_records
+from bcat.data.tokenization import tokenize_records
+from bcat.errors import ConfigError, TrainingError
+from bcat.model.export import save_model
+from bcat.model.forward import PolicyForward, check_packed_forward, check_selective_head
+from bcat.model.loading import (
+    add_lora,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    middle_layer,
+    resolve_model_dir,
+)
+from bcat.model.trim import special_id, trim_enabled, trim_vocabulary
+from bcat.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from bcat.training.objectives import compute_loss, reference_logps
+from bcat.training.outputs import check_output_dir, required_free_bytes, truncate_log
+from bcat.training.reference import reference_key, reference_table
+
+log = logging.getLogger(__name__)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _scheduler(cfg: TrainConfig, optimizer):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.training.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.training.warmup_steps,
+                         num_training_steps=cfg.training.max_steps)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run training as configured; returns the training summary (also written to disk)."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    t_start = time.time()
+    tc = cfg.training
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    is_main = accelerator.is_main_process
+    out = Path(tc.output_dir)
+
+    # -- 1. validate everything before spending compute or writing a byte -------------------------
+    if not cfg.data.train:
+        raise ConfigError("data.train is not set: give a JSONL/Parquet file of parallel records")
+    records, report = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
+                                   cfg.data.drop_groups_without_anchor)
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    examples = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.prompt_truncation_side)
+    sampler = build_sampler(cfg, examples, accelerator.num_processes, accelerator.process_index)
+    if is_main:  # the only process that writes
+        check_output_dir(out, resume, min_free_bytes=required_free_bytes(cfg))
+    if is_main and cfg.alignment.hidden_weight > 0 and cfg.alignment.hidden_loss == "infonce" \
+            and cfg.batch.groups_per_batch == 1:
+        log.warning("bcat: alignment.hidden_loss=infonce with batch.groups_per_batch=1 has no negatives and is "
+                    "always 0; use 2+ groups per micro-batch or alignment.hidden_loss=cosine")
+    if report.dropped_groups_without_anchor and is_main:
+        log.info("bcat: dropped %d groups without the anchor language", report.dropped_groups_without_anchor)
+
+    # -- 2. model -----------------------------------------------------------------------------------
+    torch.manual_seed(tc.seed)
+    model = load_model(cfg.model, accelerator.device)
+    vocab = None
+    if trim_enabled(cfg):
+        vocab, examples = trim_vocabulary(model, tokenizer, examples)
+        if is_main:
+            log.info("bcat: vocabulary trimmed to the %d token ids the data uses (of %d)", len(vocab),
+                     vocab.old_vocab_size)
+    if cfg.model.lora:
+        model = add_lora(model, cfg.model)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.model.lora:
+            model.enable_input_require_grads()
+    model.train()
+    policy = PolicyForward(model)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    check_selective_head(policy, vocab_size, accelerator.device)
+    hidden_layers = tuple(cfg.alignment.hidden_layers or [middle_layer(model.config)])
+    pack = tc.packed_preference and cfg.objective.name in ("dpo", "orpo") and check_packed_forward(
+        policy, vocab_size, accelerator.device, special_id(tokenizer.bos_token_id, vocab), hidden_layers)
+    collator = GroupCollator(special_id(tokenizer.pad_token_id, vocab), cfg.data.anchor,
+                             special_id(tokenizer.bos_token_id, vocab), pack=pack)
+    trainable, total = count_parameters(model)
+    if is_main:
+        log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch per rank",
+                 report.records, report.groups, len(report.records_per_language), f"{trainable:,}", f"{total:,}", len(sampler))
+
+    # -- 3. DPO reference ---------------------------------------------------------------------------
+    ref_table, reference = None, None
+    if cfg.objective.name == "dpo":
+        if cfg.objective.precompute_reference:
+            key = reference_key(examples, tokenizer, model, resolve_model_dir(cfg.model.path), cfg.data.max_length,
+                                cfg.data.prompt_truncation_side) if cfg.objective.cache_reference else None
+            ref_table = reference_table(policy, examples, collator, key)
+        elif cfg.model.lora:
+            def reference(batch):  # the same weights with the adapter switched off: no second copy
+                with model.disable_adapter():
+                    return reference_logps(policy, batch)
+        else:
+            frozen = PolicyForward(copy.deepcopy(model).eval().requires_grad_(False))
+            frozen.selective_head = policy.selective_head
+            reference = lambda batch: reference_logps(frozen, batch)  # noqa: E731
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
+                                  weight_decay=tc.weight_decay)
+    scheduler = _scheduler(cfg, optimizer)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+
+    # -- 4. resume ----------------------------------------------------------------------------------
+    step, tokens = 0, 0
+    if resume and (ckpt := latest_checkpoint(out)) is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        step, tokens = state["step"], state["tokens"]
+        sampler.load_state_dict(state["sampler"])
+        if is_main:
+            log.info("bcat: resumed from %s (step %d)", ckpt, step)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        truncate_log(out / "train_log.jsonl", step)
+    accelerator.wait_for_everyone()
+
+    # -- 5. the loop --------------------------------------------------------------------------------
+    languages = sorted(report.records_per_language)
+    lang_pos = {lang: i for i, lang in enumerate(languages)}
+    ga = tc.gradient_accumulation_steps
+    batches = iter(sampler)
+    last_terms: dict[str, float] = {}
+    progress = _progress(tc.max_steps, step, is_main)
+    writer = _tensorboard(out) if is_main else None
+    while step < tc.max_steps:
+        sums: dict[str, torch.Tensor] = {}
+        lang_sum = torch.zeros(len(languages), device=accelerator.device)
+        lang_count = torch.zeros(len(languages), device=accelerator.device)
+        step_items: list[list[tuple[str, str]]] = []
+        for micro in range(ga):
+            indices = next(batches)
+            batch = _to(collator([examples[i] for i in indices]), accelerator.device)
+            if ref_table is not None:
+                ref = ref_table[batch["indices"].cpu()].to(accelerator.device)
+                batch["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
+            step_items.append([(examples[i].group, examples[i].lang) for i in indices])
+            sync = micro == ga - 1
+            with nullcontext() if sync else accelerator.no_sync(policy):
+                result = compute_loss(policy, batch, cfg.objective, cfg.alignment, hidden_layers, reference)
+                _check_finite(result.terms, step + 1, batch["langs"], accelerator)
+                accelerator.backward(result.loss / ga)
+            for k, v in result.terms.items():
+                sums[k] = sums.get(k, 0.0) + v / ga
+            for lang, value in zip(batch["langs"], result.per_example):
+                lang_sum[lang_pos[lang]] += value
+                lang_count[lang_pos[lang]] += 1
+            tokens += int(accelerator.reduce(batch["attention_mask"].sum(), "sum"))
+        if tc.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        terms = {k: float(accelerator.reduce(v, "mean")) for k, v in sums.items()}
+        lang_sum, lang_count = accelerator.reduce(lang_sum, "sum"), accelerator.reduce(lang_count, "sum")
+        last_terms = terms
+        items = gather_object([step_items]) if tc.log_batch_items else None  # every rank must take part
+        if is_main and (step % tc.logging_steps == 0 or step == tc.max_steps):
+            entry = {"step": step, "epoch": round(step * ga / len(sampler), 4), "lr": scheduler.get_last_lr()[0],
+                     "tokens": tokens, **terms,
+                     "main_per_language": {lang: float(lang_sum[i] / lang_count[i])
+                                           for i, lang in enumerate(languages) if lang_count[i] > 0}}
+            if items is not None:
+                entry["items_per_rank"] = items
+            with open(out / "train_log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            if writer is not None:
+                for k, v in terms.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{terms['loss']:.4f}")
+        if tc.save_steps and step % tc.save_steps == 0 and step < tc.max_steps:
+            if is_main:
+                save_checkpoint(out, step, model, optimizer, scheduler,
+                                {"tokens": tokens, "sampler": sampler.state_dict()})
+            accelerator.wait_for_everyone()
+    if progress is not None:
+        progress.close()
+
+    # -- 6. outputs ---------------------------------------------------------------------------------
+    summary = {
+        "steps": step, "tokens": tokens, "wall_time_s": round(time.time() - t_start, 2),
+        "final_terms": last_terms, "records": report.records, "groups": report.groups,
+        "languages": languages, "trainable_parameters": trainable, "world_size": accelerator.num_processes,
+        "prompt_tokens_trimmed": sum(e.prompt_trimmed for e in examples),
+    }
+    if is_main:
+        save_model(model, tokenizer, out, merged=tc.save_merged and cfg.model.lora, vocab=vocab,
+                   base_dir=resolve_model_dir(cfg.model.path))
+        tmp = out / "training_summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        tmp.replace(out / "training_summary.json")
+        if writer is not None:
+            writer.close()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _check_finite(terms: dict, step: int, langs: list[str], accelerator) -> None:
+    bad = [k for k, v in terms.items() if not math.isfinite(float(v))]
+    flag = accelerator.reduce(torch.tensor(float(bool(bad)), device=accelerator.device), "sum")
+    if float(flag) > 0:
+        which = ", ".join(bad) if bad else "a term on another rank"
+        raise TrainingError(
+            f"non-finite loss at step {step}: {which} (languages in the micro-batch: {sorted(set(langs))}); "
+            "the last checkpoint is intact; lower training.learning_rate or check the data"
+        )
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="bcat train", unit="step")
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))

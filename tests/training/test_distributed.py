@@ -1,0 +1,74 @@
+"""Two CPU processes (gloo) train like one process with the same global batch, and never split a group;
+evaluation split across two processes gives the same predictions as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import parallel_records, qa_records, write_jsonl
+
+COMMON = ["objective.name=orpo", "training.max_steps=3", "batch.groups_per_batch=1", "training.lr_scheduler=constant",
+          "training.learning_rate=5e-3", "training.log_batch_items=true", "training.threads=1",
+          "alignment.hidden_loss=cosine"]
+
+
+def run_bcat(argv, processes: int) -> None:
+    """``bcat ARGV`` in one plain process, or under ``accelerate launch`` (gloo on CPU) with N processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        cmd = [sys.executable, "-m", "bcat.cli", *argv]
+    else:
+        launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+        cmd = [launcher, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bcat.cli", *argv]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def bcat_train(args, processes: int) -> None:
+    run_bcat(["train", *args], processes)
+
+
+def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", parallel_records(4, langs=("en", "fr", "de")))
+    base = [f"model.path={tiny_model_dir}", f"data.train={data}", *COMMON]
+    bcat_train([*base, f"training.output_dir={tmp_path / 'one'}", "training.gradient_accumulation_steps=2"], 1)
+    bcat_train([*base, f"training.output_dir={tmp_path / 'two'}", "training.gradient_accumulation_steps=1"], 2)
+    one = [json.loads(x) for x in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        # The same records per optimizer step: 2 micro-batches on one rank == 1 micro-batch on each of 2 ranks.
+        assert sorted(map(tuple, sum(a["items_per_rank"][0], []))) == sorted(
+            map(tuple, sum((rank[0] for rank in b["items_per_rank"]), [])))
+        for key in ("loss", "main", "hidden", "output"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+        for lang in a["main_per_language"]:
+            assert a["main_per_language"][lang] == pytest.approx(b["main_per_language"][lang], abs=1e-4)
+        # No group is ever split across the two ranks.
+        groups = [{g for g, _ in rank[0]} for rank in b["items_per_rank"]]
+        assert not groups[0] & groups[1]
+    summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
+    assert summary["world_size"] == 2
+
+
+def test_eval_on_two_processes_equals_one_process(tmp_path, tiny_model_dir):
+    """``bcat eval`` under ``accelerate launch``: items split across 2 ranks, predictions gathered in order;
+    the same predictions and metrics as one process, and only rank 0 writes (the same files)."""
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_records(3))
+    args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--suite", "rag,ood", "--limit", "3",
+            "--ood-tasks", "lastword,retrieval", "--max-new-tokens", "4", "--bootstrap", "200", "--batch-size", "4"]
+    run_bcat([*args, "--output", str(tmp_path / "one")], 1)
+    run_bcat([*args, "--output", str(tmp_path / "two")], 2)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for key in ("seconds", "processes"):
+        one.pop(key), two.pop(key)
+    assert one == two
+    assert (tmp_path / "one" / "predictions.jsonl").read_text() == (tmp_path / "two" / "predictions.jsonl").read_text()
