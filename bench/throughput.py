@@ -2,57 +2,77 @@
 
 Usage::
 
-    python bench/throughput.py --quick                         # tiny random Llama, < 5 min on 2 cores
-    python bench/throughput.py                                 # more steps, bigger micro-batch
-    python bench/throughput.py --model builtin:gemma3-270m --steps 6 --shapes rag
-    python bench/throughput.py --table bench/results/quick-tiny-llama.json   # print a saved result
+    python bench/throughput.py --quick                         # tiny random Llama, RAG + chat shapes
+    python bench/throughput.py --model builtin:gemma3-270m --shapes rag     # the built-in model (trimmed)
+    python bench/throughput.py --model builtin:gemma3-270m --shapes rag --configs bcat-dpo,bcat-dpo-noalign \\
+        --profile                                              # + where the alignment time goes
+    python bench/throughput.py --table bench/results/quick-tiny.json          # print a saved result
 
 Every configuration sees the SAME model, the SAME synthetic data, the SAME micro-batch size (pairs
-per optimizer step) and the SAME number of steps, and runs in its OWN subprocess (so peak RSS is
-its own), one after the other in one process tree, each with 2 torch threads (``OMP_NUM_THREADS``
-and ``torch.set_num_threads``). LoRA r=16 (alpha 32, attention + MLP projections) on both sides,
-fp32, no gradient checkpointing, no dropout, learning rate 2e-4 constant, gradient clipping 1.0.
+per optimizer step), 2 torch threads (``OMP_NUM_THREADS`` and ``torch.set_num_threads``), LoRA r=16
+(alpha 32, attention + MLP projections) on both sides, fp32, no gradient checkpointing, no
+dropout, learning rate 2e-4 constant, gradient clipping 1.0.
+
+Protocol (``bench/protocol.py``)
+--------------------------------
+Each configuration runs in its OWN process (peak RSS is its own); the processes of a group are
+all started, set up (model, data, reference log-probs) and then held at every optimizer step: the
+driver releases ONE configuration for ONE step at a time, in rounds, the order alternating between
+rounds (A B, B A, ...). A round's ratio compares steps taken back to back, so a slow minute of the
+shared machine slows both sides. ``--warmup`` steps (the first includes setup) are run, not kept;
+``--rounds`` (>= 5) are kept. Every comparison reports the median of its per-round ratios and a
+bootstrap 95% CI; a target counts as met only when the whole CI clears it. The machine's load,
+uptime and fp32 matmul rate are recorded before and after. ``--grouping all`` (the default for the
+tiny model) runs every configuration of a shape as one group (one setup each); ``pairs`` (the
+default otherwise: a 270M model's TRL process needs about 8 GB) one group per comparison.
 
 Configurations
 --------------
-- ``bcat-dpo``: ``bcat train`` (the real loop, ``bcat.training.loop.train``) with DPO, the group sampler,
-  hidden (InfoNCE, middle layer, w=0.3) + output (w=0.1) alignment on, bcat's defaults otherwise:
-  reference log-probs precomputed (and cached; the cache starts empty in every run), prompt-shared
-  packed forward, selective output head.
-- ``bcat-dpo-noalign``: the same with both alignment weights 0 (the cost of alignment).
-- ``bcat-dpo-unpacked``: alignment on, ``training.packed_preference=false`` (what packing brings).
+- ``bcat-dpo``: ``bcat train`` (the real loop, ``bcat.training.loop.train``) with DPO, the group
+  sampler and REAL alignment work: cosine hidden alignment (middle layer, w=0.3) + output agreement
+  (w=0.1); bcat's defaults otherwise: reference log-probs precomputed (the cache starts empty in
+  every run), prompt-shared packed forward, selective output head.
+- ``bcat-dpo-infonce``: InfoNCE hidden alignment (bcat's default, tau 0.1) + output agreement. InfoNCE
+  contrasts a translation with the OTHER groups' anchors, so it needs ``--groups-per-batch`` >= 2
+  (with one group it is identically zero; the script refuses that).
+- ``bcat-dpo-noalign``: both alignment weights 0 (the baseline of the alignment cost).
+- ``bcat-dpo-unpacked``: ``bcat-dpo`` with ``training.packed_preference=false`` (what packing brings).
 - ``bcat-orpo``, ``bcat-orpo-noalign``: the same for ORPO (bcat's default completion-only NLL).
 - ``trl-dpo``: ``trl.DPOTrainer``, its standard settings: live reference (LoRA: adapter disabled),
   sigmoid loss, beta 0.1. Changed from TRL's defaults because of this machine or to match bcat:
-  ``bf16=False`` (bf16 matmuls run at ~0.3 GFLOP/s on this CPU) and ``gradient_checkpointing=False``
-  (bcat does not checkpoint either; checkpointing would only make TRL slower).
+  ``bf16=False`` (bf16 matmuls run at ~0.3 GFLOP/s on CPUs without AVX-512 BF16) and no
+  activation checkpointing (bcat does not checkpoint either; it would only make TRL slower).
 - ``trl-dpo-precomputed``: the same with ``precompute_ref_log_probs=True``.
 - ``trl-orpo``: ``trl.experimental.orpo.ORPOTrainer`` (lambda 0.1; TRL's NLL over prompt + completion).
 
 What is measured
 ----------------
-- **seconds per step**: the time between consecutive optimizer steps (a global
-  ``torch.optim`` step hook, identical for both sides), median over the steps after ``--warmup``.
-  One-time work (tokenization, reference precompute, model loading) is outside the steps and
-  reported separately as ``setup_s``.
-- **tokens per second** (the ratio uses this): the UNPACKED non-pad token count of the data the
-  policy processed in the measured steps, i.e. per pair ``len(prompt + chosen) + len(prompt + rejected)``
-  (as in TRL's concatenated ``[chosen; rejected]`` rows), divided by their wall time. Both sides
-  are counted the same way, so the ratio is wall time per unit of data. ``computed_tokens_per_s``
-  is what the policy forward actually ran (for packed bcat ``prompt + chosen + rejected`` per pair,
-  the prompt once), for information only. Reference forwards are not counted on either side.
-- **peak RSS**: ``ru_maxrss`` of the configuration's own subprocess at the end.
-- **MFU**: model FLOP/s over the fp32 matmul rate measured by this script in the same run on the
-  same machine (``torch.matmul`` of two 2048x2048 fp32 matrices, 2 threads, median of 10, measured
-  before and after the configurations; the higher of the two is used).
-  Model FLOP/s = ``6 x N x tokens/s``, ``N`` = parameters of the transformer blocks and the output
-  head (the input embedding is a lookup and is left out), the usual 2 FLOPs per parameter per
-  token forward and 4 backward. ``MFU (unpacked)`` uses the unpacked tokens: USEFUL work on the
-  data, comparable across configurations, and above 100% when packing skips the repeated prompt.
-  ``MFU (computed)`` uses the tokens the policy forward really ran: closer to a hardware figure.
-  Neither counts attention-score FLOPs or the live reference forward of TRL DPO, and both count
-  full ``6N`` although LoRA skips the frozen weights' gradients and bcat's head runs only at the
-  scored positions.
+- **seconds per step**: from the release of a step to the end of its optimizer step (a global
+  ``torch.optim`` step hook, identical for both sides), so data loading, forward, backward and
+  the optimizer are inside. One-time work (tokenization, reference precompute, model loading) is
+  before the first step, reported as ``setup_s``.
+- **tokens per second** (speed ratios use it): the UNPACKED non-pad token count of the step's
+  pairs, i.e. per pair ``len(prompt + chosen) + len(prompt + rejected)`` (as in TRL's concatenated
+  ``[chosen; rejected]`` rows), over the step's time. Both sides are counted the same way, so a
+  ratio is wall time per unit of data. ``computed`` tokens are what the policy forward actually
+  ran (packed bcat: ``prompt + chosen + rejected`` per pair, the prompt once).
+- **alignment cost**: per round, ``time per unpacked token`` with alignment over without, minus 1.
+- **executed FLOPs and MFU**: one extra step per configuration runs under
+  ``torch.utils.flop_counter.FlopCounterMode``, which counts the matmuls and attention kernels that
+  actually execute (forward, backward and optimizer): no weight gradient for frozen LoRA bases
+  (autograd never computes it), attention included (fp32 CPU flash kernels: the full
+  ``q x k`` score matrix, as they compute it with a mask), a shared prompt counted once (packed:
+  it is computed once), the live reference forward of TRL DPO included (it runs), the output head
+  only where it runs. Its FLOPs per computed token times each timed step's computed tokens, over
+  the step's time, is that step's executed FLOP/s; **MFU** = that over the fp32 matmul rate
+  measured in the same run (the higher of before/after, so MFU is not flattered by a slow probe).
+  Median and bootstrap CI over the rounds.
+- **peak RSS**: ``ru_maxrss`` of the configuration's own process at the end.
+- ``--profile``: one more step of each bcat configuration under ``torch.profiler``. The alignment
+  functions (``masked_mean_pool``, ``hidden_alignment_loss``, ``output_agreement_loss``,
+  ``token_kl_loss``) and transformers' hidden-state capturing hooks (``output_hidden_states``) are
+  wrapped in ``record_function`` labels; reported: their forward time, the backward time of the
+  autograd nodes they created (matched by sequence number), and their share of the profiled step.
 
 Data (synthetic, deterministic, generated here): parallel groups in 4 pseudo-languages (the same
 item rendered with 4 different lexicons, numbers shared). ``rag``: 3 passages and a question,
@@ -72,9 +92,8 @@ Targets (the script prints the measured truth whether or not they are met):
 - bcat DPO (alignment on) >= 1.3x TRL DPOTrainer with ``precompute_ref_log_probs=True``;
 - bcat ORPO (alignment on) >= 1.5x TRL ORPOTrainer;
 - bcat peak memory <= TRL's (each bcat configuration against its TRL counterpart);
-- alignment terms cost <= 5% of step time (bcat with alignment on vs off).
-
-Timings on a shared machine are noisy: run on a quiet one for numbers to publish.
+- alignment terms cost <= 3% of step time (bcat with alignment on vs off);
+- MFU (executed FLOPs) >= 70% on the built-in model, RAG-shaped.
 """
 
 from __future__ import annotations
@@ -82,28 +101,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import protocol  # noqa: E402
+
 THREADS = 2
 LANGS = ("en", "fr", "de", "es")  # pseudo-languages (own lexicons), labelled with real codes
 
 BCAT_CONFIGS = {
-    "bcat-dpo": dict(objective="dpo", align=True),
-    "bcat-dpo-noalign": dict(objective="dpo", align=False),
-    "bcat-dpo-unpacked": dict(objective="dpo", align=True, packed=False),
-    "bcat-orpo": dict(objective="orpo", align=True),
-    "bcat-orpo-noalign": dict(objective="orpo", align=False),
+    "bcat-dpo": dict(objective="dpo", align="cosine"),
+    "bcat-dpo-infonce": dict(objective="dpo", align="infonce"),
+    "bcat-dpo-noalign": dict(objective="dpo", align=None),
+    "bcat-dpo-unpacked": dict(objective="dpo", align="cosine", packed=False),
+    "bcat-orpo": dict(objective="orpo", align="cosine"),
+    "bcat-orpo-noalign": dict(objective="orpo", align=None),
 }
 TRL_CONFIGS = {
     "trl-dpo": dict(objective="dpo", precompute=False),
@@ -114,13 +137,19 @@ QUICK_CONFIGS = ["bcat-dpo", "bcat-dpo-noalign", "bcat-dpo-unpacked", "bcat-orpo
                  "trl-dpo-precomputed", "trl-orpo"]
 ALL_CONFIGS = list(BCAT_CONFIGS) + list(TRL_CONFIGS)
 
-TARGETS = [
-    # (name, numerator config, denominator config, minimum ratio of unpacked tokens/s)
-    ("bcat DPO vs TRL DPO (live reference)", "bcat-dpo", "trl-dpo", 2.0),
-    ("bcat DPO vs TRL DPO (precomputed reference)", "bcat-dpo", "trl-dpo-precomputed", 1.3),
-    ("bcat ORPO vs TRL ORPO", "bcat-orpo", "trl-orpo", 1.5),
+# (kind, name, A, B, target). speed: (A tokens/s) / (B tokens/s) >= target; cost: (B tokens/s) / (A tokens/s) - 1
+# <= target; info: the speed ratio, no target.
+COMPARISONS = [
+    ("speed", "bcat DPO vs TRL DPO (live reference)", "bcat-dpo", "trl-dpo", 2.0),
+    ("speed", "bcat DPO vs TRL DPO (precomputed reference)", "bcat-dpo", "trl-dpo-precomputed", 1.3),
+    ("speed", "bcat ORPO vs TRL ORPO", "bcat-orpo", "trl-orpo", 1.5),
+    ("cost", "alignment cost, DPO (cosine + output)", "bcat-dpo", "bcat-dpo-noalign", 0.03),
+    ("cost", "alignment cost, DPO (InfoNCE + output)", "bcat-dpo-infonce", "bcat-dpo-noalign", 0.03),
+    ("cost", "alignment cost, ORPO (cosine + output)", "bcat-orpo", "bcat-orpo-noalign", 0.03),
+    ("info", "packing speed-up (bcat-dpo vs bcat-dpo-unpacked)", "bcat-dpo", "bcat-dpo-unpacked", None),
 ]
-ALIGNMENT_COST_TARGET = 0.05
+MFU_TARGET = 0.70
+PROFILE_SHARE_TARGET = 0.03
 
 
 # =============================================================================================== data
@@ -219,49 +248,19 @@ def build_tiny_llama(out: Path, texts: list[str]) -> Path:
 # ========================================================================================= measuring
 
 class StepClock:
-    """Timestamps of every optimizer step (a global torch hook: the same for bcat and TRL) and the
-    tokens of every policy forward, attributed to the step during which they happened."""
+    """Tokens of every policy forward (with their time), to attribute them to the step they ran in."""
 
     def __init__(self):
-        self.steps: list[float] = []
         self.events: list[tuple[float, str, int]] = []  # (time, kind, tokens)
-
-    def install(self):
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        register_optimizer_step_post_hook(lambda *a, **k: self.steps.append(time.perf_counter()))
 
     def add(self, kind: str, tokens: int):
         self.events.append((time.perf_counter(), kind, int(tokens)))
 
-    def per_step(self, kind: str) -> list[int]:
-        """Tokens of ``kind`` per step k >= 2 (events between the hooks of step k-1 and step k)."""
-        out = []
-        for k in range(1, len(self.steps)):
-            lo, hi = self.steps[k - 1], self.steps[k]
-            out.append(sum(n for t, kd, n in self.events if kd == kind and lo < t <= hi))
-        return out
-
-    def summary(self, warmup: int) -> dict:
-        """Step k (1-based) takes ``steps[k-1] - steps[k-2]``; step 1 has no start and is always warm-up."""
-        durations = [b - a for a, b in zip(self.steps, self.steps[1:])]  # steps 2..N
-        unpacked, computed = self.per_step("unpacked"), self.per_step("computed")
-        skip = max(0, warmup - 1)
-        d, u, c = durations[skip:], unpacked[skip:], computed[skip:]
-        if not d:
-            raise RuntimeError("not enough steps after warm-up: raise --steps")
-        total = sum(d)
-        return {
-            "steps_measured": len(d),
-            "s_per_step_median": statistics.median(d),
-            "s_per_step": [round(x, 4) for x in d],
-            "unpacked_tokens_per_step": u,
-            "unpacked_tokens_per_s": sum(u) / total,
-            "computed_tokens_per_s": sum(c) / total,
-        }
+    def between(self, kind: str, lo: float, hi: float) -> int:
+        return sum(n for t, k, n in self.events if k == kind and lo < t <= hi)
 
 
-def _count_policy_tokens(model, clock: StepClock, pad_id: int, kind: str = "computed"):
+def _count_policy_tokens(model, clock: StepClock, pad_id, kind: str = "computed"):
     """Count non-pad ids of every grad-enabled forward through the input embedding (the policy's,
     never a no-grad reference pass)."""
     import torch
@@ -278,27 +277,152 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    import torch
-
-    torch.set_num_threads(THREADS)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def model_flop_params(model) -> int:
     """Parameters of the transformer blocks + output head (input embedding excluded; LoRA excluded)."""
     emb = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     return total - emb.numel() + (head.numel() if head is emb else 0)
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts the CPU flash-attention kernels (torch counts only the GPU ones)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    })
+
+
+ALIGN_LABEL = "bench::alignment::"
+HIDDEN_LABEL = "bench::output_hidden_states"
+
+
+def label_alignment(model=None) -> None:
+    """Wrap bcat's alignment functions (and the model's hidden-state capturing hooks) in profiler labels."""
+    import functools
+
+    import torch
+
+    import bcat.model.forward as fwd
+    import bcat.training.losses as losses
+
+    def labelled(name, fn):
+        @functools.wraps(fn)
+        def run(*a, **k):
+            with torch.profiler.record_function(name):
+                return fn(*a, **k)
+        return run
+
+    for name in ("hidden_alignment_loss", "output_agreement_loss", "token_kl_loss"):
+        setattr(losses, name, labelled(ALIGN_LABEL + name, getattr(losses, name)))
+    fwd.masked_mean_pool = labelled(ALIGN_LABEL + "masked_mean_pool", fwd.masked_mean_pool)
+
+    # transformers installs its hidden-state capturing hooks lazily, at the first forward that captures.
+    import transformers.utils.output_capturing as capturing
+
+    real_install = capturing.install_output_capuring_hook
+
+    def install(module, *a, **k):
+        before = set(module._forward_hooks)
+        real_install(module, *a, **k)
+        for key in set(module._forward_hooks) - before:
+            module._forward_hooks[key] = labelled(HIDDEN_LABEL, module._forward_hooks[key])
+
+    capturing.install_output_capuring_hook = install
+    if model is not None:  # hooks already installed
+        for module in model.modules():
+            for key, hook in list(module._forward_hooks.items()):
+                if getattr(hook, "__name__", "") == "output_capturing_hook":
+                    module._forward_hooks[key] = labelled(HIDDEN_LABEL, hook)
+
+
+def profile_summary(prof, step_s: float) -> dict:
+    """Forward time of the labelled ranges, backward time of the autograd nodes created in them, shares of the step."""
+    events = prof.events()
+    ranges = [e for e in events if e.name.startswith(ALIGN_LABEL) or e.name == HIDDEN_LABEL]
+    align = [e for e in ranges if e.name.startswith(ALIGN_LABEL)]
+    hidden = [e for e in ranges if e.name == HIDDEN_LABEL]
+
+    def inside(e, spans):
+        return any(s.time_range.start <= e.time_range.start and e.time_range.end <= s.time_range.end
+                   and e.thread == s.thread for s in spans)
+
+    seqs = {e.sequence_nr for e in events if e.sequence_nr >= 0 and not e.name.startswith("autograd::")
+            and inside(e, align)}
+    backward = [e for e in events if e.name.startswith("autograd::engine::evaluate_function")
+                and e.sequence_nr in seqs]
+    us = 1e-6
+    align_fwd = sum(e.cpu_time_total for e in align) * us
+    align_bwd = sum(e.cpu_time_total for e in backward) * us
+    hidden_s = sum(e.cpu_time_total for e in hidden) * us
+    per_fn: dict = {}
+    for e in align:
+        per_fn[e.name[len(ALIGN_LABEL):]] = per_fn.get(e.name[len(ALIGN_LABEL):], 0.0) + e.cpu_time_total * us
+    return {"step_s": round(step_s, 4), "alignment_forward_s": round(align_fwd, 5),
+            "alignment_backward_s": round(align_bwd, 5), "output_hidden_states_s": round(hidden_s, 5),
+            "alignment_share": round((align_fwd + align_bwd) / step_s, 5),
+            "output_hidden_states_share": round(hidden_s / step_s, 5),
+            "total_share": round((align_fwd + align_bwd + hidden_s) / step_s, 5),
+            "per_function_forward_s": {k: round(v, 5) for k, v in sorted(per_fn.items())},
+            "backward_nodes": len(backward)}
+
+
+class Gate:
+    """The worker side of the protocol: after every optimizer step, report it and wait for the next command.
+
+    Commands: ``go`` (a timed step), ``count`` (a step under the FLOP counter), ``profile`` (a step under
+    ``torch.profiler``).
+    """
+
+    def __init__(self, conn, clock: StepClock, steps: int):
+        self.conn, self.clock, self.steps = conn, clock, steps
+        self.done = 0
+        self.released = time.perf_counter()
+        self.mode = "go"
+        self.context = None
+
+    def install(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(lambda *a, **k: self.after_step())
+
+    def after_step(self):
+        t = time.perf_counter()
+        self.done += 1
+        report = {"step": self.done, "mode": self.mode, "seconds": t - self.released,
+                  "unpacked": self.clock.between("unpacked", self.released, t),
+                  "computed": self.clock.between("computed", self.released, t)}
+        if self.context is not None:
+            self.context.__exit__(None, None, None)
+            if self.mode == "count":
+                report["flops"] = int(self.context.get_total_flops())
+            elif self.mode == "profile":
+                report["profile"] = profile_summary(self.context, report["seconds"])
+            self.context = None
+        self.conn.send(("step", report))
+        if self.done >= self.steps:
+            return
+        self.mode = self.conn.recv()
+        if self.mode == "count":
+            self.context = flop_counter()
+            self.context.__enter__()
+        elif self.mode == "profile":
+            import torch
+
+            self.context = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.context.__enter__()
+        self.released = time.perf_counter()
 
 
 # ================================================================================== trimmed vocabulary
@@ -342,8 +466,13 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
         "training.learning_rate=2e-4", "training.save_steps=0", "data.max_length=2048", "model.lora_dropout=0",
         f"training.packed_preference={str(conf.get('packed', True)).lower()}",
     ]
-    if not conf["align"]:
+    if conf["align"] is None:
         overrides += ["alignment.hidden_weight=0", "alignment.output_weight=0", "alignment.token_kl_weight=0"]
+    else:  # hidden alignment (w 0.3, middle layer) + output agreement (w 0.1): bcat's default weights
+        if conf["align"] == "infonce" and spec["groups_per_batch"] < 2:
+            raise ValueError("InfoNCE needs at least 2 groups per micro-batch (with one it is identically zero)")
+        overrides += [f"alignment.hidden_loss={conf['align']}", "alignment.hidden_weight=0.3",
+                      "alignment.output_weight=0.1"]
     if spec["trim"]:
         overrides.append("model.trim_vocab=false")  # the benchmark trims (below), the same way for TRL
     cfg = load_config(None, overrides)
@@ -367,6 +496,8 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
         info["flop_params"] = model_flop_params(model)
         peft = real_add_lora(model, model_cfg)
         _count_policy_tokens(peft, clock, lambda: pad_holder.get("pad", 0))
+        if spec.get("profile"):
+            label_alignment(peft)
         return peft
 
     bt.add_lora = add_lora_counting
@@ -503,21 +634,196 @@ def _remap_trl_tokenization(trainer_cls, vocab, objective: str) -> None:
         trainer_cls.tokenize_row = tokenize_row
 
 
-def worker(spec: dict) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    t0 = time.perf_counter()
-    clock = StepClock()
-    clock.install()
-    info = run_bcat(spec, clock) if spec["config"].startswith("bcat") else run_trl(spec, clock)
-    total = time.perf_counter() - t0
-    res = {"config": spec["config"], "shape": spec["shape"], **info, **clock.summary(spec["warmup"]),
-           "setup_s": round(clock.steps[0] - t0 if clock.steps else float("nan"), 2), "total_s": round(total, 2),
-           "peak_rss_mb": round(peak_rss_mb(), 1), "pairs_per_step": spec["pairs_per_step"], "steps": spec["steps"]}
-    Path(spec["result"]).write_text(json.dumps(res))
+def worker(spec: dict, conn) -> None:
+    """One configuration's process: run its trainer for ``spec['steps']`` steps, held by a :class:`Gate`."""
+    log = open(spec["log"], "w")
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        clock = StepClock()
+        gate = Gate(conn, clock, spec["steps"])
+        gate.install()
+        info = run_bcat(spec, clock) if spec["config"].startswith("bcat") else run_trl(spec, clock)
+        conn.send(("done", {**info, "peak_rss_mb": round(peak_rss_mb(), 1)}))
+    except BaseException as e:  # the driver reports it; the traceback is in the log
+        traceback.print_exc()
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
-# ============================================================================================ driver
+def run_group(configs: list[str], shape: str, base_spec: dict, args, work: Path) -> dict:
+    """Start one process per configuration, then run the warm-up and timed rounds, one step at a time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    extra = ["count"] + (["profile"] if args.profile else [])
+    procs, conns, reports = {}, {}, {c: [] for c in configs}
+    for config in configs:
+        parent, child = ctx.Pipe()
+        spec = {**base_spec, "config": config, "shape": shape, "steps": args.warmup + args.rounds + len(extra),
+                "log": str(work / f"log-{config}-{shape}.txt"), "profile": args.profile}
+        procs[config] = ctx.Process(target=worker, args=(spec, child), daemon=True)
+        procs[config].start()
+        conns[config] = parent
+    group = {"shape": shape, "configs": configs, "rounds": [], "workers": {}}
+
+    def receive(config: str) -> dict:
+        kind, payload = conns[config].recv()
+        if kind == "step":
+            reports[config].append(payload)
+            return payload
+        raise RuntimeError(f"{config}: {payload} (log: {work / f'log-{config}-{shape}.txt'})")
+
+    try:
+        for config in configs:  # setup + step 1, all processes in parallel
+            first = receive(config)
+            print(f"bench: {shape:5s} {config:22s} ready ({first['seconds']:.0f} s to the end of step 1)", flush=True)
+        orders = protocol.round_orders(configs, args.warmup - 1 + args.rounds)
+        for r, order in enumerate(orders):
+            row: dict = {"order": order}
+            for config in order:
+                conns[config].send("go")
+                rep = receive(config)
+                row[config] = {k: rep[k] for k in ("seconds", "unpacked", "computed")}
+            kept = r >= args.warmup - 1
+            if kept:
+                group["rounds"].append(row)
+            print(f"bench: {shape} round {r + 2 - args.warmup if kept else 'warm-up'}: " +
+                  ", ".join(f"{c} {row[c]['seconds']:.2f} s" for c in order), flush=True)
+        for mode in extra:
+            for config in configs:
+                if mode == "profile" and not config.startswith("bcat"):
+                    conns[config].send("go")
+                else:
+                    conns[config].send(mode)
+                receive(config)
+        for config in configs:
+            kind, payload = conns[config].recv()
+            if kind != "done":
+                raise RuntimeError(f"{config}: {payload}")
+            steps = reports[config]
+            counted = next(s for s in steps if s["mode"] == "count")
+            profiled = next((s for s in steps if s["mode"] == "profile" and "profile" in s), None)
+            group["workers"][config] = {
+                **payload, "setup_s": round(steps[0]["seconds"], 2),
+                "counted_step": {k: counted[k] for k in ("seconds", "unpacked", "computed", "flops")},
+                "flops_per_computed_token": counted["flops"] / max(1, counted["computed"]),
+                **({"profile": profiled["profile"]} if profiled else {}),
+            }
+    except Exception as e:
+        group["error"] = str(e)
+        print(f"bench: {shape} group {configs} FAILED: {e}", flush=True)
+    finally:
+        for p in procs.values():
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+    return group
+
+
+# ============================================================================================ results
+
+def _tps(step: dict, kind: str = "unpacked") -> float:
+    return step[kind] / step["seconds"]
+
+
+def derive(groups: list[dict], matmul: float) -> dict:
+    """Per group: every configuration's timings and MFU (median, CI); every comparison whose two
+    configurations share a group: per-round ratios, median, CI, verdict."""
+    runs, checks = [], []
+    for gi, g in enumerate(groups):
+        if "error" in g or not g["rounds"]:
+            continue
+        for config in g["configs"]:
+            steps = [r[config] for r in g["rounds"]]
+            w = g["workers"][config]
+            fpt = w["flops_per_computed_token"]
+            mfu = [fpt * s["computed"] / s["seconds"] / (matmul * 1e9) for s in steps]
+            seconds = [s["seconds"] for s in steps]
+            lo, hi = protocol.bootstrap_median_ci(seconds)
+            mlo, mhi = protocol.bootstrap_median_ci(mfu)
+            runs.append({
+                "shape": g["shape"], "group": gi, "config": config, "rounds": len(steps),
+                "s_per_step": {"median": round(statistics.median(seconds), 4), "ci95": [round(lo, 4), round(hi, 4)]},
+                "unpacked_tokens_per_s": round(sum(s["unpacked"] for s in steps) / sum(seconds), 1),
+                "computed_tokens_per_s": round(sum(s["computed"] for s in steps) / sum(seconds), 1),
+                "executed_gflop_per_step": round(fpt * statistics.mean(s["computed"] for s in steps) / 1e9, 2),
+                "mfu": {"median": round(statistics.median(mfu), 4), "ci95": [round(mlo, 4), round(mhi, 4)],
+                        "rounds": len(mfu)},
+                "nominal_6n_mfu": round(6 * w.get("flop_params", 0) * statistics.median(
+                    s["unpacked"] / s["seconds"] for s in steps) / (matmul * 1e9), 4),
+                "peak_rss_mb": w["peak_rss_mb"], "setup_s": w["setup_s"],
+                **({"profile": w["profile"]} if "profile" in w else {}),
+            })
+        for kind, name, a, b, target in COMPARISONS:
+            if a not in g["configs"] or b not in g["configs"]:
+                continue
+            ra = [_tps(r[a]) for r in g["rounds"]]
+            rb = [_tps(r[b]) for r in g["rounds"]]
+            if kind == "cost":
+                stats = protocol.ratio_stats(rb, ra)
+                stats = {**stats, "ratios": [round(x - 1, 4) for x in stats["ratios"]],
+                         "median": round(stats["median"] - 1, 4), "ci95": [round(x - 1, 4) for x in stats["ci95"]]}
+                verdict = protocol.verdict(stats, target, at_least=False)
+            else:
+                stats = protocol.ratio_stats(ra, rb)
+                verdict = protocol.verdict(stats, target) if target is not None else None
+            check = {"shape": g["shape"], "group": gi, "kind": kind, "check": name, "a": a, "b": b, **stats,
+                     "target": None if target is None else (f">= {target}" if kind == "speed" else f"<= {target}"),
+                     "verdict": protocol.verdict_word(verdict) if target is not None else "(info)"}
+            if kind == "speed":
+                mem = g["workers"][a]["peak_rss_mb"] / g["workers"][b]["peak_rss_mb"]
+                check.update({"peak_rss_ratio": round(mem, 3), "memory_met": mem <= 1.0})
+            checks.append(check)
+    return {"runs": runs, "checks": checks}
+
+
+def markdown(doc: dict) -> str:
+    meta = doc["meta"]
+    d = doc["derived"]
+    lines = [f"Model {meta['model']} ({meta['flop_params'] / 1e6:.1f}M FLOP-counted params), {meta['pairs_per_step']} "
+             f"pairs per step, {meta['rounds']} timed rounds after {meta['warmup']} warm-up steps, grouping "
+             f"{meta['grouping']}, {meta['threads']} threads; MFU over {meta['matmul_gflops']:.1f} GFLOP/s",
+             protocol.state_line(meta["before"], meta["after"]), "",
+             "| shape | config | s/step median [95% CI] | unpacked tok/s | computed tok/s | executed GFLOP/step "
+             "| MFU median [95% CI] | nominal 6N MFU | peak RSS MB | setup s |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in d["runs"]:
+        lines.append(f"| {r['shape']} | {r['config']}{'' if meta['grouping'] == 'all' else ' (g' + str(r['group']) + ')'} | "
+                     f"{protocol.fmt(r['s_per_step'], 3)} | {r['unpacked_tokens_per_s']:.0f} | "
+                     f"{r['computed_tokens_per_s']:.0f} | {r['executed_gflop_per_step']:.1f} | "
+                     f"{_pct(r['mfu'])} | {100 * r['nominal_6n_mfu']:.0f}% | {r['peak_rss_mb']:.0f} | {r['setup_s']:.0f} |")
+    for g in doc["groups"]:
+        if "error" in g:
+            lines.append(f"| {g['shape']} | {', '.join(g['configs'])} | FAILED: {g['error'][:100]} | | | | | | | |")
+    lines += ["", "| shape | check | median [95% CI] | target | verdict | peak RSS ratio |", "|---|---|---|---|---|---:|"]
+    for c in d["checks"]:
+        mem = f"{c['peak_rss_ratio']:.2f} ({'ok' if c['memory_met'] else 'HIGHER'})" if "peak_rss_ratio" in c else ""
+        lines.append(f"| {c['shape']} | {c['check']} | {protocol.fmt(c, 3)} | {c['target'] or ''} | {c['verdict']} | {mem} |")
+    profiled = [r for r in d["runs"] if "profile" in r]
+    if profiled:
+        lines += ["", "Profiled step (torch.profiler): alignment functions and hidden-state capture, forward + backward",
+                  "", "| shape | config | step s | alignment fwd ms | alignment bwd ms | output_hidden_states ms "
+                  f"| share of step (target <= {PROFILE_SHARE_TARGET:.0%}) |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in profiled:
+            p = r["profile"]
+            lines.append(f"| {r['shape']} | {r['config']} | {p['step_s']:.3f} | {1e3 * p['alignment_forward_s']:.1f} | "
+                         f"{1e3 * p['alignment_backward_s']:.1f} | {1e3 * p['output_hidden_states_s']:.2f} | "
+                         f"{100 * p['total_share']:.2f}% |")
+    if meta.get("note"):
+        lines.append(f"\nNote: {meta['note']}")
+    for shape, st in meta["data"].items():
+        lines.append(f"\n{shape}: {st['records']} records, prompt tokens min/mean/max {st['prompt_tokens']}, "
+                     f"answer tokens {st['answer_tokens']}")
+    return "\n".join(lines)
+
+
+def _pct(stats: dict) -> str:
+    lo, hi = stats["ci95"]
+    return f"{100 * stats['median']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
 
 def token_stats(model_dir: str, data: str) -> dict:
     from transformers import AutoTokenizer
@@ -530,93 +836,52 @@ def token_stats(model_dir: str, data: str) -> dict:
             "answer_tokens": [min(a), round(statistics.mean(a), 1), max(a)]}
 
 
-def derive(results: list[dict], matmul: float) -> dict:
-    """MFU of every run; the ratios and targets per shape."""
-    for r in results:
-        if "error" in r:
-            continue
-        r["model_gflops_per_s"] = 6 * r["flop_params"] * r["unpacked_tokens_per_s"] / 1e9
-        r["mfu"] = r["model_gflops_per_s"] / matmul  # useful work: unpacked tokens (can exceed 1 when packed)
-        r["mfu_computed"] = 6 * r["flop_params"] * r["computed_tokens_per_s"] / 1e9 / matmul
-    by = {(r["shape"], r["config"]): r for r in results if "error" not in r}
-    checks = []
-    for shape in sorted({r["shape"] for r in results}):
-        for name, num, den, target in TARGETS:
-            a, b = by.get((shape, num)), by.get((shape, den))
-            if a and b:
-                ratio = a["unpacked_tokens_per_s"] / b["unpacked_tokens_per_s"]
-                mem = a["peak_rss_mb"] / b["peak_rss_mb"]
-                checks.append({"shape": shape, "check": name, "ratio": round(ratio, 3), "target": f">= {target}",
-                               "met": ratio >= target, "peak_rss_ratio": round(mem, 3), "memory_met": mem <= 1.0})
-        for on, off in (("bcat-dpo", "bcat-dpo-noalign"), ("bcat-orpo", "bcat-orpo-noalign")):
-            a, b = by.get((shape, on)), by.get((shape, off))
-            if a and b:
-                cost = a["s_per_step_median"] / b["s_per_step_median"] - 1
-                checks.append({"shape": shape, "check": f"alignment cost ({on})", "ratio": round(cost, 3),
-                               "target": f"<= {ALIGNMENT_COST_TARGET}", "met": cost <= ALIGNMENT_COST_TARGET})
-        a, b = by.get((shape, "bcat-dpo")), by.get((shape, "bcat-dpo-unpacked"))
-        if a and b:
-            checks.append({"shape": shape, "check": "packing speed-up (bcat-dpo vs bcat-dpo-unpacked)",
-                           "ratio": round(a["unpacked_tokens_per_s"] / b["unpacked_tokens_per_s"], 3),
-                           "target": "(info)", "met": None})
-    return {"checks": checks}
+def groups_for(configs: list[str], grouping: str) -> list[list[str]]:
+    """``all``: one group; ``pairs``: one group per comparison whose two configurations are both requested.
 
-
-def markdown(doc: dict) -> str:
-    meta = doc["meta"]
-    lines = [f"Model {meta['model']} ({meta['flop_params'] / 1e6:.1f}M FLOP-counted params), {meta['pairs_per_step']} "
-             f"pairs per step, {meta['steps']} steps ({meta['warmup']} warm-up), {meta['threads']} threads, "
-             f"fp32 matmul {meta['matmul_gflops']:.1f} GFLOP/s; {meta['machine']}",
-             "", "| shape | config | s/step (median) | unpacked tok/s | computed tok/s | peak RSS MB | MFU (unpacked) "
-             "| MFU (computed) | setup s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in doc["runs"]:
-        if "error" in r:
-            lines.append(f"| {r['shape']} | {r['config']} | FAILED: {r['error'][:80]} | | | | | | |")
-            continue
-        lines.append(f"| {r['shape']} | {r['config']} | {r['s_per_step_median']:.3f} | {r['unpacked_tokens_per_s']:.0f} | "
-                     f"{r['computed_tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {100 * r['mfu']:.1f}% | "
-                     f"{100 * r['mfu_computed']:.1f}% | {r['setup_s']:.1f} |")
-    lines += ["", "| shape | check | measured | target | met | peak RSS ratio |", "|---|---|---:|---|---|---:|"]
-    for c in doc["derived"]["checks"]:
-        met = "" if c["met"] is None else ("yes" if c["met"] else "NO")
-        mem = f"{c['peak_rss_ratio']:.2f} ({'ok' if c['memory_met'] else 'HIGHER'})" if "peak_rss_ratio" in c else ""
-        lines.append(f"| {c['shape']} | {c['check']} | {c['ratio']:.3f} | {c['target']} | {met} | {mem} |")
-    if meta.get("machine_busy"):
-        lines.append(f"\n**The machine was busy** (fp32 matmul {meta['matmul_gflops_runs']} GFLOP/s before/after): "
-                     "these timings are unreliable.")
-    if meta.get("note"):
-        lines.append(f"\nNote: {meta['note']}")
-    for shape, st in meta["data"].items():
-        lines.append(f"\n{shape}: {st['records']} records, prompt tokens min/mean/max {st['prompt_tokens']}, "
-                     f"answer tokens {st['answer_tokens']}")
-    return "\n".join(lines)
+    >>> groups_for(["bcat-dpo", "trl-dpo", "bcat-dpo-noalign"], "pairs")
+    [['bcat-dpo', 'trl-dpo'], ['bcat-dpo', 'bcat-dpo-noalign']]
+    """
+    if grouping == "all":
+        return [list(configs)]
+    pairs = [[a, b] for _, _, a, b, _ in COMPARISONS if a in configs and b in configs]
+    covered = {c for p in pairs for c in p}
+    return pairs + [[c] for c in configs if c not in covered]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="few steps, small micro-batch: < 5 minutes on 2 cores")
+    ap.add_argument("--quick", action="store_true", help="the tiny model, both shapes, the usual configurations")
     ap.add_argument("--model", default="tiny", help="'tiny' (random ~20M Llama built here) or builtin:gemma3-270m")
     ap.add_argument("--shapes", default="rag,chat", help="comma-separated: rag, chat")
     ap.add_argument("--configs", default=None, help=f"comma-separated subset of {ALL_CONFIGS}")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per configuration")
-    ap.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    ap.add_argument("--rounds", type=int, default=protocol.MIN_ROUNDS, help="timed rounds (one step per configuration each)")
+    ap.add_argument("--warmup", type=int, default=2, help="steps run before the timed rounds (the first includes setup)")
     ap.add_argument("--groups-per-batch", type=int, default=None, help=f"groups per step (x {len(LANGS)} languages)")
+    ap.add_argument("--grouping", choices=["all", "pairs"], default=None,
+                    help="configurations resident together (default: all for the tiny model, pairs otherwise)")
+    ap.add_argument("--profile", action="store_true", help="one more step of each bcat configuration under torch.profiler")
+    ap.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/<mode>-<model>.json)")
-    ap.add_argument("--workdir", default=None, help="keep models, data and runs here (default: a temp dir)")
+    ap.add_argument("--workdir", default=None, help="keep models, data, runs and per-configuration logs here")
     ap.add_argument("--table", default=None, help="print the markdown table of a saved results JSON and exit")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        worker(json.loads(args.worker))
-        return 0
     if args.table:
         print(markdown(json.loads(Path(args.table).read_text())))
         return 0
+    if args.warmup < 1:
+        ap.error("--warmup must be at least 1 (the first step includes setup)")
 
-    steps = args.steps or (6 if args.quick else 12)
-    gpb = args.groups_per_batch or (1 if args.quick else 2)
+    gpb = args.groups_per_batch or (1 if args.quick or args.model != "tiny" else 2)
     configs = args.configs.split(",") if args.configs else (QUICK_CONFIGS if args.quick else ALL_CONFIGS)
+    unknown = [c for c in configs if c not in ALL_CONFIGS]
+    if unknown:
+        ap.error(f"unknown configurations {unknown}; choose from {ALL_CONFIGS}")
+    if gpb < 2 and "bcat-dpo-infonce" in configs:
+        if args.configs:
+            ap.error("bcat-dpo-infonce needs --groups-per-batch >= 2 (InfoNCE with one group is identically zero)")
+        configs.remove("bcat-dpo-infonce")
+    grouping = args.grouping or ("all" if args.model == "tiny" else "pairs")
     shapes = args.shapes.split(",")
     tmp = None
     if args.workdir:
@@ -625,6 +890,7 @@ def main(argv=None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="bcat-bench-")
         work = Path(tmp.name)
+    steps = args.warmup + args.rounds + 2
     n_groups = max(8, steps * gpb + 2)
     data = {}
     for shape in shapes:
@@ -645,50 +911,22 @@ def main(argv=None) -> int:
     else:
         model_dir, trim = Path(args.model), False
 
-    # A fresh bcat cache per invocation: bcat computes its reference log-probs like TRL does.
+    # A fresh bcat cache per invocation: bcat computes its reference log-probs like TRL does. The
+    # workers are spawned: they read these variables before importing torch.
     cache = tempfile.TemporaryDirectory(prefix="bcat-bench-cache-")
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
-           "BCAT_CACHE": cache.name, "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-
-    def probe_matmul() -> float:
-        code = "import sys; sys.path.insert(0, %r); import throughput as t; print(t.matmul_gflops())" % str(HERE)
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        return float(proc.stdout.strip().splitlines()[-1])
-
-    print(f"bench: measuring the fp32 matmul rate ({THREADS} threads)...", flush=True)
-    matmul_runs = [probe_matmul()]
-    print(f"bench: fp32 matmul {matmul_runs[0]:.1f} GFLOP/s", flush=True)
-
-    results = []
+    os.environ.update({"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "BCAT_CACHE": cache.name,
+                       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    before = protocol.machine_state(THREADS)
+    print(f"bench: {protocol.state_line(before, before)}", flush=True)
+    base = {"model_dir": str(model_dir), "warmup": args.warmup, "groups_per_batch": gpb,
+            "pairs_per_step": gpb * len(LANGS), "workdir": str(work), "trim": trim}
     t_all = time.time()
+    groups = []
     for shape in shapes:
-        for config in configs:
-            res_path = work / f"result-{config}-{shape}.json"
-            spec = {"config": config, "shape": shape, "model_dir": str(model_dir), "data": str(data[shape]),
-                    "steps": steps, "warmup": args.warmup, "groups_per_batch": gpb, "pairs_per_step": gpb * len(LANGS),
-                    "workdir": str(work), "result": str(res_path), "trim": trim}
-            t = time.time()
-            print(f"bench: {shape:5s} {config:22s}", end=" ", flush=True)
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-                                  env=env, capture_output=True, text=True)
-            (work / f"log-{config}-{shape}.txt").write_text(proc.stdout + "\n" + proc.stderr)
-            if proc.returncode != 0 or not res_path.exists():
-                err = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                results.append({"config": config, "shape": shape, "error": err[0]})
-                print(f"FAILED ({err[0]}; log: {work / f'log-{config}-{shape}.txt'})", flush=True)
-                continue
-            r = json.loads(res_path.read_text())
-            results.append(r)
-            print(f"{r['s_per_step_median']:.3f} s/step, {r['unpacked_tokens_per_s']:.0f} tok/s, "
-                  f"{r['peak_rss_mb']:.0f} MB ({time.time() - t:.0f} s)", flush=True)
-
-    matmul_runs.append(probe_matmul())  # again at the end; the higher is the machine's rate
-    matmul = max(matmul_runs)
-    busy = min(matmul_runs) < 0.85 * matmul
-    if busy:
-        print(f"bench: WARNING the matmul rate moved from {matmul_runs[0]:.0f} to {matmul_runs[1]:.0f} GFLOP/s during "
-              "the run: the machine was busy, timings are unreliable", flush=True)
+        for members in groups_for(configs, grouping):
+            groups.append(run_group(members, shape, {**base, "data": str(data[shape])}, args, work))
+    after = protocol.machine_state(THREADS)
+    matmul = max(before["matmul_gflops"], after["matmul_gflops"])
     cache.cleanup()
 
     import torch
@@ -698,19 +936,19 @@ def main(argv=None) -> int:
         trl_version = trl.__version__
     except ImportError:
         trl_version = None
-    flop_params = next((r["flop_params"] for r in results if "flop_params" in r), 0)
+    flop_params = next((w["flop_params"] for g in groups for w in g.get("workers", {}).values() if "flop_params" in w), 0)
     doc = {
-        "meta": {"model": args.model, "flop_params": flop_params, "steps": steps, "warmup": args.warmup,
-                 "pairs_per_step": gpb * len(LANGS), "groups_per_batch": gpb, "languages": list(LANGS),
-                 "threads": THREADS, "matmul_gflops": matmul, "matmul_gflops_runs": matmul_runs, "machine_busy": busy, "machine": f"{platform.processor() or platform.machine()}"
-                 f" {os.cpu_count()} CPUs, {platform.platform()}", "torch": torch.__version__,
-                 "transformers": transformers.__version__, "trl": trl_version, "quick": args.quick,
+        "meta": {"model": args.model, "flop_params": flop_params, "rounds": args.rounds, "warmup": args.warmup,
+                 "grouping": grouping, "pairs_per_step": gpb * len(LANGS), "groups_per_batch": gpb,
+                 "languages": list(LANGS), "threads": THREADS, "matmul_gflops": matmul, "before": before,
+                 "after": after, "torch": torch.__version__, "transformers": transformers.__version__,
+                 "trl": trl_version, "quick": args.quick, "profile": args.profile, "note": args.note,
                  "data": {s: token_stats(str(model_dir), str(data[s])) for s in shapes},
                  "wall_s": round(time.time() - t_all, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "flop_formula": "6 x N x unpacked tokens/s; N = transformer blocks + output head parameters"},
-        "runs": results,
+                 "argv": sys.argv[1:] if argv is None else list(argv)},
+        "groups": groups,
     }
-    doc["derived"] = derive(results, matmul)
+    doc["derived"] = derive(groups, matmul)
     out = Path(args.out) if args.out else HERE / "results" / (
         f"{'quick' if args.quick else 'full'}-{args.model.replace(':', '-').replace('/', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -720,7 +958,7 @@ def main(argv=None) -> int:
     print(f"\nbench: results in {out} ({doc['meta']['wall_s']:.0f} s)")
     if tmp is not None:
         tmp.cleanup()
-    return 0
+    return 0 if not any("error" in g for g in groups) else 1
 
 
 if __name__ == "__main__":
