@@ -6,18 +6,23 @@ line breaks do not stop it. Results come back in the order of the prompts, decod
 dropped.
 
 How (:func:`greedy_generate`), since evaluation is most of a study's cost and a decode step's cost
-is mostly reading the weights (the 262k-row output layer of Gemma 3 alone is 671 MB in fp32):
+is mostly reading weights and caches (the 262k-row output layer of Gemma 3 alone is 671 MB in fp32):
 
 - Prompts are tokenized once and taken longest first, so rows prefilled together have nearly the
-  same length (little padding).
+  same length (little padding) and a prompt admitted later is never longer than the batch it joins.
 - **Continuous batching.** Up to ``batch_size`` rows decode together, one token per row per step. A
-  row leaves the batch as soon as it stops (its cache rows are dropped), and when enough rows have
-  left, the next prompts are prefilled and merged into the running batch (their caches left-padded
-  to the batch's length), so every weight pass serves a full batch instead of waiting for the
-  slowest row of a fixed batch.
+  row leaves the batch as soon as it stops, and once a quarter of the batch is free the next
+  prompts are prefilled and join the running batch: every weight pass serves a full batch instead
+  of waiting for the slowest row of a fixed batch (``model.generate`` runs a fixed batch until its
+  last row stops, the finished rows included).
 - **Prefill without the output layer.** A prompt's tokens except the last are prefilled in chunks of
   at most ``prefill_tokens`` padded tokens with ``logits_to_keep`` empty; its last token enters the
   next decode step with the running rows, so the output layer runs once per step for all of them.
+- **A cache without copies** (:class:`_SlotCache`): the batch's keys and values live in buffers with
+  spare rows and columns. A step writes one column in place, a finished row is replaced by one
+  surviving row, columns no row uses any more are skipped; transformers' dynamic cache copies the
+  whole cache at every step (``torch.cat``) and again whenever a row leaves. Sliding-window layers
+  are stored in full; the sliding mask, built from positions, hides what the window excludes.
 - Positions come from the attention mask (left padding does not shift them), as in ``generate``;
   the logits processors that ``model.generate`` would build from the model's generation config
   (repetition penalty, suppressed tokens, ...) are built the same way. They see each row's ids
@@ -26,12 +31,13 @@ is mostly reading the weights (the 262k-row output layer of Gemma 3 alone is 671
 
 The predictions equal ``model.generate``'s (:func:`reference_generate`, the previous implementation,
 kept as the reference that ``bench/eval_speed.py`` and the tests compare against) up to the last-bit
-differences of fp32 sums taken over differently shaped batches; those can flip a greedy choice only
-where the top two logits tie to within rounding (the test compares them on a subset;
-``bench/RESULTS.md`` reports the full bundled test split).
+differences of fp32 sums taken over differently shaped batches, which can flip a greedy choice only
+where the top two logits tie to within rounding (``tests/evaluation/test_generation.py`` and the
+slow test on the built-in model require equality; ``bench/eval_speed.py`` reports any difference).
 
-Caches are merged by their layers' tensors (transformers' dynamic full and sliding-window layers);
-a model whose cache has any other layer type generates with :func:`reference_generate` instead (logged).
+The prefill cache must be transformers' dynamic full or sliding-window layers (the slot cache takes
+their tensors over); a model whose cache has any other layer type generates with
+:func:`reference_generate` instead (logged).
 
 A model with a trimmed vocabulary (:mod:`bcat.model.trim`) generates the same way: prompt ids are mapped
 into its ids and the generated ids back, so callers only see text. It can only emit kept ids.

@@ -194,6 +194,24 @@ def test_generates_text_in_every_language(gemma):
 
 
 @pytest.mark.slow
+def test_generation_equals_generate_on_bundled_items(gemma):
+    """bcat's generator == ``model.generate`` (the previous implementation) on 4 bundled test
+    prompts: the longest (over the 512-token sliding window) and three spread over the lengths."""
+    from bcat.data.rag import build_prompts, load_items
+    from bcat.evaluation.evaluate import resolve_data
+    from bcat.evaluation.generation import greedy_generate, reference_generate
+
+    model, tok, _ = gemma
+    prompts = build_prompts(load_items(resolve_data("builtin")), tok)
+    by_length = sorted(prompts, key=lambda p: len(tok(p)["input_ids"]))
+    chosen = [by_length[-1], by_length[len(by_length) // 2], by_length[len(by_length) // 4], by_length[0]]
+    assert len(tok(chosen[0])["input_ids"]) > 512
+    expected = reference_generate(model, tok, chosen, batch_size=4)
+    assert greedy_generate(model, tok, chosen, batch_size=2) == expected
+    assert all(e.strip() for e in expected)
+
+
+@pytest.mark.slow
 def test_trimmed_gemma_is_exact(gemma_dir, gemma):
     """Trimmed log-probs == full log-probs renormalised over the kept ids (1e-5, fp32)."""
     from transformers import AutoModelForCausalLM
