@@ -21,8 +21,7 @@ is mostly reading weights and caches (the 262k-row output layer of Gemma 3 alone
 - **A cache without copies** (:class:`_SlotCache`): the batch's keys and values live in buffers with
   spare rows and columns. A step writes one column in place, a finished row is replaced by one
   surviving row, columns no row uses any more are skipped; transformers' dynamic cache copies the
-  whole cache at every step (``torch.cat``) and again whenever a row leaves. Sliding-window layers
-  are stored in full; the sliding mask, built from positions, hides what the window excludes.
+  whole cache at every step (``torch.cat``) and again whenever a row leaves.
 - Positions come from the attention mask (left padding does not shift them), as in ``generate``;
   the logits processors that ``model.generate`` would build from the model's generation config
   (repetition penalty, suppressed tokens, ...) are built the same way. They see each row's ids
@@ -142,39 +141,44 @@ class _SlotLayer(CacheLayerMixin):
     Rows ``[0, n)`` are the batch; all use the columns ``[start, end)`` (left-padded: the batch's
     attention mask says which hold real tokens). :class:`_SlotCache` moves ``n``, ``start`` and
     ``end`` for all layers at once. A decode step writes column ``end`` in place (transformers'
-    dynamic layers ``torch.cat`` the whole cache at every step).
+    dynamic layers ``torch.cat`` the whole cache at every step). A sliding-window layer keeps every
+    column but, like transformers' sliding layer, hands attention only the last ``window - 1``
+    cached columns plus the new ones, and reports the same mask sizes.
     """
 
-    is_sliding = False  # sliding-window layers are stored in full: the sliding mask, built from positions, hides the rest
-
-    def __init__(self, slots: "_SlotCache", keys: torch.Tensor, values: torch.Tensor):
+    def __init__(self, slots: "_SlotCache", keys: torch.Tensor, values: torch.Tensor, window: Optional[int]):
         super().__init__()
-        self.slots, self.kbuf, self.vbuf = slots, keys, values
+        self.slots, self.kbuf, self.vbuf, self.window = slots, keys, values, window
+        self.is_sliding = window is not None
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
 
     def lazy_initialization(self, key_states, value_states) -> None:  # created initialized
         raise AssertionError("a slot layer is never initialized lazily")
 
-    def view(self) -> None:
+    def _first(self) -> int:
+        """First cached column attention sees."""
         s = self.slots
-        self.keys, self.values = self.kbuf[:s.n, :, s.start:s.end], self.vbuf[:s.n, :, s.start:s.end]
+        return s.start if self.window is None else max(s.start, s.end - (self.window - 1))
+
+    def view(self) -> None:
+        s, first = self.slots, self._first()
+        self.keys, self.values = self.kbuf[:s.n, :, first:s.end], self.vbuf[:s.n, :, first:s.end]
 
     def update(self, key_states, value_states, *args, **kwargs):
-        s, q = self.slots, key_states.shape[-2]
+        s, q, first = self.slots, key_states.shape[-2], self._first()
         self.kbuf[:s.n, :, s.end:s.end + q] = key_states
         self.vbuf[:s.n, :, s.end:s.end + q] = value_states
-        self.keys = self.kbuf[:s.n, :, s.start:s.end + q]
-        self.values = self.vbuf[:s.n, :, s.start:s.end + q]
-        return self.keys, self.values
+        return self.kbuf[:s.n, :, first:s.end + q], self.vbuf[:s.n, :, first:s.end + q]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.slots.end - self.slots.start + query_length, 0
+        first = self._first()
+        return self.slots.end - first + query_length, first - self.slots.start
 
     def get_seq_length(self) -> int:
         return self.slots.end - self.slots.start
 
     def get_max_length(self) -> int:
-        return -1
+        return -1 if self.window is None else self.window
 
 
 class _SlotCache(Cache):
@@ -195,7 +199,8 @@ class _SlotCache(Cache):
         for layer in like.layers:
             k, v = layer.keys, layer.values
             layers.append(_SlotLayer(self, k.new_zeros((rows, k.shape[1], width + room, k.shape[3])),
-                                     v.new_zeros((rows, v.shape[1], width + room, v.shape[3]))))
+                                     v.new_zeros((rows, v.shape[1], width + room, v.shape[3])),
+                                     getattr(layer, "sliding_window", None) if layer.is_sliding else None))
         super().__init__(layers=layers)
 
     def _relayout(self, width: int) -> None:
