@@ -139,6 +139,12 @@ class TrainingConfig:
     """Write ``train_log.jsonl`` every this many optimizer steps."""
     save_steps: int = 0
     """Checkpoint every this many optimizer steps (0: only the final model)."""
+    snapshot_steps: list[int] = field(default_factory=list)
+    """Also write the model as it is after each of these optimizer steps, under
+    ``snapshots/step-NNNNNNNN/model`` (a LoRA adapter: a few MB), e.g. to evaluate a learning curve
+    with ``bcat eval --model OUTPUT_DIR/snapshots/step-NNNNNNNN``. Steps at or after ``max_steps`` are
+    ignored: the final model is ``model/``. With a constant learning rate (after warm-up) a snapshot
+    is what a run of that many steps gives; with a decaying schedule it is not."""
     save_merged: bool = False
     """Also write LoRA-merged full weights under ``merged/``."""
     seed: int = 0
@@ -174,6 +180,7 @@ class TrainConfig:
             ("training.max_steps", self.training.max_steps > 0, "a positive integer"),
             ("training.logging_steps", self.training.logging_steps > 0, "a positive integer"),
             ("training.save_steps", self.training.save_steps >= 0, "zero (off) or a positive integer"),
+            ("training.snapshot_steps", all(s > 0 for s in self.training.snapshot_steps), "a list of positive integers"),
             ("training.warmup_steps", self.training.warmup_steps >= 0, "zero or a positive integer"),
             ("training.weight_decay", self.training.weight_decay >= 0, "zero or positive"),
             ("training.max_grad_norm", self.training.max_grad_norm >= 0, "zero (off) or positive"),

@@ -48,6 +48,9 @@ from bcat.training.reference import reference_key, reference_table
 
 log = logging.getLogger(__name__)
 
+SNAPSHOTS = "snapshots"
+"""Subdirectory of the output directory for ``training.snapshot_steps``."""
+
 
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -212,6 +215,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{terms['loss']:.4f}")
+        if step in tc.snapshot_steps and step < tc.max_steps and is_main:
+            save_model(model, tokenizer, out / SNAPSHOTS / f"step-{step:08d}", merged=False, vocab=vocab,
+                       base_dir=resolve_model_dir(cfg.model.path))
         if tc.save_steps and step % tc.save_steps == 0 and step < tc.max_steps:
             if is_main:
                 save_checkpoint(out, step, model, optimizer, scheduler,
