@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -95,12 +96,24 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamp
                                            "tuned model with its base, language by language."]
                          + [part for task, table in ood for part in (f"### {task}", table)]))
 
-    md_path, html_path = output / "report.md", output / "report.html"
-    md_path.write_text(_markdown(sections, runs, names), encoding="utf-8")
-    html_path.write_text(_html(sections, runs, names), encoding="utf-8")
+    return write_document(sections, output, _title(names), "bcat report", cards=_cards(runs, names))
+
+
+def write_document(sections: list, output: Path, title: str, generator: str, stem: str = "report",
+                   cards: str = "") -> tuple[Path, Path]:
+    """Write ``STEM.md``, ``STEM.html`` and the charts of ``sections`` into ``output``.
+
+    A section is ``(title, parts)``; a part is a :class:`Table`, a chart ``(png path relative to
+    output, bytes, alt text)``, the string ``"cards"`` (replaced by ``cards`` in HTML), a
+    ``"### subtitle"`` or a paragraph.
+    """
+    md_path, html_path = output / f"{stem}.md", output / f"{stem}.html"
+    md_path.write_text(_markdown(sections, title, generator), encoding="utf-8")
+    html_path.write_text(_html(sections, title, generator, cards), encoding="utf-8")
     for _, parts in sections:
         for part in parts:
             if isinstance(part, tuple):
+                (output / part[0]).parent.mkdir(parents=True, exist_ok=True)
                 (output / part[0]).write_bytes(part[1])
     return md_path, html_path
 
@@ -122,11 +135,11 @@ def _title(names) -> str:
     return "bcat evaluation: " + (" vs ".join(names) if len(names) <= 3 else f"{len(names)} runs")
 
 
-def _markdown(sections, runs, names) -> str:
+def _markdown(sections, title: str, generator: str) -> str:
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    out = [f"# {_title(names)}", "", f"Generated {now} by `bcat report`.", ""]
-    for title, parts in sections:
-        out += [f"## {title}", ""]
+    out = [f"# {title}", "", f"Generated {now} by `{generator}`.", ""]
+    for heading, parts in sections:
+        out += [f"## {heading}", ""]
         for part in parts:
             if part == "cards":
                 continue
@@ -134,19 +147,22 @@ def _markdown(sections, runs, names) -> str:
                 out += [part.markdown(), ""]
             elif isinstance(part, tuple):
                 out += [f"![{part[2]}]({part[0]})", ""]
+            elif part.startswith("```"):  # a code block, verbatim
+                out += [part, ""]
             else:
                 out += [part, ""]
     return "\n".join(out)
 
 
-def _html(sections, runs, names) -> str:
+def _html(sections, title: str, generator: str, cards: str = "") -> str:
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    body = [f"<h1>{html.escape(_title(names))}</h1>", f'<p class="meta">Generated {now} by <code>bcat report</code>.</p>']
-    for title, parts in sections:
-        body.append(f"<h2>{html.escape(title)}</h2>")
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="meta">Generated {now} by <code>{html.escape(generator)}</code>.</p>']
+    for heading, parts in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
         for part in parts:
             if part == "cards":
-                body.append(_cards(runs, names))
+                body.append(cards)
             elif isinstance(part, Table):
                 body.append(part.html())
             elif isinstance(part, tuple):
@@ -154,9 +170,15 @@ def _html(sections, runs, names) -> str:
                 body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(part[2])}">')
             elif part.startswith("### "):
                 body.append(f"<h3>{html.escape(part[4:])}</h3>")
+            elif part.startswith("```"):
+                body.append(f"<pre>{html.escape(part.strip('`').strip())}</pre>")
+            elif part.startswith("- "):  # a Markdown list, **bold** kept
+                items = [re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(i))
+                         for i in part[2:].split("\n- ")]
+                body.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
             else:
                 body.append(f"<p>{html.escape(part)}</p>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(_title(names))}</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
