@@ -290,7 +290,10 @@ def validate(spec: StudySpec) -> StudySpec:
     # Every arm's training config must load, before any work (a typo would otherwise surface hours in).
     for arm in spec.arms:
         if arm.train:
-            cfg = load_config(None, [*spec.training, *arm.overrides])
+            try:
+                cfg = load_config(None, [*spec.training, *arm.overrides])
+            except ConfigError as e:
+                raise bad(f"arms[{names.index(arm.name)}].overrides", f"(with 'training'): {e}") from None
             if cfg.training.save_steps < 1:
                 raise bad("training", f"must set training.save_steps (arm {arm.name}): a run resumes from its checkpoints")
             if cfg.batch.mode not in spec.timing.step_s:

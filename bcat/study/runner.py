@@ -243,6 +243,9 @@ class Study:
                 if (step.output / "metrics.json").is_file():
                     continue
                 adopted = self.spec_arm(run).adopt.get(step.split)
+                if adopted and not Path(adopted).exists():
+                    self.echo(f"  {adopted} does not exist (another machine?): evaluating {step.split} in the study")
+                    adopted = None
                 if adopted:
                     self.adopt(Path(adopted), step)
                     continue
@@ -290,7 +293,11 @@ class Study:
         tmp = out.with_name(out.name + ".adopting")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
-        (tmp / "ADOPTED_FROM").write_text(f"{source.resolve()}\n", encoding="utf-8")
+        note = f"{source.resolve()}\n"
+        if step.suite == "rag":
+            rescore(tmp, step.data, step.limit)
+            note += "re-scored from its raw outputs with this bcat's scorer (bcat.study.runner.rescore)\n"
+        (tmp / "ADOPTED_FROM").write_text(note, encoding="utf-8")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         self.echo(f"  adopted {source} as {out}")
@@ -425,12 +432,9 @@ class Study:
                   "curve": count_items(self.dev, spec.curve.groups)}
         runs = self.runs()
         estimated_as = {}
-        if spec.selection is not None and self.selection() is None:  # stand in the first candidate's setting
-            stand_in = spec.selection.candidates[0]
-            for r in expand(spec, stand_in):
-                if r.selected:
-                    runs.append(r)
-                    estimated_as[r.name] = stand_in
+        if self.pending_selection():  # stand in the first candidate's setting, in the order they will run
+            runs = expand(spec, spec.selection.candidates[0])
+            estimated_as = {r.name: r.selected for r in runs if r.selected}
         rows, seen_keys, seen_evals = [], set(), set()
         for run in runs:
             est: Estimate = estimate(spec, run, counts)
@@ -442,7 +446,8 @@ class Study:
                     cost += est.train_s
                 for split, s in est.eval_s.items():
                     out = self.eval_dir(run, split)
-                    adopted = (self.spec_arm(run).adopt.get(split) if not run.trained else None)
+                    adopted = self.spec_arm(run).adopt.get(split) if not run.trained else None
+                    adopted = adopted if adopted and Path(adopted).exists() else None
                     if (key, split) in seen_evals or (out / "metrics.json").is_file() or adopted:
                         continue
                     cost += s
@@ -484,6 +489,38 @@ class Study:
         if self.commit:
             git_commit([self.results / "REPORT.md", self.results / "REPORT.html", self.results / "report"],
                        "study: report", self.results)
+
+
+RUN_KEYS = ("bcat_version", "model", "suites", "data", "data_fingerprint", "options", "prompt_format", "vocabulary",
+            "items", "items_sha256", "seconds", "processes", "ood")
+"""Keys of ``metrics.json`` that describe how an evaluation ran, not how it was scored."""
+
+
+def rescore(eval_dir: Path, data: Path, limit: Optional[int]) -> None:
+    """Score an evaluation's raw outputs again with this bcat's scorer, in place.
+
+    An adopted evaluation may have been scored by an older bcat: re-scoring its raw outputs (what the
+    model generated) with :func:`bcat.evaluation.evaluate.score_outputs` makes it comparable with the
+    study's own evaluations. Refused when its items are not the study's.
+    """
+    from bcat.data.rag import load_items
+    from bcat.evaluation.evaluate import RagOptions, score_outputs
+
+    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    lines = (eval_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    by_key = {(p["group"], p["lang"]): p for p in map(json.loads, filter(str.strip, lines))}
+    items = load_items(data, limit_groups=limit)
+    keys = [(i.group, i.lang) for i in items]
+    if set(keys) != set(by_key):
+        raise BcatError(f"cannot adopt {eval_dir}: its items are not the first {limit or 'all'} groups of {data}")
+    unseen = (metrics.get("options") or {}).get("unseen") or RagOptions().unseen
+    summary, predictions = score_outputs(items, [by_key[k]["raw_output"] for k in keys], RagOptions(unseen=unseen),
+                                         prompts=[by_key[k].get("prompt") for k in keys])
+    rescored = {**{k: metrics[k] for k in RUN_KEYS if k in metrics}, **summary}
+    with (eval_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for p in predictions:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    (eval_dir / "metrics.json").write_text(json.dumps(rescored, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 class CommandFailed(Exception):
