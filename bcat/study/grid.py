@@ -327,8 +327,9 @@ class Run:
     def key(self, spec: StudySpec) -> str:
         """Identity of the TRAINING (model, data, overrides): runs with the same key share the cache,
         e.g. the selected arm's first seed and the candidate it came from."""
-        text = json.dumps({"model": spec.model, "data": dataclasses.asdict(spec.data), "overrides": self.overrides,
-                           "curve": spec.curve.steps}, sort_keys=True)
+        d = spec.data
+        training = [d.train_qa, d.pairs_seed, d.train_languages] if self.trained else []
+        text = json.dumps({"model": spec.model, "data": training, "overrides": self.overrides}, sort_keys=True)
         return ("base" if not self.trained else "t") + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -356,10 +357,10 @@ def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
             overrides.insert(len(spec.training), f"training.snapshot_steps=[{','.join(map(str, spec.curve.steps))}]")
         max_steps = load_config(None, overrides).training.max_steps
         for i, seed in enumerate(arm.seeds):
-            pick = (lambda choice: choice == "all" or (choice == "first" and i == 0))
-            curve = [s for s in spec.curve.steps if s < max_steps] if arm.curve and pick(arm.dev) else []
+            dev, ood = (choice == "all" or (choice == "first" and i == 0) for choice in (arm.dev, arm.ood))
+            curve = [s for s in spec.curve.steps if s < max_steps] if arm.curve and dev else []
             runs.append(Run(f"{arm.name}-s{seed}", arm.name, seed, [*overrides, *seed_overrides(seed)],
-                            dev=pick(arm.dev), test=arm.test, ood=arm.test and pick(arm.ood) and spec.eval.ood_limit > 0,
+                            dev=dev, test=arm.test, ood=arm.test and ood and spec.eval.ood_limit > 0,
                             curve_steps=curve, selected=selected if arm.from_selection else None))
     return runs
 

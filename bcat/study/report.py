@@ -23,10 +23,18 @@ from bcat.evaluation.compare import Run, compare_runs, load_run
 from bcat.evaluation.stats import mcnemar_exact
 from bcat.report.charts import headline_chart, per_language_chart
 from bcat.report.render import write_document
-from bcat.report.tables import Table, accuracy_table, all_languages, fmt, fmt_ci, headline_table, quality_table, verdict_table
+from bcat.report.tables import (
+    Table,
+    accuracy_table,
+    all_languages,
+    fmt,
+    headline_table,
+    quality_table,
+    verdict_table,
+)
 from bcat.study import grid
 from bcat.study.charts import curve_chart, ood_chart
-from bcat.study.results import pooled_metrics, pooled_ood
+from bcat.study.results import ood_means, pooled_metrics, pooled_ood
 
 ENGLISH_TOLERANCE = 0.01
 """Largest English drop (1 point) with which a setting can still count as better."""
@@ -192,8 +200,6 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
         split, comparison = found
         objective = next((f.objective for f in sr.finished if f.run.arm == arm), "-")
         a_run, b_run = sr.pooled(twin, "ood"), sr.pooled(arm, "ood")
-        from bcat.study.results import ood_means
-
         ood_a = ood_means(a_run.metrics.get("ood", {})) if a_run else {}
         ood_b = ood_means(b_run.metrics.get("ood", {})) if b_run else {}
         lines = verdict_line(arm, twin, objective, comparison, split, ood_a, ood_b)
@@ -268,8 +274,6 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
     # OOD
     ood_runs = [(a, r) for a, r in ((a, sr.pooled(a, "ood")) for a in sr.arms) if r is not None and r.metrics.get("ood")]
     if ood_runs:
-        from bcat.study.results import ood_means
-
         means = [ood_means(r.metrics["ood"]) for _, r in ood_runs]
         tasks = [t for t in dict.fromkeys(t for m in means for t in m)]
         rows = [[r.path.name] + [fmt((m.get(t) or {}).get(OOD_HEADLINE.get(t, ""))) for t in tasks]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -104,16 +105,21 @@ class Study:
         self.execute = execute
         self.commit = commit
         self.echo = echo
-        self.pairs = self.cache / "pairs.jsonl"
+        self._stale: set[str] = set()
         self.dev = resolve_data(spec.data.dev)
         self.test = resolve_data(spec.data.test)
+        d = spec.data
+        self.pairs = self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, str(resolve_data(d.train_qa))])}.jsonl"
+        self.eval_key = "e" + _digest([dataclasses.asdict(spec.eval), d.dev, d.dev_groups, d.test, d.test_groups,
+                                       spec.curve.groups, str(self.dev), str(self.test)])
+        """Identity of the evaluation settings: a change re-evaluates instead of reusing the cache."""
 
     # -- paths ---------------------------------------------------------------------------------------
     def train_dir(self, run: Run) -> Path:
         return self.cache / "train" / run.key(self.spec)
 
     def eval_dir(self, run: Run, split: str) -> Path:
-        return self.cache / "eval" / run.key(self.spec) / split
+        return self.cache / "eval" / f"{run.key(self.spec)}-{self.eval_key}" / split
 
     def result_json(self, run: Run) -> Path:
         return self.results / f"{run.name}.json"
@@ -122,13 +128,20 @@ class Study:
         return self.results / "runs" / run.name
 
     def finished(self, run: Run) -> bool:
+        """Whether the run's JSON is there, made with the run's current training and evaluation settings."""
         path = self.result_json(run)
         if not path.is_file():
             return False
         try:
-            return json.loads(path.read_text(encoding="utf-8")).get("run") == run.name
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return False
+        if (data.get("run"), data.get("key"), data.get("eval_key")) == (run.name, run.key(self.spec), self.eval_key):
+            return True
+        if run.name not in self._stale:
+            self._stale.add(run.name)
+            self.echo(f"bcat study: {path} was made with other settings: {run.name} runs again")
+        return False
 
     # -- the grid ------------------------------------------------------------------------------------
     def runs(self) -> list[Run]:
@@ -317,6 +330,7 @@ class Study:
         tmp.mkdir(parents=True)
         outputs: list[Path] = []
         result: dict = {"run": run.name, "arm": run.arm, "seed": run.seed, "key": run.key(self.spec),
+                        "eval_key": self.eval_key,
                         "selected_from": run.selected, "overrides": run.overrides, "splits": {}}
         if run.trained:
             tdir = self.train_dir(run)
@@ -527,6 +541,10 @@ class CommandFailed(Exception):
     def __init__(self, code: int, tail: str):
         super().__init__(f"exit {code}")
         self.code, self.tail = code, tail
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def git_commit(paths: list[Path], message: str, where: Path) -> None:

@@ -32,8 +32,10 @@ def study_file(tmp_path, **changes):
 def finish(study: Study, name: str, english: float, non_english: float) -> None:
     """A stand-in for a finished run: only what the selection reads."""
     study.results.mkdir(parents=True, exist_ok=True)
+    run = next(r for r in expand(study.spec) if r.name == name)
     (study.results / f"{name}.json").write_text(json.dumps(
-        {"run": name, "splits": {"dev": {"english": english, "non_english_mean": non_english}}}))
+        {"run": name, "key": run.key(study.spec), "eval_key": study.eval_key,
+         "splits": {"dev": {"english": english, "non_english_mean": non_english}}}))
 
 
 def test_selection_waits_for_the_candidates_then_keeps_english_within_a_point(tmp_path):
@@ -79,6 +81,18 @@ def test_bad_study_files_are_refused_before_any_work(tmp_path, change, message):
         load_study(study_file(tmp_path, **change))
     assert message in str(e.value) and "study.yaml" in str(e.value)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_result_made_with_other_settings_is_not_taken_as_finished(tmp_path, capsys):
+    study = Study(load_study(study_file(tmp_path)))
+    finish(study, "grouped-s0", 0.5, 0.5)
+    run = next(r for r in study.runs() if r.name == "grouped-s0")
+    assert study.finished(run)
+    changed = Study(load_study(study_file(tmp_path, training=["training.max_steps=8", "training.save_steps=2"])))
+    assert not changed.finished(next(r for r in changed.runs() if r.name == "grouped-s0"))
+    assert "made with other settings" in capsys.readouterr().out
+    other_eval = Study(load_study(study_file(tmp_path, eval={"max_new_tokens": 8})))
+    assert not other_eval.finished(next(r for r in other_eval.runs() if r.name == "grouped-s0"))
 
 
 def test_seeds_set_the_training_and_the_batch_order(tmp_path):
