@@ -214,3 +214,15 @@ def test_rescoring_an_adopted_evaluation_scores_its_raw_outputs_again(finished_s
     assert metrics["english"] == 1.0 and metrics["non_english_mean"] == 0.0
     with pytest.raises(Exception, match="items are not"):
         rescore(copy, resource("kb/test.jsonl"), 2)
+
+
+def test_detach_runs_the_study_in_the_background(finished_study, capsys):
+    tmp, path, _, _ = finished_study
+    assert main(["study", str(path), "--detach"]) == 0
+    printed = capsys.readouterr().out
+    pid = int((tmp / "cache" / "study.pid").read_text())
+    assert f"process {pid}" in printed
+    deadline = time.time() + 120
+    while time.time() < deadline and "complete" not in (tmp / "cache" / "study.log").read_text():
+        time.sleep(0.2)
+    assert "bcat study: complete" in (tmp / "cache" / "study.log").read_text()  # everything was already finished

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers import parallel_records, write_jsonl
 from safetensors.torch import load_file
 
@@ -9,9 +10,10 @@ from bcat.cli import main
 from bcat.model.loading import load_for_eval
 
 
-def test_snapshot_equals_a_shorter_run_under_a_constant_learning_rate(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("trim", [False, True])
+def test_snapshot_equals_a_shorter_run_under_a_constant_learning_rate(tmp_path, tiny_model_dir, trim):
     data = write_jsonl(tmp_path / "pairs.jsonl", parallel_records(2, objective="dpo"))
-    common = [f"model.path={tiny_model_dir}", f"data.train={data}", "objective.name=orpo",
+    common = [f"model.path={tiny_model_dir}", f"data.train={data}", "objective.name=orpo", f"model.trim_vocab={trim}",
               "training.learning_rate=5e-3", "training.lr_scheduler=constant", "batch.groups_per_batch=1",
               "training.threads=1"]
     long, short = tmp_path / "long", tmp_path / "short"
