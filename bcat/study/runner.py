@@ -381,8 +381,10 @@ class Study:
         groups = list(dict.fromkeys(i.group for i in load_items(self.dev, limit_groups=self.spec.curve.groups)))
         points = []
         base = next((r for r in expand(self.spec) if not r.trained and r.dev), None)
-        if base is not None and self.finished(base):
-            points.append(res.curve_point(self.result_dir(base) / "dev", 0, groups))
+        if base is not None:  # the base run may still wait for an adopted test evaluation: its dev one is enough
+            found = [d for d in (self.result_dir(base) / "dev", self.eval_dir(base, "dev")) if (d / "metrics.json").is_file()]
+            if found:
+                points.append(res.curve_point(found[0], 0, groups))
         points += [res.curve_point(copied / f"curve-{s}", s, groups) for s in run.curve_steps]
         steps = json.loads((copied / "train" / "training_summary.json").read_text())["steps"]
         points.append(res.curve_point(copied / "dev", steps, groups))
