@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import numbers
+import unicodedata
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -219,6 +220,12 @@ def answer_verdict(rec: dict) -> str:
 
 
 def _clip(text: str, limit: int = 140) -> str:
+    """``text`` cut to ``limit`` characters, control characters shown as escapes (a model can emit them).
+
+    >>> _clip("ab\\x04c", 10), _clip("x" * 12, 10)
+    ('ab\\\\x04c', 'xxxxxxxxx…')
+    """
+    text = "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
