@@ -159,8 +159,9 @@ def run_eval(args) -> dict:
     if "rag" in suites:  # validate the data and the training run's config before loading any model
         data_path = resolve_data(args.data)
         items = load_items(data_path, languages=args.languages, limit_groups=args.limit)
-        languages = resolve_languages(args.model, list(dict.fromkeys(i.lang for i in items)), anchor=args.anchor,
-                                      seen=args.seen, unseen=args.unseen)
+        languages = resolve_languages(args.model, list(dict.fromkeys(i.lang for i in items)),
+                                      anchor=getattr(args, "anchor", None), seen=getattr(args, "seen", None),
+                                      unseen=getattr(args, "unseen", None))
     ood = _load_ood() if "ood" in suites else None
     created = is_main_process() and not output.exists()
     if is_main_process():  # fail on an unwritable --output before loading the model

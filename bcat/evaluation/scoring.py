@@ -100,6 +100,8 @@ def resolve_languages(model: Optional[str], evaluated: Sequence[str], *, anchor:
     """
     if seen is not None and unseen is not None:
         raise BcatError("--seen and --unseen: give one of them")
+    if anchor is not None and anchor_label == "--anchor" and anchor not in evaluated:
+        raise BcatError(f"--anchor {anchor}: not among the evaluated languages ({', '.join(evaluated)})")
     run = training_run_dir(model) if anchor is None or (seen is None and unseen is None) else None
     cfg = None
     if run is not None:

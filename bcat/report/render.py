@@ -53,7 +53,7 @@ h3{font-size:15px;margin-top:22px} .meta{color:#59636e;font-size:13px;margin-top
 table{border-collapse:collapse;margin:12px 0;font-size:13.5px}
 th,td{padding:6px 12px;border-bottom:1px solid #e4e8ec} th{background:#f6f8fa;text-align:left;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.label{font-weight:500;white-space:nowrap}
-td.text{max-width:280px;vertical-align:top}
+td.text{max-width:280px;vertical-align:top} td.nowrap{white-space:nowrap;vertical-align:top}
 tbody tr:hover{background:#f9fbfd} .note{color:#59636e;font-size:12.5px;max-width:900px}
 img{max-width:100%;border:1px solid #e4e8ec;border-radius:6px;padding:6px;background:#fff}
 .pill{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}

@@ -25,6 +25,8 @@ class Table:
     notes: str = ""
     text_columns: tuple[int, ...] = ()
     """Columns of free text (wrapped, left-aligned), whatever they start with."""
+    nowrap_columns: tuple[int, ...] = ()
+    """Columns of short text never broken across lines (model codes, gold answers)."""
 
     def markdown(self) -> str:
         out = ["| " + " | ".join(h.replace("\n", " ") for h in self.headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(self.headers) - 1)) + "|"]
@@ -33,8 +35,8 @@ class Table:
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(h).replace(chr(10), '<br>')}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(_cell(c, i, i in self.text_columns) for i, c in enumerate(row)) + "</tr>"
-                       for row in self.rows)
+        body = "".join("<tr>" + "".join(_cell(c, i, i in self.text_columns, i in self.nowrap_columns)
+                                        for i, c in enumerate(row)) + "</tr>" for row in self.rows)
         notes = f'<p class="note">{html.escape(self.notes)}</p>' if self.notes else ""
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
@@ -52,12 +54,12 @@ def verdict_class(text: str) -> Optional[str]:
     return "bad" if text.startswith((ALSO_NAMES, WRONG_VALUE)) else None
 
 
-def _cell(text: str, index: int, free_text: bool = False) -> str:
+def _cell(text: str, index: int, free_text: bool = False, nowrap: bool = False) -> str:
     pill = verdict_class(text)
     if pill:
         return f'<td><span class="pill {pill}">{html.escape(text)}</span></td>'
     kind = "text" if free_text else "label" if index == 0 else "num" if text[:1] in "0123456789+-[" else "text"
-    return f'<td class="{kind}">{html.escape(text)}</td>'
+    return f'<td class="{kind}{" nowrap" if nowrap else ""}">{html.escape(text)}</td>'
 
 
 def fmt(x, digits: int = 3, signed: bool = False) -> str:
@@ -256,7 +258,7 @@ def examples_table(records: Sequence[dict[tuple[str, str], dict]], names: Sequen
             row += [_clip(r[(g, lang)].get("prediction") or ""), answer_verdict(r[(g, lang)])]
         rows.append(row)
     headers = ["group", "question", "gold"] + [h for name in names for h in (f"answer\n{name}", f"verdict\n{name}")]
-    return Table(headers, rows, text_columns=tuple(range(1, len(headers))))
+    return Table(headers, rows, text_columns=tuple(range(1, len(headers))), nowrap_columns=(2,))
 
 
 def verdict_table(comparison: dict, names: Sequence[str]) -> Table:

@@ -94,6 +94,9 @@ def test_score_overrides_the_language_split(evaluated, tmp_path):
                  "--output", str(tmp_path / "u"), "--unseen", "hi"]) == 0
     languages = json.loads((tmp_path / "u" / "metrics.json").read_text(encoding="utf-8"))["languages"]
     assert languages["unseen"] == ["hi"] and languages["anchor"] == "en"
+    assert main(["score", "--data", str(data), "--predictions", str(out / "predictions.jsonl"),
+                 "--output", str(tmp_path / "x"), "--anchor", "de"]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def _line(group="g0", lang="en", prediction="24 months", **kw):
