@@ -67,7 +67,8 @@ def per_language_chart(runs: Sequence[Run], names: Sequence[str], langs: Sequenc
     ax.set_ylim(0, 1.15)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(runs)), frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # no bar at all (e.g. no answer whose language could be judged)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(runs)), frameon=False)
     return _png(fig)
 
 
