@@ -260,6 +260,22 @@ def test_alignment_off_is_plain_trl_and_on_adds_the_weighted_terms(kind, tiny_mo
     assert on_loss == pytest.approx(expected, abs=1e-6)
 
 
+def test_terms_are_averaged_over_accumulation_when_trl_normalises_the_loss(tiny_model_dir, tok, tmp_path):
+    """SFT normalises by the token count of all accumulated micro-batches (``num_items_in_batch``), so Trainer
+    does not divide its loss by the accumulation steps; the per-micro-batch alignment terms are divided here."""
+    trainer = _sft(tiny_model_dir, tok, tmp_path)
+    batch, _ = _first_batch(trainer)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2
+    items = torch.tensor(2 * int((batch["labels"][:, 1:] != -100).sum()))
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=items).item()
+        trl_loss = SFTTrainer.compute_loss(trainer, trainer.model, _without_keys(batch), num_items_in_batch=items).item()
+    terms = trainer.alignment_terms
+    weighted = ALIGN.hidden_weight * terms["hidden"].item() + ALIGN.output_weight * terms["output"].item()
+    assert loss == pytest.approx(trl_loss + weighted / 2, abs=1e-6)
+
+
 def _bcat_batch(trainer, kind, tok, records: list[int]) -> dict:
     """bcat's own collated batch of the same records, from the token ids the TRL trainer made."""
     examples = []
