@@ -4,7 +4,7 @@ Why a plain Accelerate loop and not ``transformers.Trainer``: the method lives i
 composition. Trainer builds its own sampler and dataloader, drops unknown columns, and shards
 batches across ranks itself; keeping whole groups together would mean overriding most of it. Here
 the group sampler deals micro-batches to ranks directly, and ``accelerate`` still provides device
-placement, DDP/FSDP/DeepSpeed through ``accelerate launch``, and mixed precision.
+placement, DDP/FSDP2 through ``accelerate launch`` (:mod:`bcat.training.distributed`), and mixed precision.
 
 Order of work: validate config, data and output directory (nothing is written before that), load
 the model, optionally precompute DPO reference log-probs, then loop:
