@@ -96,12 +96,14 @@ def _eval(model: str, output: Path, args) -> list[str]:
 
 
 def print_table(metrics_files: list[Path]) -> None:
-    """Per-language accuracy of each run (base first, bcat last), the gap and the unseen-language mean."""
+    """Per-language strict accuracy (the headline) of each run (base first, bcat last), the gap and
+    the unseen-language mean."""
     runs = [json.loads(p.read_text()) for p in metrics_files]
     names = [p.parent.name.removeprefix("eval_") for p in metrics_files]
-    print("\n" + f"{'language':<18}" + "".join(f"{n:>10}" for n in names))
+    print("\nstrict accuracy (headline)")
+    print(f"{'language':<18}" + "".join(f"{n:>10}" for n in names))
     for lang in runs[0]["per_language"]:
-        print(f"{lang:<18}" + "".join(f"{r['per_language'][lang]['accuracy']:>10.2f}" for r in runs))
+        print(f"{lang:<18}" + "".join(f"{r['per_language'][lang]['strict_accuracy']:>10.2f}" for r in runs))
     for key in ("english", "non_english_mean", "gap", "unseen_mean"):
         if runs[0].get(key) is not None:
             print(f"{key:<18}" + "".join(f"{r[key]:>10.2f}" for r in runs))

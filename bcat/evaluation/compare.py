@@ -1,8 +1,10 @@
 """``bcat compare A B``: is run B better than run A, language by language?
 
 Both runs must hold exactly the same (group, language) items; otherwise the comparison is refused.
-Per language: the accuracy difference ``B - A`` with a PAIRED bootstrap 95% interval (the same
-groups are drawn for both runs), and the exact McNemar test on the discordant items.
+Everything is measured in STRICT accuracy (the headline metric: the first line names an accepted
+answer and no other candidate value of the item). Per language: the difference ``B - A`` with a
+PAIRED bootstrap 95% interval (the same groups are drawn for both runs), and the exact McNemar
+test on the discordant items.
 
 Verdict rule, per language, at ``alpha`` (default 0.05): **better** when the interval lies entirely
 above 0 AND McNemar p < alpha; **worse** when it lies entirely below 0 AND p < alpha; otherwise
@@ -29,6 +31,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from bcat.errors import BcatError
+from bcat.evaluation.metrics import HEADLINE_METRIC
 from bcat.evaluation.stats import (
     GroupMatrix,
     gap_statistic,
@@ -45,7 +48,7 @@ GAP_DOWN, GAP_UP = "gap decreased", "gap increased"
 
 @dataclass
 class Run:
-    """A finished ``bcat eval`` directory: its metrics and per-item correctness."""
+    """A finished ``bcat eval`` directory: its metrics and per-item strict correctness."""
 
     path: Path
     metrics: dict
@@ -72,10 +75,14 @@ def load_run(path: str | Path, *, need_items: bool = True) -> Run:
         if "per_language" not in metrics or not pred_file.is_file():
             raise BcatError(f"{path}: no RAG results (metrics.json without per_language, or no predictions.jsonl)")
         with pred_file.open(encoding="utf-8") as f:
-            for line in f:
+            for line_no, line in enumerate(f, start=1):
                 if line.strip():
                     rec = json.loads(line)
-                    correct[(rec["group"], rec["lang"])] = bool(rec["correct"])
+                    if "strict_correct" not in rec:
+                        raise BcatError(f"{pred_file}:{line_no}: no 'strict_correct' (written by an older bcat "
+                                        f"eval); re-score it: bcat score --data DATA --predictions {pred_file} "
+                                        f"--output DIR")
+                    correct[(rec["group"], rec["lang"])] = bool(rec["strict_correct"])
     return Run(path, metrics, correct)
 
 
@@ -182,6 +189,7 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
 
     fingerprints = {r.metrics.get("data_fingerprint") for r in runs_a + runs_b}
     return {
+        "metric": HEADLINE_METRIC,
         "a": side(runs_a), "b": side(runs_b),
         "same_data_file": len(fingerprints) == 1,
         "option_differences": option_differences(first_a, first_b),
@@ -192,9 +200,15 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
                     if len(runs_a) > 1 else "")),
         "alpha": alpha, "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "group", "level": level},
         "languages": {"anchor": anchor, "seen": seen, "unseen": unseen},
+        "language_split_differs": _split(first_a) != _split(first_b),
         "per_language": per_lang,
         "headline": headline,
     }
+
+
+def _split(run: Run) -> tuple:
+    info = run.metrics.get("languages") or {}
+    return info.get("anchor"), tuple(info.get("seen", ())), tuple(info.get("unseen", ()))
 
 
 def option_differences(a: Run, b: Run) -> dict[str, list]:
@@ -218,7 +232,9 @@ def _ci(ci: Optional[list[float]]) -> str:
 def format_table(comparison: dict) -> str:
     """A plain-text table of a comparison, one row per language, then the headline rows."""
     head = f"{'':<18}{'A':>7}{'B':>7}{'B-A':>8}  {'95% CI':<18}{'McNemar p':>10}  verdict"
-    lines = [f"A = {comparison['a']['path']}", f"B = {comparison['b']['path']}", head, "-" * len(head)]
+    lines = [f"A = {comparison['a']['path']}", f"B = {comparison['b']['path']}",
+             f"metric: {comparison['metric']} (the headline: an accepted answer and no other candidate value "
+             f"in the first line)", head, "-" * len(head)]
     for lang, r in comparison["per_language"].items():
         tag = lang + ("" if r["seen"] else "*")
         lines.append(f"{tag:<18}{r['a']:>7.3f}{r['b']:>7.3f}{r['diff']:>+8.3f}  {_ci(r['ci']):<18}"
@@ -229,6 +245,8 @@ def format_table(comparison: dict) -> str:
                      f"{'':>10}  {r['verdict']}")
     if comparison["languages"]["unseen"]:
         lines.append("* unseen in training")
+    if comparison.get("language_split_differs"):
+        lines.append("note: the runs split seen/unseen languages differently; B's split is used")
     if not comparison["same_data_file"]:
         lines.append("note: the data files differ (same item keys, different fingerprints)")
     for option, (va, vb) in comparison.get("option_differences", {}).items():

@@ -51,6 +51,12 @@ def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     return summed / weights.sum(dim=1).clamp_min(1.0)
 
 
+def pooled_states(hidden_states: tuple[Tensor, ...], layers: tuple[int, ...], pool_mask: Tensor, rows: int) -> Tensor:
+    """``[L, rows, D]``: :func:`masked_mean_pool` of the first ``rows`` rows of each of ``layers``
+    (indices into the model's ``hidden_states``, 0 = embeddings)."""
+    return torch.stack([masked_mean_pool(hidden_states[layer][:rows], pool_mask[:rows]) for layer in layers])
+
+
 def _softcap(logits: torch.Tensor, config) -> torch.Tensor:
     cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
@@ -176,9 +182,7 @@ class PolicyForward(nn.Module):
         token_logps = token_logps.masked_scatter(score_mask, picked_logps)
         out = {"token_logps": token_logps}
         if hidden_layers:
-            out["pooled"] = torch.stack(
-                [masked_mean_pool(hidden_states[layer][:pool_rows], pool_mask[:pool_rows]) for layer in hidden_layers]
-            )
+            out["pooled"] = pooled_states(hidden_states, hidden_layers, pool_mask, pool_rows)
         if return_full:
             out["scored_logps"] = logits - logz[:, None]
         return out

@@ -20,6 +20,7 @@ from typing import Optional
 
 from bcat.config import load_config
 from bcat.evaluation.compare import Run, compare_runs, load_run
+from bcat.evaluation.metrics import HEADLINE_METRIC
 from bcat.evaluation.stats import mcnemar_exact
 from bcat.report.charts import headline_chart, per_language_chart
 from bcat.report.render import write_document
@@ -27,9 +28,9 @@ from bcat.report.tables import (
     Table,
     accuracy_table,
     all_languages,
+    agreement_table,
     fmt,
     headline_table,
-    quality_table,
     verdict_table,
 )
 from bcat.study import grid
@@ -186,8 +187,9 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
     planned, done = len(sr.planned), len(sr.finished)
     status = (f"{done} of {planned} planned runs finished" + ("" if done == planned else "; the others are not in "
               "these tables yet") + f". Study file: `{spec.source}`. Dev ({spec.data.dev}) for every choice, "
-              f"test ({spec.data.test}) once per run. The headline metric is each language's `accuracy` as "
-              "`bcat eval` scores it.")
+              f"test ({spec.data.test}) once per run. The headline metric is each language's accuracy as "
+              "`bcat eval` scores it: strict accuracy (the first line names an accepted answer and no other "
+              "candidate value of the item).")
     sections.append(("Status", [status]))
 
     # statement
@@ -227,11 +229,11 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
             "and languages of a group drawn together).",
             headline_table(test_runs, names),
             ("report/test_headline.png", headline_chart(test_runs, names), "English, non-English, unseen and the gap per arm"),
-            ("report/test_accuracy.png", per_language_chart(test_runs, names, langs, unseen, "accuracy", "accuracy", True),
+            ("report/test_accuracy.png", per_language_chart(test_runs, names, langs, unseen, HEADLINE_METRIC, "strict accuracy", True),
              "accuracy per language and arm"),
             accuracy_table(test_runs, names, langs, unseen)]
-            + ([("report/test_unseen.png", per_language_chart(test_runs, names, unseen_langs, unseen, "accuracy",
-                                                              "accuracy", True), "unseen languages per arm")]
+            + ([("report/test_unseen.png", per_language_chart(test_runs, names, unseen_langs, unseen, HEADLINE_METRIC,
+                                                              "strict accuracy", True), "unseen languages per arm")]
                if unseen_langs else [])))
 
     # comparisons with the twin
@@ -288,7 +290,8 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
     if test_runs:
         names = [r.path.name for r in test_runs]
         langs, _ = all_languages(test_runs)
-        sections.append(("Answer language and consistency (test, seeds pooled)", [quality_table(test_runs, names, langs)]))
+        sections.append(("Answer language and agreement with English (test, seeds pooled)",
+                         [agreement_table(test_runs, names, langs)]))
 
     # runs
     rows, blocks = [], []

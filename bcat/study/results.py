@@ -2,8 +2,8 @@
 
 Everything here reads the files a run leaves in the results folder (``runs/<run>/<split>/metrics.json``
 and ``predictions.jsonl``), never the cache, so the report can be rebuilt from committed files alone.
-The headline metric is each prediction's ``correct`` and each language's ``accuracy``: whatever
-rule ``bcat eval`` scores with (the strict rule once it lands), the study reads it from there.
+The headline metric is ``bcat eval``'s (:data:`bcat.evaluation.metrics.HEADLINE_METRIC`, strict
+accuracy): each prediction's verdict as :func:`bcat.evaluation.compare.load_run` reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from bcat.evaluation.compare import Run, load_run
+from bcat.evaluation.metrics import HEADLINE_METRIC
 from bcat.evaluation.stats import (
     GroupMatrix,
     bootstrap_ci,
@@ -71,7 +72,7 @@ def summarize_matrix(matrix: GroupMatrix, anchor: str, seen: Sequence[str], unse
     """Per-language accuracy and the headline numbers of a correctness matrix (values may be means over
     seeds), with group-bootstrap intervals when ``n_resamples`` > 0."""
     acc = language_accuracy(matrix.values)
-    out: dict = {"accuracy": {l: float(acc[i]) for i, l in enumerate(matrix.langs)}}
+    out: dict = {HEADLINE_METRIC: {l: float(acc[i]) for i, l in enumerate(matrix.langs)}}
     ci: dict = {"per_language": {}}
     for name, stat in headline_stats(matrix.langs, anchor, seen, unseen).items():
         out[name] = None if stat is None else float(stat(acc[None, :])[0])
@@ -169,7 +170,7 @@ def pooled_metrics(runs: Sequence[Run], *, n_resamples: int = 2000, seed: int = 
         entries = [r.metrics["per_language"].get(lang, {}) for r in runs]
         numeric = {k for e in entries for k, v in e.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         per_language[lang] = {k: _mean([e.get(k) for e in entries]) for k in sorted(numeric)}
-        per_language[lang]["accuracy"] = numbers["accuracy"][lang]
+        per_language[lang][HEADLINE_METRIC] = numbers[HEADLINE_METRIC][lang]
         per_language[lang]["n"] = int((~np.isnan(pooled.values[:, pooled.col(lang)])).sum())
     out = {"languages": first.metrics["languages"], "per_language": per_language,
            **{k: numbers[k] for k in HEADLINE}, "ci": numbers["ci"], "n_groups": len(pooled.groups),

@@ -260,7 +260,7 @@ class Study:
                     self.echo(f"  {adopted} does not exist (another machine?): evaluating {step.split} in the study")
                     adopted = None
                 if adopted:
-                    self.adopt(Path(adopted), step)
+                    self.adopt(Path(adopted), step, run)
                     continue
                 self._command(step.argv, step.output, run)
         except CommandFailed as e:
@@ -272,9 +272,14 @@ class Study:
     def spec_arm(self, run: Run):
         return next(a for a in self.spec.arms if a.name == run.arm)
 
-    def adopt(self, source: Path, step: EvalStep) -> None:
-        """Use an evaluation made outside the study, if it is the one the study would make."""
-        from bcat.evaluation.evaluate import RagOptions, file_sha256
+    def adopt(self, source: Path, step: EvalStep, run: Run) -> None:
+        """Use an evaluation made outside the study, if it is the one the study would make.
+
+        Its RAG answers are scored again with ``bcat score`` (this bcat's scorer, whatever scored
+        them first), so adopted and fresh evaluations are comparable; the OOD suite is copied.
+        """
+        from bcat.evaluation.evaluate import RagOptions
+        from bcat.evaluation.scoring import file_sha256
 
         metrics_file = source / "metrics.json"
         if not metrics_file.is_file():
@@ -298,18 +303,18 @@ class Study:
             options = metrics.get("options") or {}
             problems += [f"--{k.replace('_', '-')} {options.get(k)!r}, the study's is {v!r}"
                          for k, v in expected.items() if options.get(k) != v]
-        elif step.limit is not None and step.limit != (metrics.get("options") or {}).get("limit", step.limit):
-            problems.append("another --limit")
         if problems:
             raise BcatError(f"cannot adopt {source} for {step.split}: " + "; ".join(problems))
         out = step.output
         tmp = out.with_name(out.name + ".adopting")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
-        note = f"{source.resolve()}\n"
         if step.suite == "rag":
-            rescore(tmp, step.data, step.limit)
-            note += "re-scored from its raw outputs with this bcat's scorer (bcat.study.runner.rescore)\n"
+            self._command(["score", "--data", str(step.data), "--predictions", str(source / "predictions.jsonl"),
+                           "--output", str(tmp)], out, run)
+            note = f"{source.resolve()}\nits answers re-scored with `bcat score` (this bcat's scorer)\n"
+        else:
+            shutil.copytree(source, tmp)
+            note = f"{source.resolve()}\ncopied\n"
         (tmp / "ADOPTED_FROM").write_text(note, encoding="utf-8")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
@@ -456,6 +461,9 @@ class Study:
             est: Estimate = estimate(spec, run, counts)
             key = run.key(spec)
             status = "done" if self.finished(run) else "to do"
+            if status != "done" and any(Path(d).is_dir() and not (Path(d) / "metrics.json").is_file()
+                                        for d in self.spec_arm(run).adopt.values()):
+                status = "waits"  # for an adopted evaluation still being written
             cost = 0.0
             if status != "done":
                 if run.trained and key not in seen_keys and not (self.train_dir(run) / "training_summary.json").is_file():
@@ -505,38 +513,6 @@ class Study:
         if self.commit:
             git_commit([self.results / "REPORT.md", self.results / "REPORT.html", self.results / "report"],
                        "study: report", self.results)
-
-
-RUN_KEYS = ("bcat_version", "model", "suites", "data", "data_fingerprint", "options", "prompt_format", "vocabulary",
-            "items", "items_sha256", "seconds", "processes", "ood")
-"""Keys of ``metrics.json`` that describe how an evaluation ran, not how it was scored."""
-
-
-def rescore(eval_dir: Path, data: Path, limit: Optional[int]) -> None:
-    """Score an evaluation's raw outputs again with this bcat's scorer, in place.
-
-    An adopted evaluation may have been scored by an older bcat: re-scoring its raw outputs (what the
-    model generated) with :func:`bcat.evaluation.evaluate.score_outputs` makes it comparable with the
-    study's own evaluations. Refused when its items are not the study's.
-    """
-    from bcat.data.rag import load_items
-    from bcat.evaluation.evaluate import RagOptions, score_outputs
-
-    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
-    lines = (eval_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-    by_key = {(p["group"], p["lang"]): p for p in map(json.loads, filter(str.strip, lines))}
-    items = load_items(data, limit_groups=limit)
-    keys = [(i.group, i.lang) for i in items]
-    if set(keys) != set(by_key):
-        raise BcatError(f"cannot adopt {eval_dir}: its items are not the first {limit or 'all'} groups of {data}")
-    unseen = (metrics.get("options") or {}).get("unseen") or RagOptions().unseen
-    summary, predictions = score_outputs(items, [by_key[k]["raw_output"] for k in keys], RagOptions(unseen=unseen),
-                                         prompts=[by_key[k].get("prompt") for k in keys])
-    rescored = {**{k: metrics[k] for k in RUN_KEYS if k in metrics}, **summary}
-    with (eval_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
-    (eval_dir / "metrics.json").write_text(json.dumps(rescored, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 class CommandFailed(Exception):

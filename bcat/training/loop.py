@@ -4,7 +4,7 @@ Why a plain Accelerate loop and not ``transformers.Trainer``: the method lives i
 composition. Trainer builds its own sampler and dataloader, drops unknown columns, and shards
 batches across ranks itself; keeping whole groups together would mean overriding most of it. Here
 the group sampler deals micro-batches to ranks directly, and ``accelerate`` still provides device
-placement, DDP/FSDP/DeepSpeed through ``accelerate launch``, and mixed precision.
+placement, DDP/FSDP2 through ``accelerate launch`` (:mod:`bcat.training.distributed`), and mixed precision.
 
 Order of work: validate config, data and output directory (nothing is written before that), load
 the model, optionally precompute DPO reference log-probs, then loop:
@@ -41,7 +41,8 @@ from bcat.model.loading import (
     resolve_model_dir,
 )
 from bcat.model.trim import special_id, trim_enabled, trim_vocabulary
-from bcat.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from bcat.training.checkpoint import load_checkpoint, resume_point, save_checkpoint
+from bcat.training.distributed import full_model_state, make_accelerator, parallelism, prepare
 from bcat.training.objectives import compute_loss, reference_logps
 from bcat.training.outputs import check_output_dir, required_free_bytes, truncate_log
 from bcat.training.reference import reference_key, reference_table
@@ -66,14 +67,13 @@ def _scheduler(cfg: TrainConfig, optimizer):
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run training as configured; returns the training summary (also written to disk)."""
-    from accelerate import Accelerator
     from accelerate.utils import gather_object
 
     t_start = time.time()
     tc = cfg.training
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator()
     is_main = accelerator.is_main_process
     out = Path(tc.output_dir)
 
@@ -142,12 +142,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
                                   weight_decay=tc.weight_decay)
     scheduler = _scheduler(cfg, optimizer)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy, optimizer = prepare(accelerator, policy, model, optimizer)
 
     # -- 4. resume ----------------------------------------------------------------------------------
     step, tokens = 0, 0
-    if resume and (ckpt := latest_checkpoint(out)) is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+    if resume and (ckpt := resume_point(out)) is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator.num_processes)
         step, tokens = state["step"], state["tokens"]
         sampler.load_state_dict(state["sampler"])
         if is_main:
@@ -219,9 +219,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             save_model(model, tokenizer, out / SNAPSHOTS / f"step-{step:08d}", merged=False, vocab=vocab,
                        base_dir=resolve_model_dir(cfg.model.path))
         if tc.save_steps and step % tc.save_steps == 0 and step < tc.max_steps:
-            if is_main:
-                save_checkpoint(out, step, model, optimizer, scheduler,
-                                {"tokens": tokens, "sampler": sampler.state_dict()})
+            save_checkpoint(out, step, model, optimizer, scheduler, {"tokens": tokens, "sampler": sampler.state_dict()},
+                            is_main)
             accelerator.wait_for_everyone()
     if progress is not None:
         progress.close()
@@ -231,11 +230,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "steps": step, "tokens": tokens, "wall_time_s": round(time.time() - t_start, 2),
         "final_terms": last_terms, "records": report.records, "groups": report.groups,
         "languages": languages, "trainable_parameters": trainable, "world_size": accelerator.num_processes,
+        "parallelism": parallelism(accelerator, model),
         "prompt_tokens_trimmed": sum(e.prompt_trimmed for e in examples),
     }
+    weights = full_model_state(model)  # every rank takes part: with FSDP each holds a shard
     if is_main:
         save_model(model, tokenizer, out, merged=tc.save_merged and cfg.model.lora, vocab=vocab,
-                   base_dir=resolve_model_dir(cfg.model.path))
+                   base_dir=resolve_model_dir(cfg.model.path), state_dict=weights)
         tmp = out / "training_summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         tmp.replace(out / "training_summary.json")

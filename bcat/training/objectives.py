@@ -74,15 +74,14 @@ def compute_loss(
     summed, mean = sequence_logps(token_logps, completion)
     group, anchor = batch["group_index"], batch["is_anchor"]
     terms: dict[str, torch.Tensor] = {}
+    ref = None
 
     if objective.name == "sft":
         main, per_example = losses.sft_loss(token_logps, completion)
-        score = mean
     elif objective.name == "dpo":
         ref = batch["ref_logps"] if "ref_logps" in batch else reference(batch)  # type: ignore[misc]
         per_example, chosen_r, rejected_r = losses.dpo_loss(summed[:n], summed[n:], ref[:n], ref[n:], objective.beta)
         main = per_example.mean()
-        score = objective.beta * ((summed[:n] - ref[:n]) - (summed[n:] - ref[n:]))
         terms["reward_margin"] = (chosen_r - rejected_r).mean()
         terms["reward_accuracy"] = (chosen_r > rejected_r).float().mean()
     elif objective.name == "orpo":
@@ -94,34 +93,64 @@ def compute_loss(
         # Per-language logging uses each pair's own NLL rather than the shared batch mean.
         own_nll = -(token_logps[:n] * nll_mask).sum(-1) / nll_mask.sum(-1).clamp_min(1)
         per_example = per_example - nll + own_nll
-        # The odds-ratio term itself, not raw log-odds: log-odds grow without bound as training
-        # separates chosen from rejected, and a squared difference of them would swamp the loss.
-        score = F.logsigmoid(log_odds)
         terms["nll"] = nll
         terms["log_odds"] = log_odds.mean()
     else:
         raise ValueError(objective.name)
     terms["main"] = main
-    loss = main
-
-    if layers:
-        hidden = torch.stack([
-            losses.hidden_alignment_loss(pooled, group, anchor, alignment.hidden_loss, alignment.temperature,
-                                         alignment.detach_anchor)
-            for pooled in out["pooled"]
-        ]).mean()
-        terms["hidden"] = hidden
-        loss = loss + alignment.hidden_weight * hidden
-    if alignment.output_weight > 0:
-        agreement = losses.output_agreement_loss(score[:n], group, anchor, alignment.detach_anchor)
-        terms["output"] = agreement
-        loss = loss + alignment.output_weight * agreement
+    score = output_score(objective, summed, mean, ref) if alignment.output_weight > 0 else None
+    loss = add_alignment_terms(main, terms, alignment, group, anchor, out.get("pooled"), score)
     if want_kl:
         kl = token_kl(out["scored_logps"], mask, batch["completion_ids"][0], group, anchor, alignment.detach_anchor)
         terms["token_kl"] = kl
         loss = loss + alignment.token_kl_weight * kl
     terms["loss"] = loss
     return LossOutput(loss, {k: v.detach() for k, v in terms.items()}, per_example.detach())
+
+
+def output_score(objective: ObjectiveConfig, summed: torch.Tensor | None, mean: torch.Tensor,
+                 ref: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-example score [N] that the output-agreement term compares across a group.
+
+    From per-row summed and mean completion log-probs (``[N]`` for SFT, ``[2N]`` chosen then rejected
+    for preferences) and, for DPO, the reference's summed log-probs ``[2N]``: the SFT mean answer
+    log-likelihood, the DPO implicit-reward margin, or the ORPO odds-ratio term log sigmoid(log-odds).
+    """
+    if objective.name == "sft":
+        return mean
+    n = mean.shape[0] // 2
+    if objective.name == "dpo":
+        return objective.beta * ((summed[:n] - ref[:n]) - (summed[n:] - ref[n:]))
+    if objective.name == "orpo":
+        # The odds-ratio term itself, not raw log-odds: log-odds grow without bound as training
+        # separates chosen from rejected, and a squared difference of them would swamp the loss.
+        _, log_odds = losses.orpo_loss(mean.new_zeros(()), mean[:n], mean[n:], 0.0)
+        return F.logsigmoid(log_odds)
+    raise ValueError(objective.name)
+
+
+def add_alignment_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor], alignment: AlignmentConfig,
+                        group: torch.Tensor, anchor: torch.Tensor, pooled: torch.Tensor | None = None,
+                        score: torch.Tensor | None = None) -> torch.Tensor:
+    """``loss`` plus the weighted alignment terms of one micro-batch; each term is also put in ``terms``.
+
+    ``pooled`` [L, N, D]: pooled hidden states per alignment layer (hidden term, averaged over layers);
+    ``score`` [N]: :func:`output_score` (output-agreement term). A term whose input is ``None`` is left out.
+    bcat's own loss and the TRL integration (``bcat.integrations.trl``) both go through here.
+    """
+    if pooled is not None:
+        hidden = torch.stack([
+            losses.hidden_alignment_loss(layer, group, anchor, alignment.hidden_loss, alignment.temperature,
+                                         alignment.detach_anchor)
+            for layer in pooled
+        ]).mean()
+        terms["hidden"] = hidden
+        loss = loss + alignment.hidden_weight * hidden
+    if score is not None:
+        agreement = losses.output_agreement_loss(score, group, anchor, alignment.detach_anchor)
+        terms["output"] = agreement
+        loss = loss + alignment.output_weight * agreement
+    return loss
 
 
 def token_kl(scored_logps: torch.Tensor, mask: torch.Tensor, completions: list[list[int]], group: torch.Tensor,

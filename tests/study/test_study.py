@@ -86,7 +86,7 @@ def test_grid_runs_end_to_end_and_writes_results_and_report(finished_study):
     assert {p.name for p in (run_dir / "train").iterdir()} == {"config.yaml", "training_summary.json", "train_log.jsonl"}
     assert not list(results.rglob("*.safetensors")) and not list(results.rglob("*.bin"))
     pred = json.loads((run_dir / "test" / "predictions.jsonl").read_text().splitlines()[0])
-    assert "prompt" not in pred and "correct" in pred
+    assert "prompt" not in pred and "strict_correct" in pred
     # the shuffled twin really trained shuffled: its config says so
     assert "mode: shuffled" in (results / "runs" / "shuffled-s0" / "train" / "config.yaml").read_text()
     report = (results / "REPORT.md").read_text()
@@ -148,13 +148,14 @@ def test_base_arm_adopts_an_existing_evaluation_and_waits_for_an_unfinished_one(
     for name in ("metrics.json", "predictions.jsonl"):
         (pending / name).write_bytes((base_test / name).read_bytes())
     assert Study(load_study(path), execute=in_process(calls)).run_all() == 0
-    assert calls == []
+    assert [c[0] for c in calls] == ["score"]  # re-scored, not re-evaluated
     adopted = tmp_path / "results" / "runs" / "base" / "test"
-    assert "re-scored" in (adopted / "ADOPTED_FROM").read_text()
+    assert "re-scored with `bcat score`" in (adopted / "ADOPTED_FROM").read_text()
     # re-scoring bcat eval's own outputs gives bcat eval's own numbers
     original, rescored = (json.loads((d / "metrics.json").read_text()) for d in (base_test, adopted))
     for key in ("per_language", "english", "gap", "non_english_mean", "unseen_mean", "ci", "model", "options"):
         assert rescored[key] == original[key], key
+    assert json.loads((tmp_path / "results" / "base.json").read_text())["commands"][0]["argv"][1] == "score"
 
 
 def test_adoption_refuses_an_evaluation_with_other_options(finished_study, tmp_path, tiny_model_dir, capsys):
@@ -193,27 +194,6 @@ def test_killed_mid_training_a_rerun_resumes_from_the_checkpoint(tmp_path, tiny_
     log = (tmp_path / "cache" / "commands.jsonl").read_text().splitlines()
     assert len([line for line in log if '"train"' in line]) == 1  # the killed attempt never wrote its entry
     assert json.loads((tmp_path / "results" / "grouped-s0.json").read_text())["training"]["steps"] == 40
-
-
-def test_rescoring_an_adopted_evaluation_scores_its_raw_outputs_again(finished_study, tmp_path):
-    from bcat.study.runner import rescore
-
-    tmp, _, _, _ = finished_study
-    base_test = next((tmp / "cache" / "eval").glob("base-*/test"))
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    (copy / "metrics.json").write_bytes((base_test / "metrics.json").read_bytes())
-    preds = [json.loads(line) for line in (base_test / "predictions.jsonl").read_text().splitlines()]
-    for p in preds:  # an older scorer's verdicts are ignored; the raw outputs decide
-        p["correct"] = True
-        if p["lang"] == "en":
-            p["raw_output"] = " " + p["answers"][0] + "\nQuestion:"
-    (copy / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
-    rescore(copy, resource("kb/test.jsonl"), 1)
-    metrics = json.loads((copy / "metrics.json").read_text())
-    assert metrics["english"] == 1.0 and metrics["non_english_mean"] == 0.0
-    with pytest.raises(Exception, match="items are not"):
-        rescore(copy, resource("kb/test.jsonl"), 2)
 
 
 def test_detach_runs_the_study_in_the_background(finished_study, capsys):
