@@ -11,7 +11,7 @@ six languages validated by native speakers). This one measures what that does no
 - one- and two-step arithmetic, easier than GSM8K's problems of two to eight steps.
 
 It is templated by the team, not checked by native speakers, and a model as small as Gemma 3
-270M scores about 0 on it too.
+270M scores about 0 on it too (``results/ood-gemma3-270m/``).
 
 Every language gets the same 30 problems with the same numbers (a parallel set), plus 2 worked
 examples used as few-shot demonstrations. The wording was written for each language rather than

@@ -25,8 +25,8 @@ languages against each other, since the items differ in difficulty from language
     greedy, at most :data:`MGSM_NEW_TOKENS` tokens, stopping once a box is closed; ``accuracy``
     is exact match of the last number up to the end of the box (or of the whole output) with the
     gold answer, ``boxed`` the share of outputs that closed a box. It needs a model that can
-    reason in several steps: Gemma 3 270M scores near 0, so it informs larger models; for a
-    small one, ``arith`` is the math signal.
+    reason in several steps: Gemma 3 270M scores about 0 (as it does on ``arith``), so it
+    informs larger models.
 ``arith`` (templated arithmetic; opt-in, ``--ood-tasks arith``)
     30 one- and two-step word problems per language with 2 worked examples, greedy, exact match
     on the last number of the first line of the answer (digits of any script). What it measures
