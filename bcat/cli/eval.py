@@ -18,6 +18,7 @@ from pathlib import Path
 from bcat.errors import BcatError
 from bcat.evaluation.compare import run_compare
 from bcat.evaluation.evaluate import run_eval
+from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
 from bcat.evaluation.scoring import rescore
 from bcat.report.render import run_report
 
@@ -120,7 +121,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
                    help="render prompts with the tokenizer's chat template: auto (if it has one), on, off (default)")
     p.add_argument("--ood-tasks", type=_codes, default=None, metavar="TASKS",
-                   help="comma-separated tasks of the ood suite (default: all of them)")
+                   help=f"comma-separated tasks of the ood suite, from {', '.join(OOD_TASKS)} "
+                        f"(default: {','.join(DEFAULT_OOD_TASKS)}). mgsm: real GSM8K problems in 11 languages, "
+                        "solved step by step (long generations); arith: short templated arithmetic, opt-in")
     p.add_argument("--trim-vocab", action="store_true",
                    help="generate with the vocabulary restricted to the ids of the prompts (faster with a large "
                         "vocabulary; the model can then only answer with those ids)")

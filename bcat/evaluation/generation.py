@@ -1,9 +1,10 @@
-"""Batched greedy generation that stops at the end of the first line.
+"""Batched greedy generation that stops at the end of the first line (or another text condition).
 
 Prompts are sorted by length (less padding), left-padded, and decoded greedily. A sequence stops
 at EOS, at ``max_new_tokens``, or as soon as its continuation has a line break after some text: a
 base model never stops by itself and goes on with the next "Question:". Leading line breaks do not
-stop it. Results come back in the order of the prompts.
+stop it. A task whose answer spans lines (worked solutions) passes its own ``until`` test of the
+continuation instead. Results come back in the order of the prompts.
 
 A model with a trimmed vocabulary (:mod:`bcat.model.trim`) generates the same way: prompt ids are mapped
 into its ids and the generated ids back, so callers only see text. It can only emit kept ids.
@@ -12,7 +13,7 @@ into its ids and the generated ids back, so callers only see text. It can only e
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -24,15 +25,23 @@ from bcat.model.trim import TrimmedVocab
 log = logging.getLogger(__name__)
 
 
-class FirstLineStop(StoppingCriteria):
-    """Stop a sequence once its generated text holds a line break after non-blank text."""
+class TextStop(StoppingCriteria):
+    """Stop a sequence once ``until(generated text)`` holds."""
 
-    def __init__(self, tokenizer, prompt_length: int, vocab: Optional[TrimmedVocab] = None):
-        self.tokenizer, self.prompt_length, self.vocab = tokenizer, prompt_length, vocab
+    def __init__(self, tokenizer, prompt_length: int, until: Callable[[str], bool],
+                 vocab: Optional[TrimmedVocab] = None):
+        self.tokenizer, self.prompt_length, self.until, self.vocab = tokenizer, prompt_length, until, vocab
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         texts = decode(self.tokenizer, input_ids[:, self.prompt_length:], self.vocab)
-        return torch.tensor([ended_first_line(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+        return torch.tensor([self.until(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+class FirstLineStop(TextStop):
+    """Stop a sequence once its generated text holds a line break after non-blank text."""
+
+    def __init__(self, tokenizer, prompt_length: int, vocab: Optional[TrimmedVocab] = None):
+        super().__init__(tokenizer, prompt_length, ended_first_line, vocab)
 
 
 def ended_first_line(text: str) -> bool:
@@ -63,25 +72,27 @@ def _eos_ids(model, tokenizer, vocab: Optional[TrimmedVocab]) -> list[int]:
 
 def greedy_generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 32,
                     add_special_tokens: bool = True, desc: str = "generate",
-                    vocab: Optional[TrimmedVocab] = None, logits_processor: Optional[list] = None) -> list[str]:
+                    vocab: Optional[TrimmedVocab] = None, logits_processor: Optional[list] = None,
+                    until: Callable[[str], bool] = ended_first_line) -> list[str]:
     """Greedy continuations of ``prompts`` (decoded, special tokens dropped, not yet cut).
 
     ``add_special_tokens=False`` for prompts that already hold them (chat-template output starts
     with BOS; adding another is a classic bug). ``vocab``: the model's trimmed vocabulary, if any;
-    every prompt token must be kept. ``logits_processor``: passed to ``model.generate``.
+    every prompt token must be kept. ``logits_processor``: passed to ``model.generate``. ``until``:
+    a sequence stops once this holds for its continuation (default: the first line has ended).
     """
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         return _generate(model, tokenizer, prompts, batch_size, max_new_tokens, add_special_tokens, desc, vocab,
-                         logits_processor)
+                         logits_processor, until)
     finally:
         tokenizer.padding_side = side
 
 
 def _generate(model, tokenizer, prompts, batch_size, max_new_tokens, add_special_tokens, desc, vocab,
-              logits_processor) -> list[str]:
+              logits_processor, until) -> list[str]:
     to_model = (lambda ids: ids) if vocab is None else vocab.encode_ids
     eos = _eos_ids(model, tokenizer, vocab)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -99,7 +110,7 @@ def _generate(model, tokenizer, prompts, batch_size, max_new_tokens, add_special
             width = input_ids.shape[1]
             out = model.generate(input_ids=input_ids, attention_mask=enc["attention_mask"].to(device),
                                  generation_config=config, logits_processor=logits_processor,
-                                 stopping_criteria=StoppingCriteriaList([FirstLineStop(tokenizer, width, vocab)]))
+                                 stopping_criteria=StoppingCriteriaList([TextStop(tokenizer, width, until, vocab)]))
             for i, text in zip(idx, decode(tokenizer, out[:, width:].cpu(), vocab)):
                 outputs[i] = text
             bar.update(len(idx))
