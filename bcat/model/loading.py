@@ -179,7 +179,7 @@ def middle_layer(config) -> int:
     return config.num_hidden_layers // 2
 
 
-def resolve_hidden_layers(path: str, layers, option: str = "alignment.hidden_layers") -> tuple[int, ...]:
+def resolve_hidden_layers(path: str, layers, option: str = "config key 'alignment.hidden_layers'") -> tuple[int, ...]:
     """The aligned layers of a run, checked against the model's config.json (no weights are read).
 
     ``None`` gives the middle layer; an index outside ``0..L`` (``L`` transformer layers; 0 is the
@@ -197,6 +197,6 @@ def resolve_hidden_layers(path: str, layers, option: str = "alignment.hidden_lay
     count = getattr(getattr(config, "text_config", config), "num_hidden_layers")
     bad = [i for i in layers if not 0 <= i <= count]
     if bad:
-        raise ConfigError(f"config key '{option}' has {bad}: this model has {count} transformer layers, so valid "
+        raise ConfigError(f"{option} has {bad}: this model has {count} transformer layers, so valid "
                           f"indices into hidden_states are 0 (embeddings) to {count}")
     return tuple(layers)

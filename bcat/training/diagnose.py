@@ -100,7 +100,7 @@ def diagnose(model: str, data: str, layers: Optional[Sequence[int]] = None, grou
     chosen = random.Random(f"bcat-diagnose:{seed}").sample(usable, min(groups, len(usable)))
     fit_groups, eval_groups = chosen[: len(chosen) // 2], chosen[len(chosen) // 2:]
 
-    tokenizer = load_tokenizer(model)
+    tokenizer = load_tokenizer(model, option="--model")
     examples = tokenize_records(records, tokenizer, max_length)
     fit_pool = [examples[i] for g in fit_groups for i in by_group[g]]
     fit_sample = sample_examples(fit_pool, stats_records, seed)
