@@ -93,6 +93,7 @@ def child(args) -> None:
 
     register_optimizer_step_post_hook(after_step)
     cfg = load_config(None, args.overrides)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     summary = train(cfg)
     intervals = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -105,6 +106,8 @@ def child(args) -> None:
         "forward_path": summary["forward_path"],
         "torch_threads": torch.get_num_threads(),
         "final_terms": summary["final_terms"],
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
     }
     Path(args.child_out).write_text(json.dumps(result, indent=1))
 
@@ -136,8 +139,9 @@ def table(result: dict) -> str:
              "| run | arm | step s (median) | training peak RSS MB | load avg before/after |",
              "|---:|---|---:|---:|---|"]
     for i, r in enumerate(result["runs"]):
+        load = "n/a" if r["load_before"] is None else f"{r['load_before']:.1f} / {r['load_after']:.1f}"
         lines.append(f"| {i} | {r['arm']} | {r['step_s']:.2f} | {r.get('training_peak_rss_mb') or float('nan'):.0f} | "
-                     f"{r['load_before']:.1f} / {r['load_after']:.1f} |")
+                     f"{load} |")
     for key, s in result["summary"].items():
         lines.append(f"{key}: full {s['full_mean']:.2f}, trimmed {s['trimmed_mean']:.2f}, ratio full/trimmed "
                      f"{s['ratio_full_over_trimmed']:.2f} (95% CI {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f})")
@@ -152,6 +156,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1, help="step intervals dropped at the start of each run")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "trim-cost-gemma3-270m.json")
     p.add_argument("--workdir", type=Path, default=None, help="keep data and runs here (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the runs already finished in --workdir (an interrupted benchmark continues)")
     p.add_argument("--table", type=Path, help="print a saved result and exit")
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -169,7 +175,8 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "2"}
     data_cmd = [sys.executable, "-m", "bcat.cli", "data", "pairs", "--input",
                 str(REPO / "bcat" / "resources" / "kb" / "train.jsonl"), "--output", str(pairs)]
-    subprocess.run(data_cmd, check=True, env=env, capture_output=True)
+    if not (args.reuse and pairs.exists()):
+        subprocess.run(data_cmd, check=True, env=env, capture_output=True)
     order = [arm for _ in range(args.rounds) for arm in ("full", "trimmed", "trimmed", "full")]
     runs = []
     for i, arm in enumerate(order):
@@ -178,17 +185,21 @@ def main() -> int:
                      f"training.output_dir={out_dir}", *TRAIN, ARMS[arm]]
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child-out", str(result_file), "--warmup",
                str(args.warmup), "--", *overrides]
-        load_before = os.getloadavg()[0]
         print(f"[{i + 1}/{len(order)}] {arm}: {' '.join(overrides)}", flush=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode:
-            sys.stderr.write(done.stderr[-4000:])
-            return done.returncode
-        run = {"arm": arm, "round": i // 4, **json.loads(result_file.read_text()),
-               "load_before": load_before, "load_after": os.getloadavg()[0]}
+        if args.reuse and result_file.exists():
+            print("    reused from an earlier invocation", flush=True)
+        else:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if done.returncode:
+                sys.stderr.write(done.stderr[-4000:])
+                return done.returncode
+        run = {"arm": arm, "round": i // 4, "load_before": None, "load_after": None,
+               **json.loads(result_file.read_text())}
+        if run["step_intervals_s"][args.warmup:]:  # a reused run: the same warm-up rule as this invocation
+            run["step_s"] = statistics.median(run["step_intervals_s"][args.warmup:])
         runs.append(run)
         print(f"    step {run['step_s']:.2f} s, training peak {run['training_peak_rss_mb']} MB, "
-              f"load {load_before:.1f} -> {run['load_after']:.1f}", flush=True)
+              f"load {run['load_before']} -> {run['load_after']}", flush=True)
     result = {
         "model": args.model, "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "train": TRAIN,
         "arms": ARMS, "command": " ".join([Path(sys.executable).name, "bench/trim_cost.py", *sys.argv[1:]]),

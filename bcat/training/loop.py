@@ -178,6 +178,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     writer = _tensorboard(out) if is_main else None
     params = [p for p in model.parameters() if p.requires_grad]
     world = accelerator.num_processes
+    probes = {"count": 0, "seconds": 0.0}
     while step < tc.max_steps:
         sums: dict[str, torch.Tensor] = {}
         lang_sum = torch.zeros(len(languages), device=accelerator.device)
@@ -226,8 +227,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
         terms = {k: float(accelerator.reduce(v, "sum")) for k, v in sums.items()}
         terms["grad_norm"] = float(grad_norm)
-        for k, v in ratios.items():  # every rank probes its first micro-batch; rank 0's is logged
-            terms[k] = v
+        if ratios:  # every rank probes its first micro-batch; rank 0's is logged (its time only in the summary)
+            probes["count"], probes["seconds"] = probes["count"] + 1, probes["seconds"] + ratios.pop("grad_ratio_seconds")
+            terms.update(ratios)
         lang_sum, lang_count = accelerator.reduce(lang_sum, "sum"), accelerator.reduce(lang_count, "sum")
         last_terms = terms
         items = gather_object([step_items]) if tc.log_batch_items else None  # every rank must take part
@@ -242,7 +244,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
             if writer is not None:
                 for k, v in terms.items():
-                    writer.add_scalar(f"train/{k}", v, step)
+                    if v is not None:  # a gradient ratio is None when the main gradient is zero
+                        writer.add_scalar(f"train/{k}", v, step)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{terms['loss']:.4f}")
@@ -262,6 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "prompt_tokens_trimmed": sum(e.prompt_trimmed for e in examples),
         "forward_path": path, "hidden_layers": list(hidden_layers),
         "hidden_standardization": stats.summary() if stats is not None else None,
+        "grad_ratio_probes": {"count": probes["count"], "seconds": round(probes["seconds"], 3)},
     }
     if is_main:
         save_model(model, tokenizer, out, merged=tc.save_merged and cfg.model.lora, vocab=vocab,

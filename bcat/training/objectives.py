@@ -28,6 +28,7 @@ per-example probabilities.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -243,8 +244,10 @@ def gradient_ratios(parts: dict[str, torch.Tensor], hidden: list[torch.Tensor],
 
     Cost: ``d main/dH`` is one backward through the layers ABOVE the aligned one (and the output
     head at the scored positions) on this micro-batch; the other three gradients only go through
-    the loss arithmetic. ``None`` where the main gradient is zero.
+    the loss arithmetic. ``None`` where the main gradient is zero. ``grad_ratio_seconds`` is the
+    time the probe took, to set against the step time.
     """
+    started = time.perf_counter()
     ratios: dict[str, Optional[float]] = {}
 
     def ratio(name: str, at: list[torch.Tensor]) -> Optional[float]:
@@ -256,6 +259,8 @@ def gradient_ratios(parts: dict[str, torch.Tensor], hidden: list[torch.Tensor],
         ratios["grad_ratio_hidden"] = ratio("hidden", hidden)
     if "output" in parts:
         ratios["grad_ratio_output"] = ratio("output", [token_logps])
+    if ratios:
+        ratios["grad_ratio_seconds"] = time.perf_counter() - started
     return ratios
 
 
