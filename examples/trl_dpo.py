@@ -31,7 +31,8 @@ trainer = BCATDPOTrainer(
                    bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported()),  # fp32 on CPU
     peft_config=LoraConfig(r=model.lora_r, lora_alpha=model.lora_alpha, target_modules=model.lora_target_modules),
     batch=BatchConfig(groups_per_batch=2, languages_per_group=2),  # 2 items x (English + 2 languages)
-    alignment=AlignmentConfig(),  # InfoNCE on the middle layer's pooled states + output agreement
+    # Raw pooled states: standardised ones need the initial model's statistics (hidden_standardization=).
+    alignment=AlignmentConfig(hidden_standardize="none"),  # InfoNCE on the middle layer + output agreement
 )
 trainer.train()
 trainer.model.save_pretrained(output)  # the LoRA adapter, safetensors (save_model would also pickle the args)

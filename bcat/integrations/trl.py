@@ -25,7 +25,7 @@ causal-LM records with ``labels``). Against the trainer each one subclasses, thr
 * **Columns.** ``group`` and ``lang`` survive ``remove_unused_columns``; TRL's collator sees each
   record without them and they are put back beside its tensors.
 * **Loss.** TRL's loss, unchanged, plus ``w_h * hidden + w_o * output`` from
-  :func:`bcat.training.objectives.add_alignment_terms` and :func:`~bcat.training.objectives.output_score`
+  :func:`bcat.training.objectives.alignment_terms` and :func:`~bcat.training.objectives.agreement_probabilities`
   (what ``bcat train`` uses), computed from TRL's own forward pass: hooks on the model's decoder ask it
   for ``hidden_states`` in that one call and pool them; the scores come from TRL's per-token
   log-probs (SFT, DPO, plain Trainer) or its ORPO average log-probs. No extra forward. The terms of
@@ -65,7 +65,8 @@ from bcat.errors import ConfigError
 from bcat.languages import ANCHOR
 from bcat.model.forward import pooled_states, sequence_logps
 from bcat.model.loading import middle_layer
-from bcat.training.objectives import add_alignment_terms, output_score
+from bcat.training import losses
+from bcat.training.objectives import agreement_probabilities, alignment_terms
 
 __all__ = ["BCATDPOTrainer", "BCATORPOTrainer", "BCATSFTTrainer", "BCATTrainer", "GroupAlignmentMixin"]
 
@@ -142,12 +143,14 @@ class GroupAlignmentMixin:
     """
 
     def __init__(self, *args, batch: BatchConfig | None = None, alignment: AlignmentConfig | None = None,
-                 anchor: str = ANCHOR, **kwargs):
+                 anchor: str = ANCHOR, hidden_standardization: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 **kwargs):
         self.bcat_config = TrainConfig(batch=batch or BatchConfig(), alignment=alignment or AlignmentConfig(),
                                        data=DataConfig(anchor=anchor)).validate()
         if self.bcat_config.alignment.token_kl_weight > 0:
             raise ConfigError("alignment.token_kl_weight is not available with TRL trainers: their fused output head "
                               "never builds the full next-token distributions; set it to 0")
+        self.hidden_standardization = hidden_standardization
         self._capture = None
         super().__init__(*args, **kwargs)
         self._check_bcat_args()
@@ -166,6 +169,13 @@ class GroupAlignmentMixin:
         self.alignment_terms: dict[str, torch.Tensor] = {}
         """The unweighted alignment terms of the last training micro-batch (detached)."""
         self._logged: dict[str, list[float]] = defaultdict(list)
+        align = self.bcat_config.alignment
+        if align.hidden_weight > 0 and align.hidden_standardize != "none" and hidden_standardization is None:
+            raise ConfigError(
+                f"alignment.hidden_standardize={align.hidden_standardize!r} compares pooled states against the "
+                "initial model's statistics: pass hidden_standardization=(mean, scale) (each [layers, D], e.g. from "
+                "bcat.training.losses.fit_standardization on pooled states of a few hundred training records), or "
+                "set hidden_standardize='none' (raw states; inert on models with massive activations such as Gemma)")
 
     # ------------------------------------------------------------------------------------- checks
 
@@ -227,8 +237,7 @@ class GroupAlignmentMixin:
         anchor = torch.tensor([lang == self.bcat_config.data.anchor for lang in langs], device=loss.device)
         pooled = pooled_states(seen.hidden, self.hidden_layers, seen.pool_mask, n) if hidden_on else None
         score = self._score(seen, inputs) if output_on else None
-        terms: dict[str, torch.Tensor] = {}
-        extra = add_alignment_terms(loss.new_zeros(()), terms, alignment, group, anchor, pooled, score)
+        extra, terms = alignment_terms(pooled, score, group, anchor, alignment, self._standardization(loss.device))
         if self._loss_scaled_for_ga(num_items_in_batch):
             # Trainer will not divide this loss by the accumulation steps, so the per-micro-batch terms are.
             extra = extra / self.current_gradient_accumulation_steps
@@ -283,13 +292,19 @@ class GroupAlignmentMixin:
                 h.remove()
 
     def _score(self, seen, inputs) -> torch.Tensor:
-        """:func:`~bcat.training.objectives.output_score` of the records [N] (SFT: per-token log-probs of the labels)."""
+        """:func:`~bcat.training.objectives.agreement_probabilities` of the records [N] (SFT: per-token
+        log-probs of the labels)."""
         out = seen.outputs[0]
         if getattr(out, "log_probs", None) is None:
             raise RuntimeError("bcat's output agreement needs TRL's per-token log-probs (fused head); a custom "
                                "compute_loss_func or label smoothing replaces them: set alignment.output_weight=0")
         summed, mean = sequence_logps(out.log_probs, out.label_mask)
-        return output_score(ObjectiveConfig(name="sft"), summed, mean)
+        return agreement_probabilities(ObjectiveConfig(name="sft"), summed, mean)
+
+    def _standardization(self, device):
+        if self.hidden_standardization is None:
+            return None
+        return tuple(t.to(device) for t in self.hidden_standardization)
 
     # ------------------------------------------------------------------------------------ logging
 
@@ -301,7 +316,7 @@ class GroupAlignmentMixin:
 
 
 class BCATSFTTrainer(GroupAlignmentMixin, SFTTrainer):
-    """TRL's ``SFTTrainer`` with bcat's group batches and alignment terms (output score: mean answer log-prob)."""
+    """TRL's ``SFTTrainer`` with bcat's group batches and alignment terms (output score: per-token geometric-mean answer probability)."""
 
     def _check_bcat_args(self) -> None:
         if self.args.packing or self.args.padding_free:
@@ -311,8 +326,8 @@ class BCATSFTTrainer(GroupAlignmentMixin, SFTTrainer):
 
 
 class BCATDPOTrainer(GroupAlignmentMixin, DPOTrainer):
-    """TRL's ``DPOTrainer`` with bcat's group batches and alignment terms (output score: the implicit-reward margin
-    ``beta * ((pi_w - ref_w) - (pi_l - ref_l))`` on summed completion log-probs)."""
+    """TRL's ``DPOTrainer`` with bcat's group batches and alignment terms (output score: the implicit preference
+    probability ``sigma(beta * ((pi_w - ref_w) - (pi_l - ref_l)))`` on summed completion log-probs)."""
 
     def _score(self, seen, inputs) -> torch.Tensor:
         mask = inputs["completion_mask"][:, 1:]
@@ -323,12 +338,13 @@ class BCATDPOTrainer(GroupAlignmentMixin, DPOTrainer):
         else:  # a separate reference model, or (PEFT) the policy's second call with the adapter off
             out = seen.ref_outputs[0] if self.ref_model is not None else seen.outputs[1]
             ref = sequence_logps(out.log_probs[:, -width:], mask)[0]
-        return output_score(ObjectiveConfig(name="dpo", beta=self.beta), summed, mean, ref.to(summed.dtype))
+        return agreement_probabilities(ObjectiveConfig(name="dpo", beta=self.beta), summed, mean,
+                                       ref_summed=ref.to(summed.dtype))
 
 
 class BCATORPOTrainer(GroupAlignmentMixin, ORPOTrainer):
     """``trl.experimental.orpo.ORPOTrainer`` with bcat's group batches and alignment terms (output score: the
-    odds-ratio term ``log sigmoid(log-odds)`` of TRL's average completion log-probs)."""
+    preference probability ``sigma(log-odds)`` of TRL's average completion log-probs)."""
 
     def odds_ratio_loss(self, policy_chosen_logps, policy_rejected_logps):
         if self._capture is not None and self._capture.orpo is None:
@@ -336,8 +352,10 @@ class BCATORPOTrainer(GroupAlignmentMixin, ORPOTrainer):
         return super().odds_ratio_loss(policy_chosen_logps, policy_rejected_logps)
 
     def _score(self, seen, inputs) -> torch.Tensor:
-        chosen, rejected = seen.orpo
-        return output_score(ObjectiveConfig(name="orpo"), None, torch.cat([chosen, rejected]).float())
+        chosen, rejected = (t.float() for t in seen.orpo)
+        _, log_odds = losses.orpo_loss(chosen.new_zeros(()), chosen, rejected, 0.0)
+        return agreement_probabilities(ObjectiveConfig(name="orpo"), None, torch.cat([chosen, rejected]),
+                                       log_odds=log_odds)
 
 
 class BCATTrainer(GroupAlignmentMixin, Trainer):
@@ -350,4 +368,4 @@ class BCATTrainer(GroupAlignmentMixin, Trainer):
         logits = seen.outputs[0].logits[:, :-1].float()
         token_logps = logits.log_softmax(-1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
         summed, mean = sequence_logps(token_logps * scored, scored)
-        return output_score(ObjectiveConfig(name="sft"), summed, mean)
+        return agreement_probabilities(ObjectiveConfig(name="sft"), summed, mean)

@@ -45,6 +45,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWa
 LANGS = ("en", "fr", "de")
 TOL = 1e-5
 ALIGN = AlignmentConfig()  # InfoNCE hidden term on the middle layer (weight 0.3) + output agreement (0.1)
+
+
+def _stats(model_dir) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed standardisation statistics ``(mean, scale)`` [1, D] for the middle layer (given to both trainers)."""
+    from transformers import AutoConfig
+
+    d = AutoConfig.from_pretrained(model_dir).hidden_size
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, d, generator=g) * 0.1, torch.rand(1, d, generator=g) + 0.5
 BATCH = BatchConfig(groups_per_batch=2)
 SCRIPT = Path(__file__).with_name("trl_run.py")
 
@@ -84,7 +93,8 @@ def _data(objective: str):
 
 def _sft(model_dir, tok, tmp_path, bcat=True, **kw):
     cls = bt.BCATSFTTrainer if bcat else SFTTrainer
-    extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN)} if bcat else {}
+    extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN),
+             "hidden_standardization": _stats(model_dir)} if bcat else {}
     return cls(model=_model(model_dir, seed=3), args=_args(SFTConfig, tmp_path, **kw), train_dataset=_data("sft"),
                processing_class=tok, **extra)
 
@@ -95,7 +105,8 @@ def _dpo(model_dir, tok, tmp_path, bcat=True, reference="separate", **kw):
     from peft import LoraConfig
 
     cls = bt.BCATDPOTrainer if bcat else DPOTrainer
-    extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN)} if bcat else {}
+    extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN),
+             "hidden_standardization": _stats(model_dir)} if bcat else {}
     args = _args(DPOConfig, tmp_path, precompute_ref_log_probs=reference == "precomputed", **kw)
     trainer = cls(model=_model(model_dir), ref_model=_model(model_dir) if reference == "separate" else None,
                   args=args, train_dataset=_data("dpo"), processing_class=tok,
@@ -107,7 +118,8 @@ def _dpo(model_dir, tok, tmp_path, bcat=True, reference="separate", **kw):
 
 def _orpo(model_dir, tok, tmp_path, bcat=True, **kw):
     cls = bt.BCATORPOTrainer if bcat else ORPOTrainer
-    extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN)} if bcat else {}
+    extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN),
+             "hidden_standardization": _stats(model_dir)} if bcat else {}
     return cls(model=_model(model_dir, seed=2), args=_args(ORPOConfig, tmp_path, max_length=512, **kw),
                train_dataset=_data("orpo"), processing_class=tok, **extra)
 
@@ -125,7 +137,7 @@ def _plain(model_dir, tok, tmp_path, **kw):
     data = _data("sft").map(tokenize, remove_columns=["prompt", "completion"])
     return bt.BCATTrainer(model=_model(model_dir, seed=4), args=_args(TrainingArguments, tmp_path, **kw),
                           train_dataset=data, data_collator=DataCollatorForSeq2Seq(tok, padding=True),
-                          batch=BATCH, alignment=alignment)
+                          batch=BATCH, alignment=alignment, hidden_standardization=_stats(model_dir))
 
 
 BUILD = {"sft": _sft, "dpo": _dpo, "orpo": _orpo, "plain": _plain}
@@ -231,7 +243,8 @@ def test_epoch_follows_the_trainer_state_when_resuming_mid_epoch(tiny_model_dir,
 def test_batch_settings_reach_the_sampler(tiny_model_dir, tok, tmp_path):
     trainer = bt.BCATDPOTrainer(model=_model(tiny_model_dir), args=_args(DPOConfig, tmp_path),
                                 train_dataset=_data("dpo"), processing_class=tok,
-                                batch=BatchConfig(mode="monolingual", groups_per_batch=1, seed=7, order_by_length=True))
+                                batch=BatchConfig(mode="monolingual", groups_per_batch=1, seed=7, order_by_length=True),
+                                alignment=AlignmentConfig(hidden_weight=0))
     sampler = trainer.group_sampler
     assert (sampler.mode, sampler.groups_per_batch, sampler.seed, sampler.order_by_length) == ("monolingual", 1, 7, True)
     for rnd in sampler.epoch_plan(0):
@@ -255,7 +268,8 @@ def test_alignment_off_is_plain_trl_and_on_adds_the_weighted_terms(kind, tiny_mo
         on_loss = on.compute_loss(on.model, dict(batch)).item()
     assert off_loss == pytest.approx(trl_loss, abs=1e-6)
     terms = on.alignment_terms
-    assert terms["hidden"] > 1e-3 and terms["output"] > 1e-6  # neither term is trivially 0
+    # neither term is trivially 0 (SFT's output term compares answer probabilities near 1/vocab: tiny but > 0)
+    assert terms["hidden"] > 1e-3 and terms["output"] > 1e-12
     expected = trl_loss + ALIGN.hidden_weight * terms["hidden"].item() + ALIGN.output_weight * terms["output"].item()
     assert on_loss == pytest.approx(expected, abs=1e-6)
 
@@ -318,11 +332,13 @@ def test_alignment_terms_equal_bcats_own(kind, tiny_model_dir, tok, tmp_path):
                 return reference_logps(policy, b)
     with torch.no_grad():
         result = compute_loss(policy, _bcat_batch(trainer, kind, tok, records), objective, ALIGN,
-                              trainer.hidden_layers, ref)
+                              trainer.hidden_layers, ref, _stats(tiny_model_dir))
     assert trainer.hidden_layers == (2,)
     for term in ("hidden", "output"):
-        assert result.terms[term].item() > 1e-6, term
-        assert ours[term].item() == pytest.approx(result.terms[term].item(), abs=TOL), term
+        assert result.terms[term].item() > 1e-12, term
+        # the output term compares probabilities (tiny under SFT on a random model): relative there
+        tol = {"abs": TOL} if term == "hidden" else {"rel": 1e-3, "abs": 1e-12}
+        assert ours[term].item() == pytest.approx(result.terms[term].item(), **tol), term
 
 
 def test_alignment_terms_carry_gradients(tiny_model_dir, tok, tmp_path):

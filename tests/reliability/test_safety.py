@@ -206,7 +206,8 @@ def test_train_runs_with_the_network_blocked(tmp_path, tiny_model_dir, data):
     env, events = guard_env(tmp_path, network=True)
     out = tmp_path / "out"
     done = run_cli(["train", f"model.path={tiny_model_dir}", f"data.train={data}", f"training.output_dir={out}",
-                    "training.max_steps=2", "batch.groups_per_batch=1", "objective.name=dpo"], env=env)
+                    "training.max_steps=2", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine",
+                    "objective.name=dpo"], env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "model" / "adapter_model.safetensors").exists()
     assert_no_network(events)
