@@ -103,8 +103,9 @@ class ObjectiveConfig:
 
 @dataclass
 class AlignmentConfig:
-    hidden_weight: float = 0.3
-    """Weight of the hidden-state alignment term (0 turns it off); README's defaults section says how it was chosen."""
+    hidden_weight: float = 3.0
+    """Weight of the hidden-state alignment term (0 turns it off). Chosen from its gradient-norm ratio to the
+    main loss on the built-in model (``bench/results/grad-ratio-*.json``; README, "Defaults"), not from accuracy."""
     hidden_loss: str = "infonce"
     """``cosine``, ``mse`` or ``infonce`` (in-batch negatives: the anchors of the other groups, so it needs
     ``batch.groups_per_batch >= 2``)."""
@@ -122,9 +123,9 @@ class AlignmentConfig:
     """InfoNCE temperature on cosine similarities."""
     detach_anchor: bool = True
     """Stop gradients through the anchor so English does not drift toward the translations."""
-    output_weight: float = 0.1
+    output_weight: float = 2.0
     """Weight of the output-agreement term (0 turns it off): each translation's probability is pulled up to
-    its anchor's, never down; see ``bcat.training.losses.output_agreement_loss``."""
+    its anchor's, never down (``bcat.training.losses.output_agreement_loss``). Chosen like ``hidden_weight``."""
     token_kl_weight: float = 0.0
     """Weight of the token-level KL between variants whose completions are token-identical to the anchor's."""
 

@@ -344,6 +344,8 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
     ]
     if not conf["align"]:
         overrides += ["alignment.hidden_weight=0", "alignment.output_weight=0", "alignment.token_kl_weight=0"]
+    elif spec["groups_per_batch"] == 1:
+        overrides.append("alignment.hidden_loss=cosine")  # InfoNCE needs 2+ groups per micro-batch (refused otherwise)
     if spec["trim"]:
         overrides.append("model.trim_vocab=false")  # the benchmark trims (below), the same way for TRL
     cfg = load_config(None, overrides)

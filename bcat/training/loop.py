@@ -6,10 +6,13 @@ batches across ranks itself; keeping whole groups together would mean overriding
 the group sampler deals micro-batches to ranks directly, and ``accelerate`` still provides device
 placement, DDP/FSDP2 through ``accelerate launch`` (:mod:`bcat.training.distributed`), and mixed precision.
 
-Order of work: validate config, data and output directory (nothing is written before that), load
-the model, optionally precompute DPO reference log-probs, then loop:
-micro-batch -> collate -> one forward -> loss terms -> backward; every
-``gradient_accumulation_steps`` micro-batches: clip, optimizer step, schedule, log, checkpoint.
+Order of work: validate config, data, aligned layers and output directory (nothing is written
+before that), load the model, check its fast forward paths, fit the hidden-state standardisation,
+optionally precompute DPO reference log-probs, then per optimizer step: collate the step's
+``gradient_accumulation_steps`` micro-batches and count their tokens / pairs / variants over all
+ranks (every term is normalised by the whole step, :mod:`bcat.training.objectives`), then per
+micro-batch one forward -> loss terms -> backward; then clip (a non-finite gradient norm stops
+the run), optimizer step, schedule, log, checkpoint.
 """
 
 from __future__ import annotations

@@ -153,10 +153,11 @@ def test_finite_loss_with_infinite_gradient_stops_with_step_term_and_languages(t
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(3))
     real, calls = bcat.training.losses.output_agreement_loss, {"n": 0}
 
-    def poisoned(*args, **kwargs):  # from the 3rd step on, the output term's gradient is infinite, its value not
+    def poisoned(probs, *args, **kwargs):  # from the 3rd step on, the output term's gradient is not finite, its value is
         calls["n"] += 1
-        value = real(*args, **kwargs)
-        return InfiniteGradient.apply(value) if calls["n"] >= 3 else value
+        value = real(probs, *args, **kwargs)
+        # (+ 0 * f(probs) with an infinite backward: a finite value, a nan gradient into every probability)
+        return value + 0.0 * InfiniteGradient.apply(probs.sum()) if calls["n"] >= 3 else value
 
     monkeypatch.setattr(bcat.training.losses, "output_agreement_loss", poisoned)
     out = tmp_path / "out"

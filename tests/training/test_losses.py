@@ -410,3 +410,30 @@ def test_token_kl_detach():
     anchor.grad = variant.grad = None
     token_kl_loss(anchor, variant, detach_anchor=False).backward()
     assert anchor.grad is not None and (anchor.grad != 0).any()
+
+
+# ---------------------------------------------------------------------------------- alignment_terms (for other trainers)
+
+
+def test_alignment_terms_hand_values_and_normalisation():
+    from bcat.config import AlignmentConfig
+    from bcat.training.objectives import alignment_terms
+
+    cfg = AlignmentConfig(hidden_weight=0.5, output_weight=2.0, hidden_loss="cosine")
+    pooled = t([[[3.0, 1.0], [1.0, 1.5], [5.0, 1.0]]])  # one layer; as in test_hidden_cosine_on_standardised...
+    probs = t([0.8, 0.5, 0.9])  # anchor 0.8: variant 0.5 -> 0.09, variant 0.9 -> 0
+    groups, anchors = torch.tensor([0, 0, 0]), torch.tensor([T, F, F])
+    stats = (t([[1.0, 1.0]]), t([[2.0, 0.5]]))
+    total, terms = alignment_terms(pooled, probs, groups, anchors, cfg, stats)
+    approx(terms["hidden"], 0.5)
+    approx(terms["output"], 0.09 / 2)
+    approx(total, 0.5 * 0.5 + 2.0 * 0.045)
+    # normalised by the variants of a whole step (here 4, of which these 2): sums / 4
+    _, step_terms = alignment_terms(pooled, probs, groups, anchors, cfg, stats, counts={"variants": 4})
+    approx(step_terms["hidden"], 1.0 / 4)
+    approx(step_terms["output"], 0.09 / 4)
+    with pytest.raises(ValueError, match="needs the \\(mean, scale\\) statistics"):
+        alignment_terms(pooled, probs, groups, anchors, cfg)
+    raw = AlignmentConfig(hidden_weight=0.5, output_weight=0.0, hidden_loss="cosine", hidden_standardize="none")
+    total, terms = alignment_terms(pooled, probs, groups, anchors, raw)
+    assert set(terms) == {"hidden"}
