@@ -179,7 +179,8 @@ def middle_layer(config) -> int:
     return config.num_hidden_layers // 2
 
 
-def resolve_hidden_layers(path: str, layers, option: str = "config key 'alignment.hidden_layers'") -> tuple[int, ...]:
+def resolve_hidden_layers(path: str, layers, option: str = "config key 'alignment.hidden_layers'",
+                          trust_remote_code: bool = False) -> tuple[int, ...]:
     """The aligned layers of a run, checked against the model's config.json (no weights are read).
 
     ``None`` gives the middle layer; an index outside ``0..L`` (``L`` transformer layers; 0 is the
@@ -189,8 +190,9 @@ def resolve_hidden_layers(path: str, layers, option: str = "config key 'alignmen
 
     model_dir = base_model_dir(resolve_model_dir(path))
     try:
-        config = AutoConfig.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
+        _refuse_remote_code(e, path, "model.path")
         raise ConfigError(f"model.path: cannot read the model config in {model_dir} ({str(e).splitlines()[0]})") from None
     if layers is None:
         return (middle_layer(config),)

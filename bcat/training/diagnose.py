@@ -55,7 +55,7 @@ def similarity(z: torch.Tensor, groups: torch.Tensor, is_anchor: torch.Tensor, t
     >>> z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]])
     >>> r = similarity(z, torch.tensor([0, 0, 1, 1]), torch.tensor([True, False, True, False]), 0.1)
     >>> r["top1"], round(r["parallel"], 3), round(r["non_parallel"], 3)
-    (1.0, 0.984, 0.16)
+    (1.0, 0.982, 0.176)
     """
     zn = F.normalize(z.float(), dim=-1)
     anchors = torch.nonzero(is_anchor).flatten()

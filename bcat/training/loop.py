@@ -90,7 +90,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # -- 1. validate everything before spending compute or writing a byte -------------------------
     if not cfg.data.train:
         raise ConfigError("data.train is not set: give a JSONL/Parquet file of parallel records")
-    hidden_layers = resolve_hidden_layers(cfg.model.path, cfg.alignment.hidden_layers)
+    hidden_layers = resolve_hidden_layers(cfg.model.path, cfg.alignment.hidden_layers,
+                                          trust_remote_code=cfg.model.trust_remote_code)
     records, report = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
                                    cfg.data.drop_groups_without_anchor)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
@@ -159,6 +160,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                                   weight_decay=tc.weight_decay)
     scheduler = _scheduler(cfg, optimizer)
     policy, optimizer = prepare(accelerator, policy, model, optimizer)
+    # The gradient-ratio probe's extra autograd.grad through FSDP2-sharded modules perturbs the step
+    # (resume stops being bitwise, tests/training/test_fsdp.py): probe only unsharded runs.
+    probing = tc.grad_ratio_steps > 0 and parallelism(accelerator, model) != "fsdp2"
+    if tc.grad_ratio_steps > 0 and not probing and is_main:
+        log.warning("bcat: training.grad_ratio_steps is ignored under FSDP2 (the probe would perturb sharded steps)")
 
     # -- 4. resume ----------------------------------------------------------------------------------
     step, tokens = 0, 0
@@ -204,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         local = torch.tensor([[loss_counts(b, cfg.objective)[k] for k in COUNT_KEYS] for b in micro_batches],
                              dtype=torch.float64, device=accelerator.device).sum(0)
         counts = dict(zip(COUNT_KEYS, (int(c) for c in accelerator.reduce(local, "sum").tolist())))
-        probe = tc.grad_ratio_steps > 0 and (step == 0 or (step + 1) % tc.grad_ratio_steps == 0)
+        probe = probing and (step == 0 or (step + 1) % tc.grad_ratio_steps == 0)
         ratios: dict[str, float | None] = {}
         for micro, batch in enumerate(micro_batches):
             sync = micro == ga - 1

@@ -15,7 +15,7 @@ def test_snapshot_equals_a_shorter_run_under_a_constant_learning_rate(tmp_path, 
     data = write_jsonl(tmp_path / "pairs.jsonl", parallel_records(2, objective="dpo"))
     common = [f"model.path={tiny_model_dir}", f"data.train={data}", "objective.name=orpo", f"model.trim_vocab={trim}",
               "training.learning_rate=5e-3", "training.lr_scheduler=constant", "batch.groups_per_batch=1",
-              "training.threads=1"]
+              "alignment.hidden_loss=cosine", "training.threads=1"]
     long, short = tmp_path / "long", tmp_path / "short"
     assert main(["train", *common, "training.max_steps=3", "training.snapshot_steps=[2,3,9]",
                  f"training.output_dir={long}"]) == 0
