@@ -46,7 +46,9 @@ class ModelConfig:
     )
     """Module names that get adapters (the attention and MLP projections of Llama-like models)."""
     trim_vocab: Optional[bool] = None
-    """Restrict the vocabulary to the ids the data uses. ``None``: on for the built-in model only."""
+    """Restrict the vocabulary to the ids the data uses. ``None``: on for the built-in model only.
+    This CHANGES the objective: every softmax is renormalised over the kept ids, so the probability
+    of the other ids is never pushed down and ORPO's ``log(1 - p)`` sees inflated probabilities."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
 
@@ -101,18 +103,29 @@ class ObjectiveConfig:
 
 @dataclass
 class AlignmentConfig:
-    hidden_weight: float = 0.3
-    """Weight of the hidden-state alignment term (0 turns it off)."""
+    hidden_weight: float = 3.0
+    """Weight of the hidden-state alignment term (0 turns it off). Chosen from its gradient-norm ratio to the
+    main loss on the built-in model (``bench/results/grad-ratio-*.json``; README, "Defaults"), not from accuracy."""
     hidden_loss: str = "infonce"
-    """``cosine``, ``mse`` or ``infonce`` (in-batch negatives: the anchors of the other groups)."""
+    """``cosine``, ``mse`` or ``infonce`` (in-batch negatives: the anchors of the other groups, so it needs
+    ``batch.groups_per_batch >= 2``)."""
     hidden_layers: Optional[list[int]] = None
-    """Indices into ``hidden_states`` (0 = embeddings). ``None``: the middle layer."""
+    """Indices into ``hidden_states`` (0 = embeddings, 1..L = transformer layers; checked against the model
+    before any work). ``None``: the middle layer."""
+    hidden_standardize: str = "standardize"
+    """How pooled states are compared: ``standardize`` (minus the mean, over the standard deviation, per
+    dimension), ``center`` (minus the mean) or ``none`` (raw; near-inert on models with massive activations).
+    Statistics are fitted once on the initial model; see ``bcat.training.losses.hidden_alignment_loss``."""
+    hidden_stats_records: int = 32
+    """Training records (a seeded random sample) whose pooled states on the initial model give the
+    standardisation statistics: one no-grad forward over them at start-up."""
     temperature: float = 0.1
     """InfoNCE temperature on cosine similarities."""
     detach_anchor: bool = True
     """Stop gradients through the anchor so English does not drift toward the translations."""
-    output_weight: float = 0.1
-    """Weight of the output-agreement term (0 turns it off); see ``bcat.training.losses.output_agreement_loss``."""
+    output_weight: float = 2.0
+    """Weight of the output-agreement term (0 turns it off): each translation's probability is pulled up to
+    its anchor's, never down (``bcat.training.losses.output_agreement_loss``). Chosen like ``hidden_weight``."""
     token_kl_weight: float = 0.0
     """Weight of the token-level KL between variants whose completions are token-identical to the anchor's."""
 
@@ -139,6 +152,12 @@ class TrainingConfig:
     """Write ``train_log.jsonl`` every this many optimizer steps."""
     save_steps: int = 0
     """Checkpoint every this many optimizer steps (0: only the final model)."""
+    snapshot_steps: list[int] = field(default_factory=list)
+    """Also write the model as it is after each of these optimizer steps, under
+    ``snapshots/step-NNNNNNNN/model`` (a LoRA adapter: a few MB), e.g. to evaluate a learning curve
+    with ``bcat eval --model OUTPUT_DIR/snapshots/step-NNNNNNNN``. Steps at or after ``max_steps`` are
+    ignored: the final model is ``model/``. With a constant learning rate (after warm-up) a snapshot
+    is what a run of that many steps gives; with a decaying schedule it is not."""
     save_merged: bool = False
     """Also write LoRA-merged full weights under ``merged/``."""
     seed: int = 0
@@ -147,6 +166,10 @@ class TrainingConfig:
     """Torch CPU threads (``None``: torch's default)."""
     log_batch_items: bool = False
     """Also log which (group, lang) records every rank trained on at each step (for audits and tests)."""
+    grad_ratio_steps: int = 10
+    """Every this many optimizer steps (and at step 1), log in ``train_log.jsonl`` the ratio of each alignment
+    term's gradient norm to the main loss's (``grad_ratio_hidden``, ``grad_ratio_output``; 0: never).
+    Costs one extra backward through the layers above the aligned one, on one micro-batch."""
     packed_preference: bool = True
     """DPO/ORPO: run each pair as one sequence ``prompt | chosen | rejected`` so the prompt is computed
     once (exact: same log-probs and pooled states as the plain forward; checked once at start, with
@@ -168,20 +191,26 @@ class TrainConfig:
             ("objective.name", self.objective.name in OBJECTIVES, f"one of {OBJECTIVES}"),
             ("batch.mode", self.batch.mode in BATCH_MODES, f"one of {BATCH_MODES}"),
             ("alignment.hidden_loss", self.alignment.hidden_loss in HIDDEN_LOSSES, f"one of {HIDDEN_LOSSES}"),
+            ("alignment.hidden_standardize", self.alignment.hidden_standardize in HIDDEN_STANDARDIZATIONS,
+             f"one of {HIDDEN_STANDARDIZATIONS}"),
+            ("alignment.hidden_stats_records", self.alignment.hidden_stats_records >= 2, "at least 2"),
             ("training.lr_scheduler", self.training.lr_scheduler in SCHEDULERS, f"one of {SCHEDULERS}"),
             ("data.prompt_truncation_side", self.data.prompt_truncation_side in ("left", "right"), "left or right"),
             ("training.learning_rate", 0 < self.training.learning_rate < float("inf"), "a positive number"),
             ("training.max_steps", self.training.max_steps > 0, "a positive integer"),
             ("training.logging_steps", self.training.logging_steps > 0, "a positive integer"),
             ("training.save_steps", self.training.save_steps >= 0, "zero (off) or a positive integer"),
+            ("training.snapshot_steps", all(s > 0 for s in self.training.snapshot_steps), "a list of positive integers"),
             ("training.warmup_steps", self.training.warmup_steps >= 0, "zero or a positive integer"),
             ("training.weight_decay", self.training.weight_decay >= 0, "zero or positive"),
             ("training.max_grad_norm", self.training.max_grad_norm >= 0, "zero (off) or positive"),
-            ("training.threads", (self.training.threads or 1) > 0, "positive or null"),
+            ("training.threads", self.training.threads is None or self.training.threads > 0, "positive or null"),
+            ("training.grad_ratio_steps", self.training.grad_ratio_steps >= 0, "zero (off) or a positive integer"),
             ("model.lora_dropout", 0 <= self.model.lora_dropout < 1, "in [0, 1)"),
             ("training.gradient_accumulation_steps", self.training.gradient_accumulation_steps > 0, "positive"),
             ("batch.groups_per_batch", self.batch.groups_per_batch > 0, "a positive integer"),
-            ("batch.languages_per_group", (self.batch.languages_per_group or 1) > 0, "positive or null"),
+            ("batch.languages_per_group", self.batch.languages_per_group is None or self.batch.languages_per_group > 0,
+             "positive or null"),
             ("data.max_length", self.data.max_length > 8, "greater than 8"),
             ("objective.beta", self.objective.beta > 0, "a positive number"),
             ("objective.orpo_lambda", self.objective.orpo_lambda >= 0, "zero or positive"),
@@ -194,12 +223,25 @@ class TrainConfig:
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"config key '{key}' must be {expected}, got {_get(self, key)!r}")
+        a = self.alignment
+        if a.hidden_weight > 0 and a.hidden_loss == "infonce" and self.batch.groups_per_batch == 1:
+            raise ConfigError(
+                "alignment.hidden_loss=infonce with batch.groups_per_batch=1 is identically 0: its negatives are the "
+                "anchors of the OTHER groups in the micro-batch, and there are none; set batch.groups_per_batch=2 "
+                "or more, or alignment.hidden_loss=cosine, or alignment.hidden_weight=0")
+        if a.hidden_layers is not None and (not a.hidden_layers or min(a.hidden_layers) < 0):
+            raise ConfigError(f"config key 'alignment.hidden_layers' must list indices into hidden_states "
+                              f"(0 = embeddings, 1..L = transformer layers), got {a.hidden_layers!r}")
+        if a.hidden_weight > 0 and self.model.lora and 0 in (a.hidden_layers or ()):
+            raise ConfigError("config key 'alignment.hidden_layers' holds 0, the embedding output: with model.lora=true "
+                              "no trainable parameter produces it, so the hidden term would be a constant; use 1..L")
         return self
 
 
 OBJECTIVES = ("sft", "dpo", "orpo")
 BATCH_MODES = ("grouped", "shuffled", "monolingual", "no_anchor")
 HIDDEN_LOSSES = ("cosine", "mse", "infonce")
+HIDDEN_STANDARDIZATIONS = ("standardize", "center", "none")
 SCHEDULERS = ("cosine", "linear", "constant")
 
 

@@ -29,9 +29,9 @@ default otherwise: a 270M model's TRL process needs about 8 GB) one group per co
 Configurations
 --------------
 - ``bcat-dpo``: ``bcat train`` (the real loop, ``bcat.training.loop.train``) with DPO, the group
-  sampler and REAL alignment work: cosine hidden alignment (middle layer, w=0.3) + output agreement
-  (w=0.1); bcat's defaults otherwise: reference log-probs precomputed (the cache starts empty in
-  every run), prompt-shared packed forward, selective output head.
+  sampler and REAL alignment work: cosine hidden alignment (middle layer, standardised) + output
+  agreement, at bcat's default weights; bcat's defaults otherwise: reference log-probs precomputed
+  (the cache starts empty in every run), prompt-shared packed forward, selective output head.
 - ``bcat-dpo-infonce``: InfoNCE hidden alignment (bcat's default, tau 0.1) + output agreement. InfoNCE
   contrasts a translation with the OTHER groups' anchors, so it needs ``--groups-per-batch`` >= 2
   (with one group it is identically zero; the script refuses that).
@@ -468,11 +468,10 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
     ]
     if conf["align"] is None:
         overrides += ["alignment.hidden_weight=0", "alignment.output_weight=0", "alignment.token_kl_weight=0"]
-    else:  # hidden alignment (w 0.3, middle layer) + output agreement (w 0.1): bcat's default weights
+    else:  # hidden alignment (middle layer) + output agreement, at bcat's default weights
         if conf["align"] == "infonce" and spec["groups_per_batch"] < 2:
             raise ValueError("InfoNCE needs at least 2 groups per micro-batch (with one it is identically zero)")
-        overrides += [f"alignment.hidden_loss={conf['align']}", "alignment.hidden_weight=0.3",
-                      "alignment.output_weight=0.1"]
+        overrides.append(f"alignment.hidden_loss={conf['align']}")
     if spec["trim"]:
         overrides.append("model.trim_vocab=false")  # the benchmark trims (below), the same way for TRL
     cfg = load_config(None, overrides)

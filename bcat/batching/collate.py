@@ -31,6 +31,21 @@ import torch
 from bcat.data.tokenization import Example
 
 
+def pool_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, bos_token_id: int | None) -> torch.Tensor:
+    """Positions whose hidden states are pooled: real tokens except BOS.
+
+    BOS's state is the same in every language (an attention sink) and would inflate cross-lingual
+    similarity.
+
+    >>> pool_mask(torch.tensor([[1, 5, 6, 0]]), torch.tensor([[1, 1, 1, 0]]), bos_token_id=1).int().tolist()
+    [[0, 1, 1, 0]]
+    """
+    mask = attention_mask.bool()
+    if bos_token_id is not None:
+        mask = mask & (input_ids != bos_token_id)
+    return mask
+
+
 @dataclass
 class GroupCollator:
     """Pad a list of :class:`Example` (one micro-batch) to tensors.
@@ -69,17 +84,13 @@ class GroupCollator:
             input_ids[s, : len(row)] = torch.tensor(row)
             attention_mask[s, : len(row)] = 1
             target_mask[s, p - 1 : len(row) - 1] = True
-        # Hidden states are pooled over real tokens except BOS: its state is the same in every
-        # language (an attention sink) and would inflate cross-lingual similarity.
-        pool_mask = attention_mask.bool()
-        if self.bos_token_id is not None:
-            pool_mask &= input_ids != self.bos_token_id
+        pool = pool_mask(input_ids, attention_mask, self.bos_token_id)
         groups: dict[str, int] = {}
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "target_mask": target_mask,
-            "pool_mask": pool_mask,
+            "pool_mask": pool,
             "prompt_lengths": torch.tensor(prompt_lens),
             "group_index": torch.tensor([groups.setdefault(ex.group, len(groups)) for ex in examples]),
             "is_anchor": torch.tensor([ex.lang == self.anchor for ex in examples]),
@@ -88,7 +99,7 @@ class GroupCollator:
             "completion_ids": [[ex.completions[k] for ex in examples] for k in range(n_completions)],
         }
         if self.pack and n_completions == 2:
-            batch.update(self._packed(examples, width, pool_mask))
+            batch.update(self._packed(examples, width, pool))
         return batch
 
     def _packed(self, examples: list[Example], plain_width: int, pool_mask: torch.Tensor) -> dict:

@@ -5,7 +5,9 @@ One JSON object per micro-batch and rank::
     {"epoch": 0, "step": 3, "micro_step": 1, "rank": 0, "items": [{"group": "g7", "lang": "en"}, ...]}
 
 ``step`` is the optimizer step (0-based); with gradient accumulation several micro-batches
-(``micro_step``) make one step.
+(``micro_step``) make one step. The plan is built from the same tokenized examples as training
+(token lengths, not characters), so with ``batch.order_by_length`` it is exactly the batches a run
+trains on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Iterator
 
 from bcat.batching.sampler import GroupBatchSampler
 from bcat.config import TrainConfig
-from bcat.data.records import Record
 from bcat.errors import ConfigError
 
 
@@ -35,28 +36,18 @@ def build_sampler(cfg: TrainConfig, examples, world_size: int = 1, rank: int = 0
         raise ConfigError(f"batch: {e}") from None
 
 
-def batch_plan(cfg: TrainConfig, records: list[Record], steps: int, world_size: int) -> Iterator[dict]:
-    """The first ``steps`` optimizer steps of the run, as the training loop will see them."""
-    keys = KeyOnly(records)
+def batch_plan(cfg: TrainConfig, examples, steps: int, world_size: int) -> Iterator[dict]:
+    """The first ``steps`` optimizer steps of the run, as the training loop will see them.
+
+    ``examples``: the run's tokenized examples (:func:`bcat.data.tokenization.tokenize_records` with the
+    run's tokenizer and length settings), whose token lengths ``batch.order_by_length`` sorts by.
+    """
     ga = cfg.training.gradient_accumulation_steps
-    samplers = [build_sampler(cfg, keys, world_size, rank) for rank in range(world_size)]
+    samplers = [build_sampler(cfg, examples, world_size, rank) for rank in range(world_size)]
     streams = [s.iter_micro_batches() for s in samplers]
     for step in range(steps):
         for micro in range(ga):
             for rank, stream in enumerate(streams):
                 mb = next(stream)
                 yield {"epoch": mb.epoch, "step": step, "micro_step": micro, "rank": rank,
-                       "items": [{"group": records[i].group, "lang": records[i].lang} for i in mb.records]}
-
-
-class KeyOnly(list):
-    """Records seen through the ``Example`` fields the sampler needs (no tokenizer: lengths = chars)."""
-
-    def __init__(self, records: list[Record]):
-        super().__init__(_Item(r) for r in records)
-
-
-class _Item:
-    def __init__(self, r: Record):
-        self.group, self.lang = r.group, r.lang
-        self.length = len(str(r.prompt)) + max(len(str(c)) for c in r.completions)
+                       "items": [{"group": examples[i].group, "lang": examples[i].lang} for i in mb.records]}

@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     ("bcat.cli.plan", None),
     ("bcat.cli.eval", None),
     ("bcat.cli.demo", None),
+    ("bcat.cli.diagnose", None),
+    ("bcat.cli.study", None),
     ("bcat.cli.data", "data"),
 ]
 

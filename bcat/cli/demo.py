@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from bcat.languages import ANCHOR, SEEN
+from bcat.study.commands import ORDINARY_FINE_TUNING, eval_argv, pairs_argv, resource, train_argv
 
 DEMO_TRAIN_OVERRIDES = [
     "objective.name=orpo",
@@ -35,7 +35,7 @@ DEMO_TRAIN_OVERRIDES = [
     "training.warmup_steps=0",
 ]
 
-BASELINE_OVERRIDES = ["batch.mode=shuffled", "alignment.hidden_weight=0", "alignment.output_weight=0"]
+BASELINE_OVERRIDES = ORDINARY_FINE_TUNING
 """Ordinary fine-tuning: records shuffled across groups, no alignment terms (all else as BCAT)."""
 
 
@@ -58,20 +58,21 @@ def run_demo(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    seen = ",".join((ANCHOR, *SEEN))
     pairs = out / "train_pairs.jsonl"
-    train = ["train", *DEMO_TRAIN_OVERRIDES, f"model.path={args.model}", f"data.train={pairs}",
-             f"data.languages=[{seen}]", f"training.max_steps={args.steps}", *args.overrides]
+
+    def train(run_dir: Path, extra=()) -> list[str]:
+        return train_argv(args.model, pairs, run_dir, args.steps, [*DEMO_TRAIN_OVERRIDES, *args.overrides, *extra])
+
     evals = [out / "eval_base", out / "eval_bcat"]
     steps = [
-        ["data", "pairs", "--input", str(_resource("kb/train.jsonl")), "--output", str(pairs)],
+        pairs_argv(resource("kb/train.jsonl"), pairs),
         _eval(args.model, evals[0], args),
-        [*train, f"training.output_dir={out / 'train'}"],
+        train(out / "train"),
         _eval(str(out / "train" / "model"), evals[1], args),
     ]
     if args.baseline:
         evals.insert(1, out / "eval_baseline")
-        steps += [[*train, *BASELINE_OVERRIDES, f"training.output_dir={out / 'train_baseline'}"],
+        steps += [train(out / "train_baseline", BASELINE_OVERRIDES),
                   _eval(str(out / "train_baseline" / "model"), evals[1], args),
                   ["compare", str(evals[1]), str(evals[2]), "--output", str(out / "bcat_vs_baseline")]]
     steps += [["compare", str(evals[0]), str(evals[-1]), "--output", str(out)],
@@ -91,23 +92,18 @@ def run_demo(args) -> int:
 
 
 def _eval(model: str, output: Path, args) -> list[str]:
-    return ["eval", "--model", model, "--data", "builtin", "--limit", str(args.eval_groups),
-            "--batch-size", str(args.batch_size), "--max-new-tokens", "16", "--output", str(output)]
-
-
-def _resource(name: str) -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("bcat") / "resources" / name))
+    return eval_argv(model, output, limit=args.eval_groups, batch_size=args.batch_size, max_new_tokens=16)
 
 
 def print_table(metrics_files: list[Path]) -> None:
-    """Per-language accuracy of each run (base first, bcat last), the gap and the unseen-language mean."""
+    """Per-language strict accuracy (the headline) of each run (base first, bcat last), the gap and
+    the unseen-language mean."""
     runs = [json.loads(p.read_text()) for p in metrics_files]
     names = [p.parent.name.removeprefix("eval_") for p in metrics_files]
-    print("\n" + f"{'language':<18}" + "".join(f"{n:>10}" for n in names))
+    print("\nstrict accuracy (headline)")
+    print(f"{'language':<18}" + "".join(f"{n:>10}" for n in names))
     for lang in runs[0]["per_language"]:
-        print(f"{lang:<18}" + "".join(f"{r['per_language'][lang]['accuracy']:>10.2f}" for r in runs))
+        print(f"{lang:<18}" + "".join(f"{r['per_language'][lang]['strict_accuracy']:>10.2f}" for r in runs))
     for key in ("english", "non_english_mean", "gap", "unseen_mean"):
         if runs[0].get(key) is not None:
             print(f"{key:<18}" + "".join(f"{r[key]:>10.2f}" for r in runs))

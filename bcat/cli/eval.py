@@ -1,22 +1,25 @@
-"""Command-line wiring of ``bcat eval``, ``bcat compare`` and ``bcat report``.
+"""Command-line wiring of ``bcat eval``, ``bcat score``, ``bcat compare`` and ``bcat report``.
 
 Examples::
 
     bcat eval --model runs/bcat/final --data test.jsonl --output out/bcat
     bcat eval --model builtin:gemma3-270m --data builtin --output out/base --shots 2
     accelerate launch --multi_gpu --num_processes 2 -m bcat.cli eval ...   # items split across processes
+    bcat score --data test.jsonl --predictions out/bcat/predictions.jsonl --output out/bcat_rescored
     bcat compare out/base out/bcat
-    bcat report out/base out/bcat --output out/report
+    bcat report out/base out/bcat --output out/report --train-run runs/bcat
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from bcat.errors import BcatError
 from bcat.evaluation.compare import run_compare
 from bcat.evaluation.evaluate import run_eval
-from bcat.languages import UNSEEN
+from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
+from bcat.evaluation.scoring import rescore
 from bcat.report.render import run_report
 
 
@@ -53,16 +56,38 @@ def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool) -> None:
         p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level of the verdicts (default 0.05)")
 
 
+def _print_headline(metrics: dict, output: str) -> None:
+    if "gap" in metrics:
+        print(f"strict accuracy (headline): english {metrics['english']}  non-English mean "
+              f"{metrics['non_english_mean']}  gap {metrics['gap']}  unseen mean {metrics['unseen_mean']}"
+              f"  -> {output}/metrics.json")
+    else:
+        print(f"wrote {output}/metrics.json")
+
+
 def cmd_eval(args) -> int:
     if args.languages is not None and not args.languages:
         raise BcatError("--languages: give at least one language code")
-    metrics = run_eval(args)
-    if "gap" in metrics:
-        print(f"english {metrics['english']}  non-English mean {metrics['non_english_mean']}  gap {metrics['gap']}"
-              f"  unseen mean {metrics['unseen_mean']}  -> {args.output}/metrics.json")
-    else:
-        print(f"wrote {args.output}/metrics.json")
+    _print_headline(run_eval(args), args.output)
     return 0
+
+
+def cmd_score(args) -> int:
+    metrics = rescore(Path(args.data), Path(args.predictions), Path(args.output), anchor=args.anchor,
+                      seen=args.seen, unseen=args.unseen, bootstrap=args.bootstrap, seed=args.seed)
+    _print_headline(metrics, args.output)
+    return 0
+
+
+def _add_language_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--anchor", default=None, metavar="CODE",
+                   help=f"the anchor language (default: {default})")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--seen", type=_codes, default=None, metavar="CODES",
+                       help=f"languages seen in training; the other evaluated ones are reported as unseen "
+                            f"(default: {default})")
+    split.add_argument("--unseen", type=_codes, default=None, metavar="CODES",
+                       help="languages NOT seen in training (instead of --seen)")
 
 
 def cmd_compare(args) -> int:
@@ -88,15 +113,17 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                    help="evaluate the first N groups only (all their languages)")
     p.add_argument("--languages", type=_codes, default=None, metavar="CODES",
                    help="comma-separated languages to evaluate (default: all in the file)")
-    p.add_argument("--unseen", type=_codes, default=list(UNSEEN), metavar="CODES",
-                   help=f"languages not seen in training, reported apart (default {','.join(UNSEEN)})")
+    _add_language_options(p, "the model's training run (config.yaml next to its model/: data.anchor, "
+                             "data.languages), else bcat's defaults")
     p.add_argument("--batch-size", type=_positive, default=8, help="prompts per generation batch (default 8)")
     p.add_argument("--max-new-tokens", type=_positive, default=32, help="generation budget per answer (default 32)")
     p.add_argument("--shots", type=_non_negative, default=0, help="solved examples in each prompt (default 0)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
                    help="render prompts with the tokenizer's chat template: auto (if it has one), on, off (default)")
     p.add_argument("--ood-tasks", type=_codes, default=None, metavar="TASKS",
-                   help="comma-separated tasks of the ood suite (default: all of them)")
+                   help=f"comma-separated tasks of the ood suite, from {', '.join(OOD_TASKS)} "
+                        f"(default: {','.join(DEFAULT_OOD_TASKS)}). mgsm: real GSM8K problems in 11 languages, "
+                        "solved step by step (long generations); arith: short templated arithmetic, opt-in")
     p.add_argument("--trim-vocab", action="store_true",
                    help="generate with the vocabulary restricted to the ids of the prompts (faster with a large "
                         "vocabulary; the model can then only answer with those ids)")
@@ -107,9 +134,29 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def add_score_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("score", help="re-score saved answers without a model (metrics.json from predictions)",
+                       description="Score saved answers (JSONL with group, lang, prediction) against a RAG QA file "
+                                   "with the same code as `bcat eval`; writes OUTPUT/metrics.json and "
+                                   "OUTPUT/predictions.jsonl. When PRED.jsonl lies in a `bcat eval` directory, its "
+                                   "metrics.json supplies the model, the generation options and the scoring options "
+                                   "it used: re-scoring an eval's own predictions gives the same metrics.json.")
+    p.add_argument("--data", required=True, help="the RAG QA JSONL the answers belong to")
+    p.add_argument("--predictions", required=True, metavar="PRED.jsonl", help="saved answers: group, lang, prediction")
+    p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
+    _add_language_options(p, "what the eval's metrics.json next to PRED.jsonl recorded, else the training run of "
+                             "its model, else bcat's defaults")
+    p.add_argument("--bootstrap", type=_positive, default=None, metavar="N",
+                   help="bootstrap resamples (default: the eval's, else 2000)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the bootstrap (default: the eval's, else 0)")
+    p.set_defaults(func=cmd_score)
+    return p
+
+
 def add_cli(sub) -> None:
-    """Register ``eval``, ``compare`` and ``report``."""
+    """Register ``eval``, ``score``, ``compare`` and ``report``."""
     add_eval_parser(sub)
+    add_score_parser(sub)
 
     p = sub.add_parser("compare", help="compare two eval runs per language (paired bootstrap + McNemar)",
                        description="Compare run B against baseline A on the same items. Verdict per language: "
@@ -125,5 +172,8 @@ def add_cli(sub) -> None:
                        description="Write report.md and a self-contained report.html (charts embedded).")
     p.add_argument("runs", nargs="+", metavar="DIR", help="eval directories, baseline first")
     p.add_argument("--output", default=None, help="report directory (default: the run for one run, else ./report)")
+    p.add_argument("--train-run", action="append", default=None, metavar="DIR",
+                   help="a `bcat train` output directory whose per-language loss curves (train_log.jsonl) to draw; "
+                        "repeat for several (default: the training runs found next to the evaluated models)")
     _add_stats_options(p, with_alpha=True)
     p.set_defaults(func=cmd_report)

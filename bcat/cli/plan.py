@@ -1,13 +1,16 @@
-"""``bcat plan``: print exactly what each micro-batch of a run will hold, without loading a model."""
+"""``bcat plan``: print exactly what each micro-batch of a run will hold, without loading a model (only
+its tokenizer: micro-batches ordered by length use the same token lengths as training)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from bcat.batching.plan import KeyOnly, batch_plan, build_sampler
+from bcat.batching.plan import batch_plan, build_sampler
 from bcat.config import load_config
 from bcat.data.records import load_records
+from bcat.data.tokenization import tokenize_records
+from bcat.model.loading import load_tokenizer
 
 
 def add_cli(subparsers) -> None:
@@ -24,10 +27,12 @@ def _main(args) -> int:
     cfg = load_config(args.config, args.overrides)
     records, _ = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
                               cfg.data.drop_groups_without_anchor)
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    examples = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.prompt_truncation_side)
     if args.steps is None:
-        per_rank = len(build_sampler(cfg, KeyOnly(records), args.world_size, 0))
+        per_rank = len(build_sampler(cfg, examples, args.world_size, 0))
         args.steps = max(1, per_rank // cfg.training.gradient_accumulation_steps)
-    for entry in batch_plan(cfg, records, args.steps, args.world_size):
+    for entry in batch_plan(cfg, examples, args.steps, args.world_size):
         if args.json:
             sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
         else:

@@ -7,28 +7,36 @@ comparison of the model, not of the matcher:
 2. casefold (``ß`` -> ``ss``, ``Ü`` -> ``ü``; diacritics are kept: ``garantía`` is not ``garantia``);
 3. decimal digits of any script become ASCII (``०१२``, ``٠١٢``, ``๐๑๒`` -> ``012``);
 4. Arabic tatweel and optional Arabic vowel marks (harakat) are dropped;
-5. punctuation (Unicode category ``P*``) and whitespace are removed. Combining marks (Devanagari
-   and Thai vowel signs) are kept: they are letters' parts, not decoration.
+5. punctuation (Unicode category ``P*``) and whitespace are removed, except that a run of them
+   BETWEEN TWO DIGITS becomes one space: ``"12, 24"`` is two numbers (``"12 24"``), not ``1224``,
+   and ``"2.5"`` is not ``25``. Combining marks (Devanagari and Thai vowel signs) are kept: they
+   are letters' parts, not decoration.
 
-A prediction is correct when a normalised accepted answer occurs in the normalised FIRST LINE of
-the prediction, and an answer that begins or ends with a digit is not glued to a further digit at
-that end (``24`` does not match ``240`` nor ``124``).
+An accepted answer OCCURS in a text when its normal form is a substring of the text's normal
+form and an answer that begins or ends with a digit is not glued to a further digit at that end
+(``24`` does not match ``240`` nor ``124``, but does match ``"Model 3 24 months"``).
+
+:func:`judge` scores a prediction's FIRST LINE against the accepted answers and the item's other
+candidate values (see its docstring): ``contains`` (an accepted answer occurs), ``strict`` (an
+accepted answer occurs and no other candidate does) and ``exact`` (the whole line is an accepted
+answer).
 
 >>> normalize("  La Garantía: 24 meses. ")
 'lagarantía24meses'
->>> normalize("２４か月")
-'24か月'
+>>> normalize("２４か月"), normalize("12, 24 Monate")
+('24か月', '12 24monate')
 >>> is_correct("The warranty is 24 months.\\nQuestion: ...", ["24 months"])
 True
->>> is_correct("240 months", ["24 months"])
-False
+>>> is_correct("240 months", ["24 months"]), is_correct("Model 3 24 months", ["24 months"])
+(False, True)
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 _ARABIC_OPTIONAL = {chr(c) for c in range(0x064B, 0x0660)} | {"\u0670", "\u0640"}  # harakat, dagger alif, tatweel
 
@@ -52,12 +60,25 @@ def ascii_digits(text: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """The normal form used for matching and for character n-grams (see the module docstring)."""
+    """The normal form used for matching and for character n-grams (see the module docstring).
+
+    >>> normalize("Model 3: 24 months"), normalize("2.5 kg"), normalize("KT-2450")
+    ('model3 24months', '2 5kg', 'kt2450')
+    """
     text = ascii_digits(unicodedata.normalize("NFKC", text).casefold())
-    return "".join(
-        ch for ch in text
-        if not ch.isspace() and not unicodedata.category(ch).startswith("P") and ch not in _ARABIC_OPTIONAL
-    )
+    out: list[str] = []
+    separated = False  # a removed run of spaces/punctuation lies between out[-1] and the next kept char
+    for ch in text:
+        if ch in _ARABIC_OPTIONAL:
+            continue
+        if ch.isspace() or unicodedata.category(ch).startswith("P"):
+            separated = True
+            continue
+        if separated and ch.isdigit() and out and out[-1].isdigit():
+            out.append(" ")  # two numbers stay two numbers
+        out.append(ch)
+        separated = False
+    return "".join(out)
 
 
 def first_line(text: str) -> str:
@@ -72,34 +93,94 @@ def first_line(text: str) -> str:
     return ""
 
 
-def contains_answer(normalized_prediction: str, normalized_answer: str) -> bool:
-    """Whether the answer occurs in the prediction, both already normalised, with digit boundaries.
+def answer_spans(normalized_text: str, normalized_answer: str) -> list[tuple[int, int]]:
+    """Every ``(start, end)`` where the answer occurs in the text (both normalised), digits not glued.
 
     An answer that starts (ends) with a digit must not be preceded (followed) by a digit.
 
-    >>> contains_answer("garantie24mois", "24mois"), contains_answer("124mois", "24mois")
-    (True, False)
-    >>> contains_answer("anything", "")
-    False
+    >>> answer_spans("12 24months", "24months"), answer_spans("124months", "24months")
+    ([(3, 11)], [])
+    >>> answer_spans("anything", "")
+    []
     """
+    spans: list[tuple[int, int]] = []
     if not normalized_answer:
-        return False
-    start = normalized_prediction.find(normalized_answer)
+        return spans
+    start = normalized_text.find(normalized_answer)
     while start != -1:
         end = start + len(normalized_answer)
-        glued_left = normalized_answer[0].isdigit() and start > 0 and normalized_prediction[start - 1].isdigit()
-        glued_right = (normalized_answer[-1].isdigit() and end < len(normalized_prediction)
-                       and normalized_prediction[end].isdigit())
+        glued_left = normalized_answer[0].isdigit() and start > 0 and normalized_text[start - 1].isdigit()
+        glued_right = (normalized_answer[-1].isdigit() and end < len(normalized_text)
+                       and normalized_text[end].isdigit())
         if not glued_left and not glued_right:
-            return True
-        start = normalized_prediction.find(normalized_answer, start + 1)
-    return False
+            spans.append((start, end))
+        start = normalized_text.find(normalized_answer, start + 1)
+    return spans
+
+
+def contains_answer(normalized_prediction: str, normalized_answer: str) -> bool:
+    """Whether the answer occurs in the prediction, both already normalised, with digit boundaries.
+
+    >>> contains_answer("garantie24mois", "24mois"), contains_answer("124mois", "24mois")
+    (True, False)
+    """
+    return bool(answer_spans(normalized_prediction, normalized_answer))
 
 
 def is_correct(prediction: str, answers: Iterable[str]) -> bool:
-    """Whether any accepted answer occurs in the normalised first line of ``prediction``."""
+    """Whether any accepted answer occurs in the normalised first line of ``prediction`` (the
+    ``contains`` rule; :func:`judge` gives the strict one)."""
     pred = normalize(first_line(prediction))
     return any(contains_answer(pred, normalize(a)) for a in answers)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """How one prediction's first line relates to an item's values."""
+
+    contains: bool
+    """An accepted answer occurs in the line (whatever else it says)."""
+    strict: bool
+    """The line names an accepted answer and no other candidate value: the headline rule."""
+    exact: bool
+    """The whole normalised line is a normalised accepted answer."""
+    names_answer: bool
+    """An accepted answer is named (occurs outside any longer occurrence of a candidate)."""
+    named: tuple[int, ...]
+    """Indices of the other candidates the line names (after the containment rule of :func:`judge`)."""
+
+
+def judge(prediction: str, answers: Sequence[str], candidates: Sequence[Sequence[str]] = ()) -> Judgement:
+    """Judge the first line of ``prediction`` against the accepted ``answers`` and the item's other
+    ``candidates`` (each a wrong value in one or more written forms: a distractor's value, an
+    unsupported value, the other option of a comparison).
+
+    A value is NAMED when one of its forms occurs (:func:`answer_spans`), except inside a longer
+    occurrence of another value: Chinese ``十一月`` (November) does not name ``一月`` (January),
+    and ``一月`` accepted does not make ``十一月`` correct. ``strict`` holds when the line names an
+    accepted answer and no candidate; ``contains`` ignores candidates.
+
+    >>> judge("24 months", ["24 months", "24"], [["12 months", "12"]])
+    Judgement(contains=True, strict=True, exact=True, names_answer=True, named=())
+    >>> judge("12 or 24 months", ["24 months", "24"], [["12 months", "12"]])
+    Judgement(contains=True, strict=False, exact=False, names_answer=True, named=(0,))
+    >>> judge("十一月", ["十一月"], [["一月"]]).strict, judge("十一月", ["一月"], [["十一月"]]).contains
+    (True, True)
+    >>> judge("十一月", ["一月"], [["十一月"]]).strict
+    False
+    """
+    line = normalize(first_line(prediction))
+    values = [[normalize(a) for a in answers], *[[normalize(f) for f in forms] for forms in candidates]]
+    found = [(value, span) for value, forms in enumerate(values) for f in forms for span in answer_spans(line, f)]
+
+    def shadowed(value: int, span: tuple[int, int]) -> bool:
+        return any(other != value and o[0] <= span[0] and span[1] <= o[1] and o[1] - o[0] > span[1] - span[0]
+                   for other, o in found)
+
+    kept = {value for value, span in found if not shadowed(value, span)}
+    named = tuple(sorted(v - 1 for v in kept if v > 0))
+    return Judgement(contains=any(value == 0 for value, _ in found), strict=0 in kept and not named,
+                     exact=bool(line) and line in values[0], names_answer=0 in kept, named=named)
 
 
 _LETTER = re.compile(r"[^\W\d_]")

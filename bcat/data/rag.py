@@ -10,6 +10,21 @@ Input: JSONL, one record per (group, language)::
 ``answer_neutral`` marks answers that have no language (a model code, a number); their language is
 not checked. The whole file is validated before any model work.
 
+Optional WRONG values, for strict accuracy (:func:`bcat.data.normalize.judge`: a first line that
+names an accepted answer AND one of these scores 0)::
+
+    "distractor_answers": [["12 mois", "12"], ["36 mois", "36"]],   # or ["12 mois", "36 mois"]
+    "distractor_answer": "12 mois", "unsupported_answer": "30 mois"
+
+``distractor_answers``: every value the passages give for the asked attribute of another entity
+(for a comparison, the other option), each a string or a list of its accepted forms; list them in
+the same order in every language of a group (``same_answer_as_en`` compares wrong values by
+position). ``distractor_answer`` / ``unsupported_answer`` (the fields of the bundled data and of
+``bcat data pairs``) are added when not listed already. A wrong value may not equal an accepted
+answer. **Without any of these fields an item has no wrong values to check, and strict accuracy
+equals the ``contains`` rule for it**; ``n_with_candidates`` in ``metrics.json`` counts the items
+that had some.
+
 The prompt (plain form; the wording per language is in ``bcat/resources/eval/instructions.tsv``)::
 
     Answer the question using only the passages. Reply with the answer only.
@@ -37,6 +52,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bcat.data.normalize import normalize
 from bcat.errors import BcatError, DataError
 
 log = logging.getLogger(__name__)
@@ -55,6 +71,8 @@ class RagItem:
     answers: tuple[str, ...]
     answer_neutral: bool = False
     line: int = 0
+    candidates: tuple[tuple[str, ...], ...] = ()
+    """The item's wrong values, each in its accepted forms (see :func:`collect_candidates`)."""
 
 
 def _require(path, line, rec, name, kind, what):
@@ -76,6 +94,61 @@ def _string_list(path, line, rec, name) -> tuple[str, ...]:
     return tuple(values)
 
 
+def collect_candidates(distractor_answers: Sequence = (), distractor_answer: Optional[str] = None,
+                       unsupported_answer: Optional[str] = None) -> tuple[tuple[str, ...], ...]:
+    """The wrong values of an item, in order: ``distractor_answers`` (a string or a list of forms
+    each), then the distractor and the unsupported answer unless every form of theirs is listed.
+
+    >>> collect_candidates([["12 mois", "12"]], "12 mois", "30 mois")
+    (('12 mois', '12'), ('30 mois',))
+    """
+    out: list[tuple[str, ...]] = []
+    known: set[str] = set()
+    extra = [v for v in (distractor_answer, unsupported_answer) if v is not None]
+    for value in [*distractor_answers, *extra]:
+        forms = (value,) if isinstance(value, str) else tuple(value)
+        normal = {normalize(f) for f in forms}
+        if normal <= known:
+            continue
+        known |= normal
+        out.append(forms)
+    return tuple(out)
+
+
+def _forms(path, line, name, value, index: Optional[int] = None) -> tuple[str, ...]:
+    where = f"item {index} " if index is not None else ""
+    forms = [value] if isinstance(value, str) else value
+    if not isinstance(forms, list) or not forms or not all(isinstance(f, str) for f in forms):
+        kind = "a string or a non-empty list of strings" if index is not None else "a string"
+        raise DataError(path, line, name, f"{where}must be {kind}, got {value!r}")
+    for f in forms:
+        if not normalize(f):
+            raise DataError(path, line, name, f"{where}{f!r} has no letters or digits to match")
+    return tuple(forms)
+
+
+def _candidates(path, line, rec: dict, answers: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    listed = rec.get("distractor_answers", [])
+    if not isinstance(listed, list):
+        raise DataError(path, line, "distractor_answers", f"must be a list, got {type(listed).__name__}")
+    fields = {"distractor_answers": [_forms(path, line, "distractor_answers", v, i) for i, v in enumerate(listed)]}
+    for name in ("distractor_answer", "unsupported_answer"):
+        if rec.get(name) is not None:
+            if not isinstance(rec[name], str):
+                raise DataError(path, line, name, f"must be a string, got {type(rec[name]).__name__}")
+            fields[name] = [_forms(path, line, name, rec[name])]
+    gold = {normalize(a) for a in answers}
+    for name, values in fields.items():
+        for i, forms in enumerate(values):
+            same = [f for f in forms if normalize(f) in gold]
+            if same:
+                where = f"item {i} " if name == "distractor_answers" else ""
+                raise DataError(path, line, name, f"{where}{same[0]!r} is an accepted answer (see 'answers')")
+    single = {name: values[0][0] for name, values in fields.items() if name != "distractor_answers"}
+    return collect_candidates(fields["distractor_answers"], single.get("distractor_answer"),
+                              single.get("unsupported_answer"))
+
+
 def parse_record(rec: object, path: str, line: int, known_languages: Sequence[str]) -> RagItem:
     """Validate one decoded JSON record and turn it into a :class:`RagItem`."""
     if not isinstance(rec, dict):
@@ -95,8 +168,12 @@ def parse_record(rec: object, path: str, line: int, known_languages: Sequence[st
     neutral = rec.get("answer_neutral", False)
     if not isinstance(neutral, bool):
         raise DataError(path, line, "answer_neutral", f"must be true or false, got {neutral!r}")
-    return RagItem(group, lang, question, _string_list(path, line, rec, "passages"),
-                   _string_list(path, line, rec, "answers"), neutral, line)
+    answers = _string_list(path, line, rec, "answers")
+    for i, a in enumerate(answers):
+        if not normalize(a):
+            raise DataError(path, line, "answers", f"item {i} ({a!r}) has no letters or digits to match")
+    return RagItem(group, lang, question, _string_list(path, line, rec, "passages"), answers, neutral, line,
+                   _candidates(path, line, rec, answers))
 
 
 def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,

@@ -1,14 +1,24 @@
 """``bcat compare A B``: is run B better than run A, language by language?
 
 Both runs must hold exactly the same (group, language) items; otherwise the comparison is refused.
-Per language: the accuracy difference ``B - A`` with a PAIRED bootstrap 95% interval (the same
-groups are drawn for both runs), and the exact McNemar test on the discordant items.
+Everything is measured in STRICT accuracy (the headline metric: the first line names an accepted
+answer and no other candidate value of the item). Per language: the difference ``B - A`` with a
+PAIRED bootstrap 95% interval (the same groups are drawn for both runs), and the exact McNemar
+test on the discordant items.
 
 Verdict rule, per language, at ``alpha`` (default 0.05): **better** when the interval lies entirely
 above 0 AND McNemar p < alpha; **worse** when it lies entirely below 0 AND p < alpha; otherwise
 **no significant change**. Requiring both guards against the bootstrap's optimism on few groups.
 The headline differences (English, seen non-English mean, gap, unseen mean) get paired intervals;
 their verdict uses the interval alone (McNemar has no counterpart for a difference of means).
+
+Seeds pooled (:func:`compare_runs` given one run per seed on each side, paired by position): an
+item's correctness becomes its mean over the seeds (a value in [0, 1]), the bootstrap still draws
+GROUPS (all seeds and languages of a drawn group go together, so the interval counts items, not
+item-seed pairs, as the independent units), and McNemar counts the discordant (item, seed pair)
+outcomes over all seed pairs. Those pairs are not independent (one item appears once per seed), so
+the pooled McNemar p is optimistic; the verdict's second condition, the group-bootstrap interval,
+is not.
 """
 
 from __future__ import annotations
@@ -16,14 +26,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from bcat.errors import BcatError
+from bcat.evaluation.metrics import HEADLINE_METRIC
 from bcat.evaluation.stats import (
     GroupMatrix,
     gap_statistic,
+    language_accuracy,
     mcnemar_exact,
     mean_of_columns,
     paired_bootstrap_ci,
@@ -36,7 +48,7 @@ GAP_DOWN, GAP_UP = "gap decreased", "gap increased"
 
 @dataclass
 class Run:
-    """A finished ``bcat eval`` directory: its metrics and per-item correctness."""
+    """A finished ``bcat eval`` directory: its metrics and per-item strict correctness."""
 
     path: Path
     metrics: dict
@@ -63,10 +75,14 @@ def load_run(path: str | Path, *, need_items: bool = True) -> Run:
         if "per_language" not in metrics or not pred_file.is_file():
             raise BcatError(f"{path}: no RAG results (metrics.json without per_language, or no predictions.jsonl)")
         with pred_file.open(encoding="utf-8") as f:
-            for line in f:
+            for line_no, line in enumerate(f, start=1):
                 if line.strip():
                     rec = json.loads(line)
-                    correct[(rec["group"], rec["lang"])] = bool(rec["correct"])
+                    if "strict_correct" not in rec:
+                        raise BcatError(f"{pred_file}:{line_no}: no 'strict_correct' (written by an older bcat "
+                                        f"eval); re-score it: bcat score --data DATA --predictions {pred_file} "
+                                        f"--output DIR")
+                    correct[(rec["group"], rec["lang"])] = bool(rec["strict_correct"])
     return Run(path, metrics, correct)
 
 
@@ -99,33 +115,54 @@ def verdict(ci: Optional[list[float]], p: Optional[float], alpha: float = 0.05) 
     return SAME
 
 
-def compare_runs(a: Run, b: Run, *, n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05,
-                 level: float = 0.95) -> dict:
-    """The comparison of run ``b`` against baseline ``a`` (same items), as a JSON-ready dict."""
-    check_same_items(a, b)
-    langs_info = b.metrics.get("languages") or a.metrics.get("languages") or {}
+def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, n_resamples: int = 2000,
+                 seed: int = 0, alpha: float = 0.05, level: float = 0.95) -> dict:
+    """The comparison of run ``b`` against baseline ``a`` (same items), as a JSON-ready dict.
+
+    ``a`` and ``b`` may each be a list of runs, one per training seed, paired by position: the seeds
+    are then pooled as the module docstring says.
+    """
+    runs_a, runs_b = ([a] if isinstance(a, Run) else list(a)), ([b] if isinstance(b, Run) else list(b))
+    if not runs_a or len(runs_a) != len(runs_b):
+        raise BcatError(f"compare: pooling seeds needs the same number of runs on both sides "
+                        f"({len(runs_a)} and {len(runs_b)})")
+    for other in runs_a[1:] + runs_b:
+        check_same_items(runs_a[0], other)
+    first_a, first_b = runs_a[0], runs_b[0]
+    langs_info = first_b.metrics.get("languages") or first_a.metrics.get("languages") or {}
     anchor = langs_info.get("anchor", ANCHOR)
     seen = list(langs_info.get("seen", []))
     unseen = list(langs_info.get("unseen", []))
-    langs = seen + unseen or sorted({l for _, l in a.correct})
-    keys = sorted(a.correct)
-    ma = GroupMatrix.from_items([(g, l, a.correct[(g, l)]) for g, l in keys], langs)
-    mb = GroupMatrix.from_items([(g, l, b.correct[(g, l)]) for g, l in keys], langs)
+    langs = seen + unseen or sorted({l for _, l in first_a.correct})
+    keys = sorted(first_a.correct)
+
+    def matrices(runs: list[Run]) -> list[GroupMatrix]:
+        return [GroupMatrix.from_items([(g, l, r.correct[(g, l)]) for g, l in keys], langs) for r in runs]
+
+    per_seed_a, per_seed_b = matrices(runs_a), matrices(runs_b)
+    ma = GroupMatrix(per_seed_a[0].groups, langs, np.mean([m.values for m in per_seed_a], axis=0))
+    mb = GroupMatrix(per_seed_b[0].groups, langs, np.mean([m.values for m in per_seed_b], axis=0))
 
     def paired(stat):
         return paired_bootstrap_ci(ma.values, mb.values, stat, n_resamples=n_resamples, seed=seed, level=level)
+
+    def point(matrix: GroupMatrix, stat) -> float:
+        return float(stat(language_accuracy(matrix.values)[None, :])[0])
 
     per_lang = {}
     for lang in langs:
         col = ma.col(lang)
         present = ~np.isnan(ma.values[:, col])
-        xa, xb = ma.values[present, col], mb.values[present, col]
-        b_only_a = int(((xa == 1) & (xb == 0)).sum())  # right in A, wrong in B
-        c_only_b = int(((xa == 0) & (xb == 1)).sum())
+        b_only_a = c_only_b = 0
+        for sa, sb in zip(per_seed_a, per_seed_b):
+            xa, xb = sa.values[present, col], sb.values[present, col]
+            b_only_a += int(((xa == 1) & (xb == 0)).sum())  # right in A, wrong in B
+            c_only_b += int(((xa == 0) & (xb == 1)).sum())
+        pa, pb = float(ma.values[present, col].mean()), float(mb.values[present, col].mean())
         ci = paired(lambda acc, c=col: acc[:, c])
         p = mcnemar_exact(b_only_a, c_only_b)
         per_lang[lang] = {
-            "a": float(xa.mean()), "b": float(xb.mean()), "diff": float(xb.mean() - xa.mean()), "ci": ci,
+            "a": pa, "b": pb, "diff": pb - pa, "ci": ci,
             "a_only_correct": b_only_a, "b_only_correct": c_only_b, "mcnemar_p": p, "n": int(present.sum()),
             "seen": lang not in unseen, "verdict": verdict(ci, p, alpha),
         }
@@ -137,28 +174,41 @@ def compare_runs(a: Run, b: Run, *, n_resamples: int = 2000, seed: int = 0, alph
              "gap": gap_statistic(ma.col(anchor), others) if anchor in langs and others else None,
              "unseen_mean": mean_of_columns([ma.col(l) for l in unseen]) if unseen else None}
     for name, stat in stats.items():
-        va, vb = a.metrics.get(name), b.metrics.get(name)
-        if stat is None or va is None or vb is None:
+        if stat is None:
             continue
+        va, vb = point(ma, stat), point(mb, stat)
         ci = paired(stat)
         v = verdict(ci, None, alpha)
         if name == "gap":  # the signed gap (English minus the rest): lower is the goal
             v = {BETTER: GAP_UP, WORSE: GAP_DOWN}.get(v, SAME)
         headline[name] = {"a": va, "b": vb, "diff": vb - va, "ci": ci, "verdict": v}
 
+    def side(runs: list[Run]) -> dict:
+        return {"path": ", ".join(str(r.path) for r in runs), "model": runs[0].metrics.get("model"),
+                "data_fingerprint": runs[0].metrics.get("data_fingerprint"), "runs": len(runs)}
+
+    fingerprints = {r.metrics.get("data_fingerprint") for r in runs_a + runs_b}
     return {
-        "a": {"path": str(a.path), "model": a.metrics.get("model"), "data_fingerprint": a.metrics.get("data_fingerprint")},
-        "b": {"path": str(b.path), "model": b.metrics.get("model"), "data_fingerprint": b.metrics.get("data_fingerprint")},
-        "same_data_file": a.metrics.get("data_fingerprint") == b.metrics.get("data_fingerprint"),
-        "option_differences": option_differences(a, b),
-        "n_items": len(keys), "n_groups": len(ma.groups),
+        "metric": HEADLINE_METRIC,
+        "a": side(runs_a), "b": side(runs_b),
+        "same_data_file": len(fingerprints) == 1,
+        "option_differences": option_differences(first_a, first_b),
+        "n_items": len(keys), "n_groups": len(ma.groups), "seeds_pooled": len(runs_a),
         "rule": (f"better/worse: the paired bootstrap {level:.0%} interval of B - A excludes 0 AND the exact "
-                 f"McNemar p < {alpha}; headline rows: the interval alone"),
+                 f"McNemar p < {alpha}; headline rows: the interval alone"
+                 + ("; seeds pooled: mean correctness over seeds, McNemar over all seed pairs"
+                    if len(runs_a) > 1 else "")),
         "alpha": alpha, "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "group", "level": level},
         "languages": {"anchor": anchor, "seen": seen, "unseen": unseen},
+        "language_split_differs": _split(first_a) != _split(first_b),
         "per_language": per_lang,
         "headline": headline,
     }
+
+
+def _split(run: Run) -> tuple:
+    info = run.metrics.get("languages") or {}
+    return info.get("anchor"), tuple(info.get("seen", ())), tuple(info.get("unseen", ()))
 
 
 def option_differences(a: Run, b: Run) -> dict[str, list]:
@@ -182,7 +232,9 @@ def _ci(ci: Optional[list[float]]) -> str:
 def format_table(comparison: dict) -> str:
     """A plain-text table of a comparison, one row per language, then the headline rows."""
     head = f"{'':<18}{'A':>7}{'B':>7}{'B-A':>8}  {'95% CI':<18}{'McNemar p':>10}  verdict"
-    lines = [f"A = {comparison['a']['path']}", f"B = {comparison['b']['path']}", head, "-" * len(head)]
+    lines = [f"A = {comparison['a']['path']}", f"B = {comparison['b']['path']}",
+             f"metric: {comparison['metric']} (the headline: an accepted answer and no other candidate value "
+             f"in the first line)", head, "-" * len(head)]
     for lang, r in comparison["per_language"].items():
         tag = lang + ("" if r["seen"] else "*")
         lines.append(f"{tag:<18}{r['a']:>7.3f}{r['b']:>7.3f}{r['diff']:>+8.3f}  {_ci(r['ci']):<18}"
@@ -193,6 +245,8 @@ def format_table(comparison: dict) -> str:
                      f"{'':>10}  {r['verdict']}")
     if comparison["languages"]["unseen"]:
         lines.append("* unseen in training")
+    if comparison.get("language_split_differs"):
+        lines.append("note: the runs split seen/unseen languages differently; B's split is used")
     if not comparison["same_data_file"]:
         lines.append("note: the data files differ (same item keys, different fingerprints)")
     for option, (va, vb) in comparison.get("option_differences", {}).items():

@@ -12,35 +12,35 @@ Library use::
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
-import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
-from bcat.data.normalize import first_line
 from bcat.data.rag import (
     RagItem,
     build_prompts,
-    instruction_table,
     load_items,
     uses_chat_template,
 )
 from bcat.errors import BcatError
 from bcat.evaluation.generation import greedy_generate
-from bcat.evaluation.metrics import LanguageIdentifier, score_item
+from bcat.evaluation.scoring import (
+    ScoringOptions,
+    rag_metrics,
+    resolve_languages,
+    score_outputs,
+    write_outputs,
+)
 from bcat.evaluation.sharding import (
     is_main_process,
     map_sharded,
     num_processes,
     process_device,
 )
-from bcat.evaluation.summary import summarize
-from bcat.languages import UNSEEN
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ SUITES = ("rag", "ood")
 
 
 @dataclass
-class RagOptions:
-    """How the RAG suite prompts, decodes and summarises."""
+class RagOptions(ScoringOptions):
+    """How the RAG suite prompts and decodes (and, inherited, scores and summarises)."""
 
     batch_size: int = 8
     """Prompts per generation batch."""
@@ -60,14 +60,6 @@ class RagOptions:
     """Solved examples in the prompt (same language, other groups)."""
     chat_template: str = "off"
     """``auto`` (use the tokenizer's chat template when it has one), ``on`` or ``off`` (plain prompt)."""
-    unseen: Sequence[str] = UNSEEN
-    """Languages not seen in training, reported apart from the seen ones."""
-    bootstrap: int = 2000
-    """Bootstrap resamples for the confidence intervals."""
-    seed: int = 0
-    """Seed of the bootstrap and of the choice of shots."""
-    languages: Optional[Sequence[str]] = field(default=None)
-    """Restrict the language ID to these (default: the languages evaluated)."""
     trim_vocab: bool = False
     """Generate with the vocabulary restricted to the ids of the prompts (plus the
     :func:`bcat.model.trim.kept_token_ids` margin), the model trimmed in place. Exact for the prompts, but
@@ -103,51 +95,6 @@ def trim_to_prompts(model, tokenizer, prompts: Sequence[str]):
     vocab = trim_model(model, kept_token_ids(tokenizer, prompts))
     log.info("bcat eval: vocabulary trimmed to %d of %d ids for generation", len(vocab), vocab.old_vocab_size)
     return vocab
-
-
-def score_outputs(items: Sequence[RagItem], outputs: Sequence[str], options: RagOptions = RagOptions(),
-                  prompts: Optional[Sequence[str]] = None) -> tuple[dict, list[dict]]:
-    """Score model outputs (one per item, in order) and summarise: ``(summary, prediction records)``.
-
-    >>> item = RagItem("g1", "en", "How long?", ("It lasts 24 months.",), ("24 months",), answer_neutral=True)
-    >>> summary, preds = score_outputs([item], [" 24 months\\nQuestion: ..."], RagOptions(bootstrap=10))
-    >>> summary["english"], preds[0]["prediction"]
-    (1.0, '24 months')
-    """
-    identifier = LanguageIdentifier(options.languages or {i.lang for i in items}, fallback=instruction_table())
-    scores, predictions = [], []
-    for n, (item, raw) in enumerate(zip(items, outputs)):
-        s = score_item(item.group, item.lang, raw, item.answers, answer_neutral=item.answer_neutral,
-                       identifier=identifier)
-        scores.append(s)
-        predictions.append({
-            "group": item.group, "lang": item.lang, "prompt": prompts[n] if prompts is not None else None,
-            "raw_output": raw, "prediction": first_line(raw), "answers": list(item.answers),
-            "answer_neutral": item.answer_neutral, "correct": s.correct, "chrf3_recall": round(s.chrf3_recall, 6),
-            "detected_language": s.detected_language, "language_ok": s.language_ok,
-        })
-    summary = summarize(scores, unseen=options.unseen, preferred=list(instruction_table()),
-                        n_resamples=options.bootstrap, seed=options.seed)
-    return summary, predictions
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def items_digest(keys: Sequence[Sequence[str]]) -> str:
-    """Order-free sha256 of the (group, lang) keys: equal digests mean the same item set.
-
-    >>> items_digest([["g1", "en"], ["g1", "fr"]]) == items_digest([["g1", "fr"], ["g1", "en"]])
-    True
-    """
-    text = "\n".join(sorted(f"{g}\t{l}" for g, l in keys))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def resolve_data(data: str) -> Path:
@@ -208,10 +155,13 @@ def run_eval(args) -> dict:
 
     suites = parse_suites(args.suite)
     output = Path(args.output)
-    items, data_path = None, None
-    if "rag" in suites:  # validate the data before loading any model
+    items, data_path, languages = None, None, None
+    if "rag" in suites:  # validate the data and the training run's config before loading any model
         data_path = resolve_data(args.data)
         items = load_items(data_path, languages=args.languages, limit_groups=args.limit)
+        languages = resolve_languages(args.model, list(dict.fromkeys(i.lang for i in items)),
+                                      anchor=getattr(args, "anchor", None), seen=getattr(args, "seen", None),
+                                      unseen=getattr(args, "unseen", None))
     ood = _load_ood() if "ood" in suites else None
     created = is_main_process() and not output.exists()
     if is_main_process():  # fail on an unwritable --output before loading the model
@@ -232,26 +182,17 @@ def run_eval(args) -> dict:
     if ood is not None:  # before any trimming: perplexities are over the full vocabulary
         metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, args))
     if items is not None:
+        anchor, seen, source = languages
         options = RagOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
-                             chat_template=args.chat_template, unseen=args.unseen, bootstrap=args.bootstrap,
-                             seed=args.seed, trim_vocab=args.trim_vocab)
+                             chat_template=args.chat_template, anchor=anchor, seen=seen, languages_source=source,
+                             bootstrap=args.bootstrap, seed=args.seed, trim_vocab=args.trim_vocab)
         summary, predictions = evaluate_rag(model, tokenizer, items, options)
-        keys = [[i.group, i.lang] for i in items]
-        metrics.update({
-            "data": str(data_path), "data_fingerprint": file_sha256(data_path),
-            "options": {"batch_size": options.batch_size, "max_new_tokens": options.max_new_tokens,
-                        "shots": options.shots, "chat_template": options.chat_template, "limit": args.limit,
-                        "languages": args.languages, "unseen": list(options.unseen), "trim_vocab": options.trim_vocab},
-            **summary,
-            "items": keys, "items_sha256": items_digest(keys),
-        })
+        metrics["options"] = {"batch_size": options.batch_size, "max_new_tokens": options.max_new_tokens,
+                              "shots": options.shots, "chat_template": options.chat_template, "limit": args.limit,
+                              "languages": args.languages, "trim_vocab": options.trim_vocab}
+        metrics.update(rag_metrics(data_path, items, summary))
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["processes"] = num_processes()
     if is_main_process():
-        if items is not None:
-            with (output / "predictions.jsonl").open("w", encoding="utf-8") as f:
-                for p in predictions:
-                    f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        (output / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n",
-                                             encoding="utf-8")
+        write_outputs(output, metrics, predictions if items is not None else None)
     return metrics

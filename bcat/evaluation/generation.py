@@ -1,9 +1,10 @@
-"""Batched greedy generation that stops at the end of the first line.
+"""Batched greedy generation that stops at the end of the first line (or another text condition).
 
 A sequence stops at EOS, at ``max_new_tokens``, or as soon as its continuation has a line break
 after some text: a base model never stops by itself and goes on with the next "Question:". Leading
-line breaks do not stop it. Results come back in the order of the prompts, decoded, special tokens
-dropped.
+line breaks do not stop it. A task whose answer spans lines (worked solutions) passes its own
+``until`` test of the continuation instead. Results come back in the order of the prompts, decoded,
+special tokens dropped.
 
 How (:func:`greedy_generate`), since evaluation is most of a study's cost and a decode step's cost
 is mostly reading weights and caches (the 262k-row output layer of Gemma 3 alone is 671 MB in fp32):
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,15 +65,23 @@ PREFILL_TOKENS = 2048
 the activations stay in cache (larger chunks measured slower per token on the built-in model)."""
 
 
-class FirstLineStop(StoppingCriteria):
-    """Stop a sequence once its generated text holds a line break after non-blank text."""
+class TextStop(StoppingCriteria):
+    """Stop a sequence once ``until(generated text)`` holds."""
 
-    def __init__(self, tokenizer, prompt_length: int, vocab: Optional[TrimmedVocab] = None):
-        self.tokenizer, self.prompt_length, self.vocab = tokenizer, prompt_length, vocab
+    def __init__(self, tokenizer, prompt_length: int, until: Callable[[str], bool],
+                 vocab: Optional[TrimmedVocab] = None):
+        self.tokenizer, self.prompt_length, self.until, self.vocab = tokenizer, prompt_length, until, vocab
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         texts = decode(self.tokenizer, input_ids[:, self.prompt_length:], self.vocab)
-        return torch.tensor([ended_first_line(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+        return torch.tensor([self.until(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+class FirstLineStop(TextStop):
+    """Stop a sequence once its generated text holds a line break after non-blank text."""
+
+    def __init__(self, tokenizer, prompt_length: int, vocab: Optional[TrimmedVocab] = None):
+        super().__init__(tokenizer, prompt_length, ended_first_line, vocab)
 
 
 def ended_first_line(text: str) -> bool:
@@ -111,13 +120,15 @@ def _generation_config(model, tokenizer, vocab, max_new_tokens: int) -> Generati
 def greedy_generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 32, max_new_tokens: int = 32,
                     add_special_tokens: bool = True, desc: str = "generate",
                     vocab: Optional[TrimmedVocab] = None, logits_processor: Optional[list] = None,
-                    prefill_tokens: int = PREFILL_TOKENS) -> list[str]:
+                    until: Callable[[str], bool] = ended_first_line, prefill_tokens: int = PREFILL_TOKENS
+                    ) -> list[str]:
     """Greedy continuations of ``prompts`` (decoded, special tokens dropped, not yet cut).
 
     ``batch_size``: most rows decoded together. ``add_special_tokens=False`` for prompts that already
     hold them (chat-template output starts with BOS; adding another is a classic bug). ``vocab``: the
     model's trimmed vocabulary, if any; every prompt token must be kept. ``logits_processor``: applied
-    after the ones the model's generation config implies, as ``model.generate`` does.
+    after the ones the model's generation config implies, as ``model.generate`` does. ``until``: a
+    sequence stops once this holds for its continuation (default: the first line has ended).
     """
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -125,14 +136,14 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int
                                       disable=not is_main_process()) as bar:
         generator = _Generator(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                add_special_tokens=add_special_tokens, vocab=vocab, logits_processor=logits_processor,
-                               prefill_tokens=prefill_tokens, progress=bar.update)
+                               until=until, prefill_tokens=prefill_tokens, progress=bar.update)
         if generator.mergeable():
             return generator.run()
     log.info("greedy_generate: %s has cache layers that cannot be merged; generating with model.generate",
              type(model).__name__)
     return reference_generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                               add_special_tokens=add_special_tokens, desc=desc, vocab=vocab,
-                              logits_processor=logits_processor)
+                              logits_processor=logits_processor, until=until)
 
 
 class _SlotLayer(CacheLayerMixin):
@@ -291,12 +302,12 @@ class _Batch:
 
 class _Generator:
     def __init__(self, model, tokenizer, prompts, *, batch_size, max_new_tokens, add_special_tokens, vocab,
-                 logits_processor, prefill_tokens, progress):
+                 logits_processor, until, prefill_tokens, progress):
         if batch_size < 1 or max_new_tokens < 1 or prefill_tokens < 1:
             raise ValueError("batch_size, max_new_tokens and prefill_tokens must be at least 1")
         self.model, self.tokenizer, self.vocab = model, tokenizer, vocab
         self.batch_size, self.max_new_tokens, self.prefill_tokens = batch_size, max_new_tokens, prefill_tokens
-        self.progress = progress
+        self.progress, self.until = progress, until
         self.device = next(model.parameters()).device
         config = _generation_config(model, tokenizer, vocab, max_new_tokens)
         self.eos = set(config.eos_token_id or [])
@@ -445,7 +456,7 @@ class _Generator:
 
     def _finished(self, generated: list[int]) -> bool:
         return (generated[-1] in self.eos or len(generated) >= self.max_new_tokens
-                or ended_first_line(self._text(generated)))
+                or self.until(self._text(generated)))
 
     def _text(self, generated: list[int]) -> str:
         ids = generated if self.vocab is None else self.vocab.decode_ids(torch.tensor(generated)).tolist()
@@ -460,7 +471,8 @@ class _Generator:
 
 def reference_generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 32,
                        add_special_tokens: bool = True, desc: str = "generate",
-                       vocab: Optional[TrimmedVocab] = None, logits_processor: Optional[list] = None) -> list[str]:
+                       vocab: Optional[TrimmedVocab] = None, logits_processor: Optional[list] = None,
+                       until: Callable[[str], bool] = ended_first_line) -> list[str]:
     """The same continuations with ``model.generate`` on fixed batches of ``batch_size`` (sorted by length).
 
     The previous implementation: the reference for tests and ``bench/eval_speed.py``, and the path of
@@ -471,13 +483,13 @@ def reference_generate(model, tokenizer, prompts: Sequence[str], *, batch_size: 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         return _reference(model, tokenizer, prompts, batch_size, max_new_tokens, add_special_tokens, desc, vocab,
-                          logits_processor)
+                          logits_processor, until)
     finally:
         tokenizer.padding_side = side
 
 
 def _reference(model, tokenizer, prompts, batch_size, max_new_tokens, add_special_tokens, desc, vocab,
-               logits_processor) -> list[str]:
+               logits_processor, until) -> list[str]:
     to_model = (lambda ids: ids) if vocab is None else vocab.encode_ids
     config = _generation_config(model, tokenizer, vocab, max_new_tokens)
     lengths = [len(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts]
@@ -493,7 +505,7 @@ def _reference(model, tokenizer, prompts, batch_size, max_new_tokens, add_specia
             width = input_ids.shape[1]
             out = model.generate(input_ids=input_ids, attention_mask=enc["attention_mask"].to(device),
                                  generation_config=config, logits_processor=logits_processor,
-                                 stopping_criteria=StoppingCriteriaList([FirstLineStop(tokenizer, width, vocab)]))
+                                 stopping_criteria=StoppingCriteriaList([TextStop(tokenizer, width, until, vocab)]))
             for i, text in zip(idx, decode(tokenizer, out[:, width:].cpu(), vocab)):
                 outputs[i] = text
             bar.update(len(idx))

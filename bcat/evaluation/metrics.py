@@ -1,11 +1,27 @@
 """Per-item and per-language QA metrics.
 
-Per item: ``correct`` (normalised containment, see :mod:`bcat.data.normalize`),
-``chrf3_recall`` (character 3-gram recall of the answer in the prediction, the BERGEN metric) and
-``language_ok`` (whether the answer is written in the question's language, by offline language ID).
+Per item, from the FIRST LINE of the prediction (:func:`bcat.data.normalize.judge`):
 
-Per language: the means of those, and ``consistency_with_en``: the share of groups in which the
-language agrees with English on correctness (both right or both wrong).
+* ``strict`` (**the headline**): the line names an accepted answer and no other candidate value of
+  the item (a distractor's value, the unsupported value, a comparison's other option); echoing a
+  question, listing every value or copying the passages scores 0;
+* ``contains``: an accepted answer occurs in the line, whatever else it says (the old rule);
+* ``exact``: the whole normalised line is a normalised accepted answer;
+* ``chrf``: chrF with precision and recall weighted equally (sacrebleu's chrF, character n-grams
+  1-6, beta = 1) between the normalised line and the closest accepted answer, in [0, 1];
+* ``language_ok``: whether the line is written in the question's language (offline language ID).
+
+Why chrF (beta = 1) as the graded score, rather than token F1: it is the same measurement in
+every script (character n-grams after one normal form), where token F1 has to switch to
+character tokens for ja/zh/th and so is more lenient in exactly the languages whose gap we
+measure; it gives partial credit for inflection (hu, ro, hi) that whole-word tokens score 0;
+and with beta = 1 an extra character costs as much as a missing one, so a verbose answer no
+longer scores higher than a terse one (recall-only chrF3 rewarded length).
+
+Per language: the means of those; agreement with the anchor (English) over the groups that have
+both, in three senses: ``both_correct_with_en`` (both strictly correct), ``same_correctness_as_en``
+(both right or both wrong), ``same_answer_as_en`` (the two lines give the same answer: the
+accepted answer, the same wrong value, or equal normalised text).
 """
 
 from __future__ import annotations
@@ -13,53 +29,39 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from bcat.data.normalize import first_line, has_letters, is_correct, normalize
+from bcat.data.normalize import first_line, has_letters, judge, normalize
 from bcat.languages import ANCHOR
 
 log = logging.getLogger(__name__)
 
+CHRF_ORDER = 6
+CHRF_BETA = 1
 
 
-def char_ngrams(text: str, n: int = 3) -> Counter:
-    """Character n-grams of the normalised text; a text shorter than ``n`` is its own single gram.
+@functools.lru_cache(maxsize=1)
+def _chrf_metric():
+    from sacrebleu.metrics import CHRF
 
-    >>> sorted(char_ngrams("24 mois").items())
-    [('24m', 1), ('4mo', 1), ('moi', 1), ('ois', 1)]
-    >>> char_ngrams("６")
-    Counter({'6': 1})
+    return CHRF(char_order=CHRF_ORDER, word_order=0, beta=CHRF_BETA)
+
+
+def chrf(prediction: str, answers: Iterable[str]) -> float:
+    """chrF (character 1-6-grams, beta = 1, sacrebleu) of the normalised first line against the
+    closest normalised accepted answer, in [0, 1].
+
+    >>> chrf("24 mois", ["24 mois"]), chrf("", ["24 mois"])
+    (1.0, 0.0)
+    >>> round(chrf("La garantie dure 24 mois.", ["24 mois"]), 3)  # every answer n-gram, but diluted
+    0.323
     """
-    text = normalize(text)
-    if not text:
-        return Counter()
-    if len(text) < n:
-        return Counter([text])
-    return Counter(text[i:i + n] for i in range(len(text) - n + 1))
-
-
-def chrf_recall(prediction: str, answers: Iterable[str], n: int = 3) -> float:
-    """Share of an answer's character n-grams found in the prediction (clipped counts), max over answers.
-
-    Only the first line of the prediction counts, as for accuracy.
-
-    >>> chrf_recall("24 mois", ["24 mois"])
-    1.0
-    >>> chrf_recall("24 moi", ["24 mois"])  # 3 of the 4 trigrams
-    0.75
-    >>> chrf_recall("", ["24 mois"])
-    0.0
-    """
-    pred = char_ngrams(first_line(prediction), n)
-    best = 0.0
-    for answer in answers:
-        ref = char_ngrams(answer, n)
-        total = sum(ref.values())
-        if total:
-            best = max(best, sum(min(c, pred[g]) for g, c in ref.items()) / total)
-    return best
+    line = normalize(first_line(prediction))
+    refs = [normalize(a) for a in answers]
+    if not line or not any(refs):
+        return 0.0
+    return _chrf_metric().sentence_score(line, refs).score / 100
 
 
 # --- language identification ---------------------------------------------------------------------
@@ -141,18 +143,46 @@ class ItemScore:
 
     group: str
     lang: str
-    correct: bool
-    chrf3_recall: float
+    strict: bool
+    chrf: float
+    contains: bool = False
+    exact: bool = False
+    named_wrong: tuple[int, ...] = ()
+    """Indices of the item's wrong values the line names."""
+    answer_id: Optional[str] = None
+    """What the line answers, comparable across the languages of a group (:func:`answer_id`)."""
+    has_candidates: bool = False
+    """Whether the item listed wrong values (otherwise ``strict`` equals ``contains``)."""
     detected_language: Optional[str] = None
     language_ok: Optional[bool] = None
-    extra: dict = field(default_factory=dict)
 
 
-def score_item(group: str, lang: str, prediction: str, answers: Sequence[str], *, answer_neutral: bool = False,
+def answer_id(line: str, names_answer: bool, named_wrong: Sequence[int]) -> Optional[str]:
+    """The answer a first line gives, comparable across languages: ``"answer"`` (the accepted
+    answer alone), ``"wrong:I"`` (the item's I-th wrong value alone; wrong values are listed in
+    the same order in every language), else ``"text:"`` + the normalised line; ``None`` for an
+    empty line.
+
+    >>> answer_id("24 mois", True, ()), answer_id("12 Monate", False, (0,)), answer_id("KT-1", True, (2,))
+    ('answer', 'wrong:0', 'text:kt1')
+    """
+    if names_answer and not named_wrong:
+        return "answer"
+    if not names_answer and len(named_wrong) == 1:
+        return f"wrong:{named_wrong[0]}"
+    norm = normalize(line)
+    return f"text:{norm}" if norm else None
+
+
+def score_item(group: str, lang: str, prediction: str, answers: Sequence[str],
+               candidates: Sequence[Sequence[str]] = (), *, answer_neutral: bool = False,
                identifier: Optional[LanguageIdentifier] = None) -> ItemScore:
     """Score one prediction. Language ID is skipped for ``answer_neutral`` items and empty predictions."""
     line = first_line(prediction)
-    score = ItemScore(group, lang, is_correct(line, answers), chrf_recall(line, answers))
+    j = judge(line, answers, candidates)
+    score = ItemScore(group, lang, j.strict, chrf(line, answers), contains=j.contains, exact=j.exact,
+                      named_wrong=j.named, answer_id=answer_id(line, j.names_answer, j.named),
+                      has_candidates=bool(candidates))
     if identifier is not None and not answer_neutral and line:
         score.language_ok = identifier.language_ok(line, lang)
         if score.language_ok is not None:
@@ -165,29 +195,43 @@ def _mean(values: Sequence[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def consistency_with_anchor(scores: Sequence[ItemScore], anchor: str = ANCHOR) -> dict[str, Optional[float]]:
-    """Per language, the share of groups (that have both) where it agrees with ``anchor`` on correctness.
-
-    >>> s = [ItemScore("g1", "en", True, 1.0), ItemScore("g1", "fr", True, 1.0),
-    ...      ItemScore("g2", "en", True, 1.0), ItemScore("g2", "fr", False, 0.0),
-    ...      ItemScore("g3", "en", False, 0.0), ItemScore("g3", "fr", False, 0.0)]
-    >>> consistency_with_anchor(s)
-    {'en': None, 'fr': 0.6666666666666666}
-    """
-    by_key = {(s.group, s.lang): s.correct for s in scores}
+def _with_anchor(scores: Sequence[ItemScore], anchor: str, agree) -> dict[str, Optional[float]]:
+    """Per language, the share of groups (that have it and ``anchor``) where ``agree(item, anchor_item)``."""
+    by_key = {(s.group, s.lang): s for s in scores}
     langs = sorted({s.lang for s in scores}, key=lambda l: (l != anchor, l))
     out: dict[str, Optional[float]] = {}
     for lang in langs:
         if lang == anchor:
             out[lang] = None
             continue
-        agree = [by_key[(g, lang)] == by_key[(g, anchor)] for (g, l) in by_key if l == lang and (g, anchor) in by_key]
-        out[lang] = _mean([float(a) for a in agree])
+        pairs = [(s, by_key[(g, anchor)]) for (g, l), s in by_key.items() if l == lang and (g, anchor) in by_key]
+        out[lang] = _mean([float(agree(s, a)) for s, a in pairs])
     return out
 
 
+AGREEMENT = {
+    "both_correct_with_en": lambda s, a: s.strict and a.strict,
+    "same_correctness_as_en": lambda s, a: s.strict == a.strict,
+    "same_answer_as_en": lambda s, a: s.answer_id is not None and s.answer_id == a.answer_id,
+}
+"""Agreement with the anchor, per group: what each ``*_en`` metric counts (the anchor is English by default)."""
+
+
+def consistency_with_anchor(scores: Sequence[ItemScore], anchor: str = ANCHOR) -> dict[str, dict[str, Optional[float]]]:
+    """Per agreement metric (:data:`AGREEMENT`), per language: the share of groups where it holds.
+
+    >>> s = [ItemScore("g1", "en", True, 1.0), ItemScore("g1", "fr", True, 1.0),
+    ...      ItemScore("g2", "en", True, 1.0), ItemScore("g2", "fr", False, 0.0),
+    ...      ItemScore("g3", "en", False, 0.0), ItemScore("g3", "fr", False, 0.0)]
+    >>> c = consistency_with_anchor(s)
+    >>> c["both_correct_with_en"]["fr"], c["same_correctness_as_en"]["fr"], c["same_correctness_as_en"]["en"]
+    (0.3333333333333333, 0.6666666666666666, None)
+    """
+    return {name: _with_anchor(scores, anchor, agree) for name, agree in AGREEMENT.items()}
+
+
 def all_correct_share(scores: Sequence[ItemScore], languages: Sequence[str]) -> tuple[Optional[float], int]:
-    """Share of groups correct in ALL of ``languages``, over the groups that have every one of them.
+    """Share of groups strictly correct in ALL of ``languages``, over the groups that have every one of them.
 
     Returns ``(share, number_of_groups)``.
 
@@ -198,30 +242,41 @@ def all_correct_share(scores: Sequence[ItemScore], languages: Sequence[str]) -> 
     """
     by_group: dict[str, dict[str, bool]] = {}
     for s in scores:
-        by_group.setdefault(s.group, {})[s.lang] = s.correct
+        by_group.setdefault(s.group, {})[s.lang] = s.strict
     complete = [g for g, d in by_group.items() if all(l in d for l in languages)]
     if not complete or not languages:
         return None, 0
     return sum(all(by_group[g][l] for l in languages) for g in complete) / len(complete), len(complete)
 
 
+ITEM_METRICS = {
+    "strict_accuracy": lambda s: float(s.strict),
+    "contains_accuracy": lambda s: float(s.contains),
+    "exact_match": lambda s: float(s.exact),
+    "chrf": lambda s: s.chrf,
+    "names_wrong_value_rate": lambda s: float(bool(s.named_wrong)),
+}
+"""Per-item values averaged per language. ``strict_accuracy`` is the headline."""
+HEADLINE_METRIC = "strict_accuracy"
+
+
 def per_language(scores: Sequence[ItemScore], anchor: str = ANCHOR) -> dict[str, dict]:
-    """Aggregates per language: accuracy, chrF3 recall, answer-language rate, consistency with English, n.
+    """Aggregates per language: :data:`ITEM_METRICS`, answer-language rate, agreement with the anchor, counts.
 
     ``answer_language_rate`` is over the items whose language could be judged (``n_language_judged``);
-    ``None`` when there were none.
+    ``None`` when there were none. ``n_with_candidates``: items that listed wrong values.
     """
-    consistency = consistency_with_anchor(scores, anchor)
+    agreement = consistency_with_anchor(scores, anchor)
     out: dict[str, dict] = {}
-    for lang in consistency:
+    for lang in agreement["same_correctness_as_en"]:
         items = [s for s in scores if s.lang == lang]
         judged = [float(s.language_ok) for s in items if s.language_ok is not None]
-        out[lang] = {
-            "accuracy": _mean([float(s.correct) for s in items]),
-            "chrf3_recall": _mean([s.chrf3_recall for s in items]),
+        out[lang] = {name: _mean([f(s) for s in items]) for name, f in ITEM_METRICS.items()}
+        out[lang].update({
             "answer_language_rate": _mean(judged),
-            "consistency_with_en": consistency[lang],
+            **{name: values[lang] for name, values in agreement.items()},
             "n": len(items),
             "n_language_judged": len(judged),
-        }
+            "n_with_candidates": sum(s.has_candidates for s in items),
+        })
     return out

@@ -8,41 +8,74 @@ onto the original model as it is).
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
 import torch
 
+from bcat.config import ModelConfig
 from bcat.model.builtin import licence_files
-from bcat.model.loading import TRAINED_MODEL_SUBDIR
+from bcat.model.loading import TRAINED_MODEL_SUBDIR, load_model
 from bcat.model.trim import TrimmedVocab
 
 
-def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: Path | None = None) -> None:
+def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: Path | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Final model as safetensors under ``out/model`` (and ``out/merged``), written atomically.
 
     With a trimmed vocabulary the output is still a normal full-vocabulary model: a LoRA adapter
     does not touch the vocabulary and loads onto the original model as it is; full weights are put
     back into the original vocabulary by :func:`export_full` (untouched rows bit-identical).
+
+    ``state_dict``: the model's full state when its parameters are sharded (FSDP: gathered on rank
+    0 by ``bcat.training.distributed.full_model_state``); by default ``model.state_dict()``. The
+    merged model is the original base model from disk with the adapter just written merged in
+    (the frozen base weights are the ones on disk), so it needs no unsharded copy in memory.
     """
     lora = hasattr(model, "peft_config")
-    for name, enabled in ((TRAINED_MODEL_SUBDIR, True), ("merged", merged)):
-        if not enabled:
-            continue
-        target, tmp = out / name, out / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        weights = copy.deepcopy(model).merge_and_unload() if name == "merged" else model
-        if vocab is not None and lora and name != "merged":
-            save_adapter(weights, vocab, tmp)
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    trained = out / TRAINED_MODEL_SUBDIR
+
+    def write_trained(tmp: Path) -> None:
+        if vocab is not None and lora:
+            save_adapter(model, vocab, tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
         elif vocab is not None:
-            export_full(weights, vocab, base_dir, tmp)
+            export_full(model, vocab, base_dir, tmp, state_dict=state_dict)
         else:
-            weights.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+
+    def write_merged(tmp: Path) -> None:
+        dtype = next(iter(state_dict.values())).dtype
+        name = str(dtype).removeprefix("torch.")
+        full = load_model(ModelConfig(path=str(trained), dtype=name, trust_remote_code=False)).merge_and_unload()
+        full.save_pretrained(tmp, safe_serialization=True)
+        if vocab is not None:  # the original tokenizer and notice files, as export_full writes them
+            _copy_base_files(base_dir, tmp)
+        else:
+            tokenizer.save_pretrained(tmp)
+
+    _write_atomic(trained, write_trained)
+    if merged and lora:
+        _write_atomic(out / "merged", write_merged)
+
+
+def _write_atomic(target: Path, write) -> None:
+    tmp = target.with_name(f"{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def _copy_base_files(base_dir: Path, out_dir: Path) -> None:
+    """The original tokenizer and notice/licence files (a Gemma derivative must carry the Gemma notice)."""
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    for path in licence_files(base_dir):
+        shutil.copy2(path, out_dir / path.name)
 
 
 def untrim_state_dict(trimmed: dict[str, torch.Tensor], vocab: TrimmedVocab, full: dict[str, torch.Tensor],
@@ -75,7 +108,7 @@ def untrim_state_dict(trimmed: dict[str, torch.Tensor], vocab: TrimmedVocab, ful
 
 
 def export_full(trimmed_model, vocab: TrimmedVocab, full_model_dir: str | Path, out_dir: str | Path,
-                dtype: torch.dtype | None = None) -> Path:
+                dtype: torch.dtype | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a full-vocabulary model directory that plain ``transformers`` loads.
 
     Loads the original from ``full_model_dir`` (in ``dtype``, default the trimmed model's dtype, so
@@ -83,11 +116,14 @@ def export_full(trimmed_model, vocab: TrimmedVocab, full_model_dir: str | Path, 
     with :func:`untrim_state_dict`, saves safetensors, the original tokenizer, and the original
     notice/licence files (a Gemma derivative must carry the Gemma notice).
 
+    ``state_dict``: the trimmed model's full state when its parameters are sharded (default
+    ``trimmed_model.state_dict()``).
+
     A LoRA model must be merged first (``model = model.merge_and_unload()``). Alternatively keep
     the adapter alone (:func:`save_adapter`): LoRA on attention/MLP layers does not touch the
     vocabulary, so an adapter trained on the trimmed model loads unchanged onto the full model.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if hasattr(trimmed_model, "peft_config"):
         raise TypeError("merge the adapter first (model.merge_and_unload()) or save the adapter alone")
@@ -97,16 +133,16 @@ def export_full(trimmed_model, vocab: TrimmedVocab, full_model_dir: str | Path, 
     if full.get_input_embeddings().weight.shape[0] != vocab.old_vocab_size:
         raise ValueError(f"{full_model_dir} has {full.get_input_embeddings().weight.shape[0]} tokens, "
                          f"the trim was made from {vocab.old_vocab_size}")
-    untrim_state_dict(trimmed_model.state_dict(), vocab, full.state_dict(), inplace=True)
+    trimmed = trimmed_model.state_dict() if state_dict is None else state_dict
+    untrim_state_dict(trimmed, vocab, full.state_dict(), inplace=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     full.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(full_model_dir).save_pretrained(out_dir)
-    for path in licence_files(full_model_dir):
-        shutil.copy2(path, out_dir / path.name)
+    _copy_base_files(full_model_dir, out_dir)
     return out_dir
 
 
-def save_adapter(peft_model, vocab: TrimmedVocab, out_dir: str | Path) -> Path:
+def save_adapter(peft_model, vocab: TrimmedVocab, out_dir: str | Path,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save a LoRA adapter trained on a trimmed model so that it loads onto the FULL model.
 
     LoRA on attention/MLP projections never touches the vocabulary, so the adapter is the same for
@@ -114,7 +150,8 @@ def save_adapter(peft_model, vocab: TrimmedVocab, out_dir: str | Path) -> Path:
     save the (trimmed) embedding and output layers with the adapter, which then no longer fits the
     full model: ``save_embedding_layers=False`` prevents that. An adapter that trains the
     vocabulary layers themselves (LoRA on them, ``modules_to_save``, trainable tokens) is refused:
-    merge it and use :func:`export_full` instead.
+    merge it and use :func:`export_full` instead. ``state_dict``: the model's full state when its
+    parameters are sharded.
     """
     vocab_modules = {name.rsplit(".", 1)[0].split(".")[-1] for name in vocab.param_names}  # embed_tokens, lm_head
     adapted = [name for name, _ in peft_model.named_parameters()
@@ -123,5 +160,5 @@ def save_adapter(peft_model, vocab: TrimmedVocab, out_dir: str | Path) -> Path:
     if adapted:
         raise ValueError(f"the adapter trains vocabulary layers ({adapted[0]}, ...): it depends on the trim; "
                          "merge it (merge_and_unload) and use export_full")
-    peft_model.save_pretrained(out_dir, save_embedding_layers=False)
+    peft_model.save_pretrained(out_dir, save_embedding_layers=False, state_dict=state_dict)
     return Path(out_dir)

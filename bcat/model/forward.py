@@ -51,6 +51,12 @@ def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     return summed / weights.sum(dim=1).clamp_min(1.0)
 
 
+def pooled_states(hidden_states: tuple[Tensor, ...], layers: tuple[int, ...], pool_mask: Tensor, rows: int) -> Tensor:
+    """``[L, rows, D]``: :func:`masked_mean_pool` of the first ``rows`` rows of each of ``layers``
+    (indices into the model's ``hidden_states``, 0 = embeddings)."""
+    return torch.stack([masked_mean_pool(hidden_states[layer][:rows], pool_mask[:rows]) for layer in layers])
+
+
 def _softcap(logits: torch.Tensor, config) -> torch.Tensor:
     cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
@@ -124,7 +130,10 @@ class PolicyForward(nn.Module):
     - ``token_logps`` [S, T-1]: log p(input_ids[:, t+1] | ...) where ``score_mask`` is set, else 0;
     - ``pooled`` [L, S_pool, D]: masked mean of ``hidden_states[layer]`` over ``pool_mask`` for
       each requested layer (rows ``:pool_rows`` only);
-    - ``scored_logps`` [K, V]: full log-softmax at the scored positions, only if ``return_full``.
+    - ``scored_logps`` [K, V]: full log-softmax at the scored positions, only if ``return_full``;
+    - ``hidden`` list of ``hidden_states[layer]`` (unpooled, in the layout the model ran on), only if
+      ``return_hidden``: the node where the alignment term and the main loss meet, for
+      :func:`bcat.training.objectives.gradient_ratios`.
 
     With ``packed`` (see :func:`packed_inputs`) the model runs on the prompt-shared layout instead
     of ``input_ids``; the outputs keep the same shapes and meaning (``pool_rows`` must be at most
@@ -135,8 +144,11 @@ class PolicyForward(nn.Module):
         super().__init__()
         self.model = model
         self.selective_head = True
+        """Whether the output head runs at the scored positions only (set by :func:`check_selective_head`)."""
         self.packed_ok = True
         """Whether the prompt-shared forward is exact for this model (set by :func:`check_packed_forward`)."""
+        self.checks: dict[str, str] = {}
+        """Why a start-up check turned a fast path off (``{"selective_head": reason, "packed": reason}``)."""
 
     def _config(self):
         return self.model.config
@@ -154,7 +166,8 @@ class PolicyForward(nn.Module):
         return out.logits, out.hidden_states
 
     def forward(self, input_ids, attention_mask, score_mask, hidden_layers: tuple[int, ...] = (),
-                pool_mask=None, pool_rows: int = 0, return_full: bool = False, packed: dict | None = None) -> dict:
+                pool_mask=None, pool_rows: int = 0, return_full: bool = False, packed: dict | None = None,
+                return_hidden: bool = False) -> dict:
         targets = input_ids[:, 1:][score_mask]
         if packed is None or not self.packed_ok:
             states, hidden_states = self._head_inputs(input_ids, attention_mask, bool(hidden_layers))
@@ -176,12 +189,24 @@ class PolicyForward(nn.Module):
         token_logps = token_logps.masked_scatter(score_mask, picked_logps)
         out = {"token_logps": token_logps}
         if hidden_layers:
-            out["pooled"] = torch.stack(
-                [masked_mean_pool(hidden_states[layer][:pool_rows], pool_mask[:pool_rows]) for layer in hidden_layers]
-            )
+            out["pooled"] = pooled_states(hidden_states, hidden_layers, pool_mask, pool_rows)
         if return_full:
             out["scored_logps"] = logits - logz[:, None]
+        if return_hidden:
+            out["hidden"] = [hidden_states[layer] for layer in hidden_layers]
         return out
+
+
+def exactness_tolerance(dtype: torch.dtype, reference: torch.Tensor) -> float:
+    """Largest difference the start-up checks accept between two computations of ``reference``.
+
+    ``max(1e-4, 8 * eps(dtype) * max(1, |reference|))``: 1e-4 in fp32 (as before), and a few
+    rounding steps of the value's own size in bf16 (eps 2^-7) or fp16 (eps 2^-10), where two
+    matmul orders differ by that much while a real mismatch (a missing scale, a leaking mask)
+    differs by whole units.
+    """
+    scale = float(reference.detach().abs().max().clamp_min(1.0)) if reference.numel() else 1.0
+    return max(1e-4, 8 * torch.finfo(dtype).eps * scale)
 
 
 def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.device, bos_token_id: int | None = None,
@@ -207,7 +232,6 @@ def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.d
                for e in examples]
     collator = GroupCollator(pad_token_id=0, anchor="en", bos_token_id=bos_token_id, pack=True)
     dtype = policy.model.get_input_embeddings().weight.dtype
-    tol = 1e-4 if dtype == torch.float32 else 5e-2
     was_training = policy.training
     policy.eval()
     policy.packed_ok = True  # so that the packed path really runs below
@@ -223,22 +247,24 @@ def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.d
                 outs.append(policy(b["input_ids"], b["attention_mask"], b["target_mask"], hidden_layers=hidden_layers,
                                    pool_mask=b["pool_mask"], pool_rows=2, packed=packed_inputs(b) if pack else None))
         plain, packed, moved = outs
+        tol = exactness_tolerance(dtype, plain["token_logps"])
         diff = (plain["token_logps"] - packed["token_logps"]).abs().max().item()
         leak = (packed["token_logps"][2:] - moved["token_logps"][2:]).abs().max().item()
-        pooled = 0.0
+        pooled, pooled_tol = 0.0, exactness_tolerance(dtype, torch.ones(()))
         if hidden_layers:  # relative: hidden states can be large (Gemma scales its embeddings by sqrt(d))
             scale = plain["pooled"].abs().max().clamp_min(1.0)
             pooled = ((plain["pooled"] - packed["pooled"]).abs().max() / scale).item()
-        ok = diff <= tol and leak <= tol / 10 and pooled <= tol
+        ok = diff <= tol and leak <= tol / 10 and pooled <= pooled_tol
         if not ok:
-            reason = (f"max log-prob difference {diff:.2e}, chosen->rejected leak {leak:.2e}, "
-                      f"pooled relative difference {pooled:.2e}")
+            reason = (f"max log-prob difference {diff:.2e} (tolerance {tol:.1e}), chosen->rejected leak {leak:.2e} "
+                      f"(tolerance {tol / 10:.1e}), pooled relative difference {pooled:.2e} (tolerance {pooled_tol:.1e})")
     except Exception as e:  # an attention implementation or model class that refuses a 4D mask
         ok, reason = False, f"{type(e).__name__}: {e}"
     finally:
         policy.train(was_training)
     policy.packed_ok = ok
     if not ok:
+        policy.checks["packed"] = reason
         log.warning("bcat: this model does not take the prompt-shared attention mask exactly (%s); "
                     "preference pairs use the plain forward (slower)", reason)
     return ok
@@ -248,26 +274,60 @@ def check_selective_head(policy: PolicyForward, vocab_size: int, device: torch.d
     """Compare the selective head with the model's own logits once; fall back if they differ.
 
     Architectures that post-process logits in ways we do not replicate (scales, custom heads)
-    keep working, only without the saving. Returns whether the selective head is used.
+    keep working, only without the saving; the reason is logged at WARNING and kept in
+    ``policy.checks``. Returns whether the selective head is used.
     """
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab_size, (2, 12), generator=gen).to(device)
     mask = torch.ones_like(ids)
     score = torch.ones(2, 11, dtype=torch.bool, device=device)
+    dtype = policy.model.get_input_embeddings().weight.dtype
+    reason = ""
     with torch.no_grad():
         reference = policy.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         reference = reference.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         policy.selective_head = True
         try:
             ours = policy(ids, mask, score)["token_logps"]
-            ok = torch.allclose(ours, reference, atol=1e-4, rtol=0)
+            tol = exactness_tolerance(dtype, reference)
+            diff = (ours - reference).abs().max().item()
+            ok = diff <= tol
+            if not ok:
+                reason = f"max log-prob difference {diff:.2e} from the model's own logits (tolerance {tol:.1e})"
         except Exception as e:  # a model without get_decoder() or with an unusual signature
-            log.debug("selective head failed: %s", e)
-            ok = False
+            ok, reason = False, f"{type(e).__name__}: {e}"
     policy.selective_head = ok
     if not ok:
-        log.warning("bcat: this model's output head is not reproduced exactly; using full logits (slower)")
+        policy.checks["selective_head"] = reason
+        log.warning("bcat: this model's output head is not reproduced exactly (%s); using full logits at every "
+                    "position (slower)", reason)
     return ok
+
+
+def forward_path(policy: PolicyForward, packed_requested: bool) -> dict:
+    """What the training forward does, for the log and ``training_summary.json``.
+
+    ``packed``: ``True`` (one ``prompt | chosen | rejected`` row per pair), ``False`` (plain rows),
+    with ``packed_reason`` when packing was requested but the start-up check turned it off;
+    ``head_at_scored_positions`` likewise, with ``head_reason``.
+    """
+    packed = packed_requested and policy.packed_ok
+    path = {"packed": packed, "head_at_scored_positions": policy.selective_head}
+    if packed_requested and "packed" in policy.checks:
+        path["packed_reason"] = policy.checks["packed"]
+    if "selective_head" in policy.checks:
+        path["head_reason"] = policy.checks["selective_head"]
+    return path
+
+
+def describe_forward_path(path: dict) -> str:
+    """One line for the log, e.g. ``packed prompt|chosen|rejected rows; output head at scored positions only``."""
+    rows = "packed prompt|chosen|rejected rows" if path["packed"] else "plain rows"
+    if "packed_reason" in path:
+        rows += " (packing failed its start-up check)"
+    head = ("output head at scored positions only" if path["head_at_scored_positions"]
+            else "output head at every position (selective head failed its start-up check)")
+    return f"{rows}; {head}"
 
 
 def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -155,14 +155,15 @@ def add_lora(model, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    targets = [t for t in cfg.lora_target_modules if t in present]
-    if not targets:
+    missing = [t for t in cfg.lora_target_modules if t not in present]
+    if missing or not cfg.lora_target_modules:
+        # Every name must match: dropping one silently would train fewer layers than configured.
         raise ConfigError(
-            f"model.lora_target_modules {cfg.lora_target_modules} match no linear layer; "
-            f"this model has {sorted(present)}"
+            f"model.lora_target_modules: {missing or cfg.lora_target_modules} match no linear layer of this model; "
+            f"its linear layers are {sorted(present)}"
         )
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
 
@@ -176,3 +177,28 @@ def middle_layer(config) -> int:
     """Index into ``hidden_states`` (0 = embeddings) of the middle transformer layer."""
     config = getattr(config, "text_config", config)
     return config.num_hidden_layers // 2
+
+
+def resolve_hidden_layers(path: str, layers, option: str = "config key 'alignment.hidden_layers'",
+                          trust_remote_code: bool = False) -> tuple[int, ...]:
+    """The aligned layers of a run, checked against the model's config.json (no weights are read).
+
+    ``None`` gives the middle layer; an index outside ``0..L`` (``L`` transformer layers; 0 is the
+    embedding output) is a :class:`ConfigError` naming the valid range, before any work.
+    """
+    from transformers import AutoConfig
+
+    model_dir = base_model_dir(resolve_model_dir(path))
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        _refuse_remote_code(e, path, "model.path")
+        raise ConfigError(f"model.path: cannot read the model config in {model_dir} ({str(e).splitlines()[0]})") from None
+    if layers is None:
+        return (middle_layer(config),)
+    count = getattr(getattr(config, "text_config", config), "num_hidden_layers")
+    bad = [i for i in layers if not 0 <= i <= count]
+    if bad:
+        raise ConfigError(f"{option} has {bad}: this model has {count} transformer layers, so valid "
+                          f"indices into hidden_states are 0 (embeddings) to {count}")
+    return tuple(layers)

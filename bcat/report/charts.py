@@ -1,4 +1,5 @@
-"""The report's charts (matplotlib, PNG bytes): accuracy per language and the headline numbers."""
+"""The report's charts (matplotlib, PNG bytes): strict accuracy per language, the headline numbers,
+the training loss per language."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def per_language_chart(runs: Sequence[Run], names: Sequence[str], langs: Sequenc
     ax.set_ylim(0, 1.15)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(runs)), frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # no bar at all (e.g. no answer whose language could be judged)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(runs)), frameon=False)
     return _png(fig)
 
 
@@ -87,8 +89,8 @@ def headline_chart(runs: Sequence[Run], names: Sequence[str]) -> bytes:
                      error_kw={"elinewidth": 0.8, "ecolor": "#333"})
     left.set_xticks(range(len(keys)), [label for _, label in keys])
     left.set_ylim(0, 1.05)
-    left.set_ylabel("accuracy")
-    left.set_title("Accuracy", fontsize=10, loc="left")
+    left.set_ylabel("strict accuracy")
+    left.set_title("Strict accuracy (headline)", fontsize=10, loc="left")
     left.legend(frameon=False, fontsize=8.5, loc="upper right")
     ys = list(range(len(runs)))[::-1]
     for y, (k, (run, name)) in zip(ys, enumerate(zip(runs, names))):
@@ -110,5 +112,39 @@ def headline_chart(runs: Sequence[Run], names: Sequence[str]) -> bytes:
     right.set_ylim(-0.7, len(runs) - 0.3)
     right.set_xlabel("English - non-English mean (95% CI)")
     right.set_title("Gap: English minus non-English (lower is better)", fontsize=10, loc="left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def loss_chart(logs) -> bytes:
+    """One panel per training run: the main objective's loss per language against the step (log
+    scale when every value is positive), the anchor in black, the total loss dashed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(logs), figsize=(min(5.2 * len(logs), 15), 3.6), squeeze=False)
+    for ax, log in zip(axes[0], logs):
+        steps = [e["step"] for e in log.entries]
+        positive = True
+        others = [l for l in log.languages() if l != log.anchor]
+        for lang in log.languages():
+            points = [(e["step"], e["main_per_language"][lang]) for e in log.entries
+                      if lang in e.get("main_per_language", {})]
+            xs, ys = zip(*points)
+            positive &= min(ys) > 0
+            if lang == log.anchor:
+                ax.plot(xs, ys, lw=2.2, color="#111", marker=".", ms=3, label=f"{lang} (anchor)")
+                continue
+            i = others.index(lang)  # colours repeat after six languages; the repeats are dotted
+            ax.plot(xs, ys, lw=1.2, color=PALETTE[i % len(PALETTE)], ls="-" if i < len(PALETTE) else ":",
+                    marker=".", ms=3, label=lang)
+        totals = [e.get("loss") for e in log.entries]
+        if all(isinstance(t, (int, float)) for t in totals) and totals:
+            ax.plot(steps, totals, color="#888", ls="--", lw=1, label="total loss")
+            positive &= min(totals) > 0
+        if positive:
+            ax.set_yscale("log")
+        ax.set_title(log.name, fontsize=10, loc="left")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7.5, frameon=False, ncol=2)
     fig.tight_layout()
     return _png(fig)

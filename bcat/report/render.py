@@ -1,9 +1,12 @@
 """``bcat report DIR...``: a Markdown and a self-contained HTML report of one or more eval runs.
 
-The report holds: the runs; the headline (English, seen non-English mean, gap, unseen mean, with
-95% intervals) and its chart; with exactly two runs, the ``bcat compare`` verdict table; accuracy
-per language side by side (unseen languages marked); answer quality per language (chrF3 recall,
-answer-language rate, consistency with English); and the out-of-domain results when present.
+The report holds: the runs; the headline in STRICT accuracy (English, seen non-English mean, gap,
+unseen mean, with 95% intervals) and its chart, and the same numbers under the other scorers;
+with exactly two runs, the ``bcat compare`` verdict table; strict accuracy per language side by
+side (unseen languages marked); the other scorers per language; answer language and agreement
+with English; a few example answers per language in every run (question, gold, answer, verdict);
+the training loss per language of the training runs (``--train-run DIR``, or found next to each
+evaluated model); and the out-of-domain results when present.
 
 ``report.html`` embeds its charts as base64 PNG (one file to attach to a review); ``report.md``
 links the same PNG files, written next to it.
@@ -13,23 +16,31 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
+import re
 from pathlib import Path
 from typing import Sequence
 
 from bcat.errors import BcatError
 from bcat.evaluation.compare import BETTER, WORSE, Run, compare_runs, load_run
-from bcat.report.charts import headline_chart, per_language_chart
+from bcat.report.charts import headline_chart, loss_chart, per_language_chart
+from bcat.report.loss import training_logs
 from bcat.report.tables import (
+    STRICT_NOTE,
     Table,
     accuracy_table,
+    agreement_table,
     all_languages,
+    examples_table,
     fmt,
     fmt_ci,
     headline_table,
+    language_name,
     ood_tables,
-    quality_table,
     run_names,
     runs_table,
+    scorer_table,
+    scorers_per_language_table,
     verdict_table,
 )
 
@@ -43,6 +54,7 @@ h3{font-size:15px;margin-top:22px} .meta{color:#59636e;font-size:13px;margin-top
 table{border-collapse:collapse;margin:12px 0;font-size:13.5px}
 th,td{padding:6px 12px;border-bottom:1px solid #e4e8ec} th{background:#f6f8fa;text-align:left;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.label{font-weight:500;white-space:nowrap}
+td.text{max-width:280px;vertical-align:top} td.nowrap{white-space:nowrap;vertical-align:top}
 tbody tr:hover{background:#f9fbfd} .note{color:#59636e;font-size:12.5px;max-width:900px}
 img{max-width:100%;border:1px solid #e4e8ec;border-radius:6px;padding:6px;background:#fff}
 .pill{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
@@ -58,51 +70,107 @@ def _cards(runs: Sequence[Run], names: Sequence[str]) -> str:
     out = []
     for run, name in zip(runs, names):
         gap, ci = run.metrics.get("gap"), run.metrics.get("ci", {}).get("gap")
-        out.append(f'<div class="card"><div class="k">{html.escape(name)}: gap</div>'
+        out.append(f'<div class="card"><div class="k">{html.escape(name)}: gap (strict accuracy)</div>'
                    f'<div class="v">{fmt(gap, signed=True)}</div><div class="c">95% CI {fmt_ci(ci, signed=True)}</div></div>')
     return f'<div class="cards">{"".join(out)}</div>'
 
 
+EXAMPLES_PER_LANGUAGE = 3
+
+
 def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamples: int = 2000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[Path, Path]:
-    """Write ``report.md``, ``report.html`` and the chart PNGs into ``output``; return the two report paths."""
+                 alpha: float = 0.05, train_runs: Sequence[str | Path] = ()) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` and the chart PNGs into ``output``; return the two report paths.
+
+    ``train_runs``: ``bcat train`` output directories whose loss curves to draw (default: those
+    found next to the evaluated models)."""
     if not run_dirs:
         raise BcatError("report: give at least one eval directory")
     runs = [load_run(d, need_items=False) for d in run_dirs]
+    logs = [log for log in training_logs(runs, [str(d) for d in train_runs]) if log.entries]
     names = run_names(runs)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     langs, unseen = all_languages(runs)
     rag_runs = [r for r in runs if r.metrics.get("per_language")]
 
     sections: list[tuple[str, list]] = []  # (title, parts); a part is a Table, (png name, bytes, alt) or str
     sections.append(("Runs", [runs_table(runs, names)]))
     if rag_runs:
-        sections.append(("Headline", ["cards", headline_table(runs, names),
-                                      ("headline.png", headline_chart(runs, names), "headline accuracy and gap")]))
+        sections.append(("Headline: strict accuracy", [
+            STRICT_NOTE, "cards", headline_table(runs, names),
+            ("headline.png", headline_chart(runs, names), "headline strict accuracy and gap"),
+            "The same numbers under every scorer:", scorer_table(runs, names)]))
         if len(runs) == 2:
             sections.append(("Comparison", _comparison_parts(runs, names, n_resamples, seed, alpha)))
-        sections.append(("Accuracy per language", [
-            ("accuracy.png", per_language_chart(runs, names, langs, unseen, "accuracy", "accuracy", True),
-             "accuracy per language"), accuracy_table(runs, names, langs, unseen)]))
-        sections.append(("Answer language and quality", [
+        sections.append(("Strict accuracy per language", [
+            ("accuracy.png", per_language_chart(runs, names, langs, unseen, "strict_accuracy", "strict accuracy",
+                                                True), "strict accuracy per language"),
+            accuracy_table(runs, names, langs, unseen)]))
+        sections.append(("Other scorers per language", [scorers_per_language_table(runs, names, langs)]))
+        sections.append(("Answer language and agreement with English", [
             ("answer_language.png", per_language_chart(runs, names, langs, unseen, "answer_language_rate",
                                                        "answer-language rate", False), "answer-language rate"),
-            quality_table(runs, names, langs)]))
+            agreement_table(runs, names, langs)]))
+        sections.append(("Example answers", _example_parts(rag_runs, run_names(rag_runs), langs)))
+    if logs:
+        sections.append(("Training loss per language", [
+            "The main objective's loss per language at each logged step (train_log.jsonl; a language is "
+            "plotted at the steps whose batch held it), the total loss dashed: "
+            + ", ".join(str(log.path) for log in logs) + ".",
+            ("training_loss.png", loss_chart(logs), "training loss per language")]))
     ood = ood_tables(runs, names)
     if ood:
         sections.append(("Out-of-domain", ["Retention checks outside RAG QA (bcat.evaluation.ood.suite): compare a "
                                            "tuned model with its base, language by language."]
                          + [part for task, table in ood for part in (f"### {task}", table)]))
 
-    md_path, html_path = output / "report.md", output / "report.html"
-    md_path.write_text(_markdown(sections, runs, names), encoding="utf-8")
-    html_path.write_text(_html(sections, runs, names), encoding="utf-8")
+    return write_document(sections, Path(output), _title(names), "bcat report", cards=_cards(runs, names))
+
+
+def write_document(sections: list, output: Path, title: str, generator: str, stem: str = "report",
+                   cards: str = "") -> tuple[Path, Path]:
+    """Write ``STEM.md``, ``STEM.html`` and the charts of ``sections`` into ``output``.
+
+    A section is ``(title, parts)``; a part is a :class:`Table`, a chart ``(png path relative to
+    output, bytes, alt text)``, the string ``"cards"`` (replaced by ``cards`` in HTML), a
+    ``"### subtitle"``, a Markdown list (``"- ..."``), a code block (``"```..."``) or a paragraph.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    md_path, html_path = output / f"{stem}.md", output / f"{stem}.html"
+    md_path.write_text(_markdown(sections, title, generator), encoding="utf-8")
+    html_path.write_text(_html(sections, title, generator, cards), encoding="utf-8")
     for _, parts in sections:
         for part in parts:
             if isinstance(part, tuple):
+                (output / part[0]).parent.mkdir(parents=True, exist_ok=True)
                 (output / part[0]).write_bytes(part[1])
     return md_path, html_path
+
+
+def _read_predictions(run: Run) -> dict[tuple[str, str], dict]:
+    path = run.path / "predictions.jsonl"
+    if not path.is_file():
+        return {}
+    records = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            records[(str(rec["group"]), rec["lang"])] = rec
+    return records
+
+
+def _example_parts(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str]) -> list:
+    """A few answers per language in every run: the items whose verdict changed first."""
+    records = [_read_predictions(r) for r in runs]
+    if not all(records):
+        return ["No example answers: a run has no predictions.jsonl."]
+    parts: list = [f"Up to {EXAMPLES_PER_LANGUAGE} items per language, the same in every run: first those that the "
+                   f"last run ({names[-1]}) fixed, then those it broke, then the rest. Verdicts are strict: "
+                   "'also names X' means the answer is there but so is another candidate value X."]
+    for lang in langs:
+        table = examples_table(records, names, lang, EXAMPLES_PER_LANGUAGE)
+        if table is not None:
+            parts += [f"### {lang} {language_name(lang)}", table]
+    return parts
 
 
 def _comparison_parts(runs, names, n_resamples, seed, alpha) -> list:
@@ -122,11 +190,11 @@ def _title(names) -> str:
     return "bcat evaluation: " + (" vs ".join(names) if len(names) <= 3 else f"{len(names)} runs")
 
 
-def _markdown(sections, runs, names) -> str:
+def _markdown(sections, title: str, generator: str) -> str:
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    out = [f"# {_title(names)}", "", f"Generated {now} by `bcat report`.", ""]
-    for title, parts in sections:
-        out += [f"## {title}", ""]
+    out = [f"# {title}", "", f"Generated {now} by `{generator}`.", ""]
+    for heading, parts in sections:
+        out += [f"## {heading}", ""]
         for part in parts:
             if part == "cards":
                 continue
@@ -139,14 +207,15 @@ def _markdown(sections, runs, names) -> str:
     return "\n".join(out)
 
 
-def _html(sections, runs, names) -> str:
+def _html(sections, title: str, generator: str, cards: str = "") -> str:
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    body = [f"<h1>{html.escape(_title(names))}</h1>", f'<p class="meta">Generated {now} by <code>bcat report</code>.</p>']
-    for title, parts in sections:
-        body.append(f"<h2>{html.escape(title)}</h2>")
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="meta">Generated {now} by <code>{html.escape(generator)}</code>.</p>']
+    for heading, parts in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
         for part in parts:
             if part == "cards":
-                body.append(_cards(runs, names))
+                body.append(cards)
             elif isinstance(part, Table):
                 body.append(part.html())
             elif isinstance(part, tuple):
@@ -154,15 +223,22 @@ def _html(sections, runs, names) -> str:
                 body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(part[2])}">')
             elif part.startswith("### "):
                 body.append(f"<h3>{html.escape(part[4:])}</h3>")
+            elif part.startswith("```"):
+                body.append(f"<pre>{html.escape(part.strip('`').strip())}</pre>")
+            elif part.startswith("- "):  # a Markdown list, **bold** kept
+                items = [re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(i))
+                         for i in part[2:].split("\n- ")]
+                body.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
             else:
                 body.append(f"<p>{html.escape(part)}</p>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(_title(names))}</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def run_report(args) -> tuple[Path, Path]:
     """Everything ``bcat report`` does."""
     output = args.output or (args.runs[0] if len(args.runs) == 1 else "report")
-    md, page = build_report(args.runs, output, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha)
+    md, page = build_report(args.runs, output, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha,
+                            train_runs=args.train_run or ())
     print(f"wrote {md} and {page}")
     return md, page

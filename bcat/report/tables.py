@@ -1,4 +1,5 @@
-"""The report's tables: the runs, the headline, accuracy and answer quality per language, verdicts, OOD.
+"""The report's tables: the runs, the headline (strict accuracy), accuracy per language, the other
+scorers, answer language and agreement with English, verdicts, example answers, OOD.
 
 Each table is a :class:`Table`, rendered to Markdown and to HTML by :mod:`bcat.report.render`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import html
 import numbers
+import unicodedata
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -21,6 +23,10 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     notes: str = ""
+    text_columns: tuple[int, ...] = ()
+    """Columns of free text (wrapped, left-aligned), whatever they start with."""
+    nowrap_columns: tuple[int, ...] = ()
+    """Columns of short text never broken across lines (model codes, gold answers)."""
 
     def markdown(self) -> str:
         out = ["| " + " | ".join(h.replace("\n", " ") for h in self.headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(self.headers) - 1)) + "|"]
@@ -29,18 +35,31 @@ class Table:
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(h).replace(chr(10), '<br>')}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(_cell(c, i) for i, c in enumerate(row)) + "</tr>" for row in self.rows)
+        body = "".join("<tr>" + "".join(_cell(c, i, i in self.text_columns, i in self.nowrap_columns)
+                                        for i, c in enumerate(row)) + "</tr>" for row in self.rows)
         notes = f'<p class="note">{html.escape(self.notes)}</p>' if self.notes else ""
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
 
-def _cell(text: str, index: int) -> str:
-    verdict_class = {"better": "good", "gap decreased": "good", "worse": "bad", "gap increased": "bad",
-                     "no significant change": "neutral"}.get(text)
-    if verdict_class:
-        return f'<td><span class="pill {verdict_class}">{html.escape(text)}</span></td>'
-    kind = "label" if index == 0 else "num" if text[:1] in "0123456789+-[" else "text"
-    return f'<td class="{kind}">{html.escape(text)}</td>'
+def verdict_class(text: str) -> Optional[str]:
+    """The pill colour of a verdict cell (a comparison verdict or an answer's), ``None`` for other text.
+
+    >>> verdict_class("better"), verdict_class("correct"), verdict_class("also names 12 Monate"), verdict_class("24")
+    ('good', 'good', 'bad', None)
+    """
+    fixed = {"better": "good", "gap decreased": "good", "worse": "bad", "gap increased": "bad",
+             "no significant change": "neutral", CORRECT: "good", WRONG: "bad", EMPTY: "bad"}
+    if text in fixed:
+        return fixed[text]
+    return "bad" if text.startswith((ALSO_NAMES, WRONG_VALUE)) else None
+
+
+def _cell(text: str, index: int, free_text: bool = False, nowrap: bool = False) -> str:
+    pill = verdict_class(text)
+    if pill:
+        return f'<td><span class="pill {pill}">{html.escape(text)}</span></td>'
+    kind = "text" if free_text else "label" if index == 0 else "num" if text[:1] in "0123456789+-[" else "text"
+    return f'<td class="{kind}{" nowrap" if nowrap else ""}">{html.escape(text)}</td>'
 
 
 def fmt(x, digits: int = 3, signed: bool = False) -> str:
@@ -105,6 +124,11 @@ def runs_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
     return Table(["run", "model", "items", "groups", "prompt", "shots", "data sha256"], rows)
 
 
+STRICT_NOTE = ("Strict accuracy (the headline metric): the first line of the answer names an accepted answer "
+               "and no other candidate value of the item (another passage's value, the unsupported value, a "
+               "comparison's other option).")
+
+
 def headline_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
     rows = []
     for run, name in zip(runs, names):
@@ -112,8 +136,28 @@ def headline_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
         rows.append([name] + [f"{fmt(m.get(k), signed=k == 'gap')} {fmt_ci(ci.get(k), signed=k == 'gap')}".strip()
                               for k in ("english", "non_english_mean", "gap", "unseen_mean", "all_languages_correct")])
     return Table(["run", "English", "non-English (seen)", "gap", "unseen", "all seen correct"], rows,
-                 "95% percentile bootstrap intervals over groups. gap = English - mean of the seen non-English "
-                 "languages. 'all seen correct': share of groups answered correctly in every seen language.")
+                 STRICT_NOTE + " 95% percentile bootstrap intervals over groups. gap = English - mean of the seen "
+                 "non-English languages. 'all seen correct': share of groups answered correctly in every seen "
+                 "language.")
+
+
+def scorer_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
+    """The headline numbers under every scorer, so a reader sees how much the scorer decides."""
+    scorers = [("strict_accuracy", "strict accuracy (headline)"), ("contains_accuracy", "contains"),
+               ("exact_match", "exact match"), ("chrf", "chrF (beta=1)")]
+    keys = ("english", "non_english_mean", "gap", "unseen_mean")
+    rows = []
+    for run, name in zip(runs, names):
+        m = run.metrics
+        for key, label in scorers:
+            values = m if key == m.get("headline_metric", "strict_accuracy") else (m.get("secondary") or {}).get(key)
+            if values:
+                rows.append([f"{name}: {label}"] + [fmt(values.get(k), signed=k == "gap") for k in keys])
+    return Table(["run: scorer", "English", "non-English (seen)", "gap", "unseen"], rows,
+                 "contains: an accepted answer occurs in the first line, whatever else it says (the old rule). "
+                 "exact match: the whole normalised first line is an accepted answer. chrF: character 1-6-gram "
+                 "F-score with precision and recall weighted equally (sacrebleu), against the closest accepted "
+                 "answer. Only strict accuracy has intervals and verdicts.")
 
 
 def accuracy_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str], unseen: set[str]) -> Table:
@@ -123,24 +167,98 @@ def accuracy_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[st
         for run in runs:
             v = run.metrics.get("per_language", {}).get(lang, {})
             ci = run.metrics.get("ci", {}).get("per_language", {}).get(lang)
-            row.append(f"{fmt(v.get('accuracy'))} {fmt_ci(ci)}".strip() if v else "-")
+            row.append(f"{fmt(v.get('strict_accuracy'))} {fmt_ci(ci)}".strip() if v else "-")
         row.append(str(max((r.metrics.get("per_language", {}).get(lang, {}).get("n", 0) for r in runs), default=0)))
         rows.append(row)
-    return Table(["language"] + list(names) + ["n"], rows)
+    return Table(["language"] + [f"strict accuracy\n{name}" for name in names] + ["n"], rows,
+                 STRICT_NOTE + " 95% bootstrap intervals over groups.")
 
 
-def quality_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str]) -> Table:
-    metrics = [("chrf3_recall", "chrF3 recall"), ("answer_language_rate", "answer language"),
-               ("consistency_with_en", "consistency with en")]
+def _per_language_table(runs, names, langs, metrics, notes) -> Table:
     headers = ["language"] + [f"{label}\n{name}" for _, label in metrics for name in names]
     rows = []
     for lang in langs:
         per = [run.metrics.get("per_language", {}).get(lang, {}) for run in runs]
         rows.append([lang] + [fmt(v.get(key)) for key, _ in metrics for v in per])
-    return Table(headers, rows, "chrF3 recall: share of the answer's character 3-grams in the prediction. Answer "
-                 "language: share of predictions written in the question's language (lingua; answer-neutral "
-                 "items and predictions without letters skipped). Consistency: share of groups where the "
-                 "language and English are both right or both wrong.")
+    return Table(headers, rows, notes)
+
+
+def scorers_per_language_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str]) -> Table:
+    return _per_language_table(
+        runs, names, langs, [("contains_accuracy", "contains"), ("exact_match", "exact"), ("chrf", "chrF"),
+                             ("names_wrong_value_rate", "names a wrong value")],
+        "Secondary scorers (strict accuracy is the headline). 'names a wrong value': share of first lines that "
+        "name another candidate value of the item (a strict-accuracy zero even when the answer is there too).")
+
+
+def agreement_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str]) -> Table:
+    return _per_language_table(
+        runs, names, langs, [("answer_language_rate", "answer language"), ("both_correct_with_en", "both correct"),
+                             ("same_correctness_as_en", "same correctness"), ("same_answer_as_en", "same answer")],
+        "Answer language: share of predictions written in the question's language (lingua; answer-neutral items "
+        "and predictions without letters skipped). Agreement with English, over the groups that have both: both "
+        "strictly correct; the same correctness (both right or both wrong); the same answer (the accepted answer, "
+        "the same wrong value, or equal normalised text).")
+
+
+# --- example answers -----------------------------------------------------------------------------
+
+CORRECT, WRONG, EMPTY = "correct", "wrong", "empty"
+ALSO_NAMES, WRONG_VALUE = "also names ", "wrong value: "
+
+
+def answer_verdict(rec: dict) -> str:
+    """What happened to one answer, from its ``predictions.jsonl`` record.
+
+    >>> answer_verdict({"strict_correct": False, "contains_answer": True, "named_wrong_values": ["KT-2"], "prediction": "x"})
+    'also names KT-2'
+    """
+    if rec.get("strict_correct"):
+        return CORRECT
+    named = rec.get("named_wrong_values") or []
+    if named:
+        return (ALSO_NAMES if rec.get("contains_answer") else WRONG_VALUE) + named[0]
+    return EMPTY if not rec.get("prediction") else WRONG
+
+
+def _clip(text: str, limit: int = 140) -> str:
+    """``text`` cut to ``limit`` characters, control characters shown as escapes (a model can emit them).
+
+    >>> _clip("ab\\x04c", 10), _clip("x" * 12, 10)
+    ('ab\\\\x04c', 'xxxxxxxxx…')
+    """
+    text = "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pick_examples(records: Sequence[dict[tuple[str, str], dict]], lang: str, k: int = 3) -> list[str]:
+    """Up to ``k`` groups of ``lang`` to show, the same for every run: first those whose verdict
+    changed from the first run to the last (fixed, then broken), then the rest, in group order."""
+    keys = [g for (g, l) in records[0] if l == lang and all((g, l) in r for r in records)]
+    first, last = records[0], records[-1]
+
+    def rank(g):
+        a, b = bool(first[(g, lang)].get("strict_correct")), bool(last[(g, lang)].get("strict_correct"))
+        return (0 if b and not a else 1 if a and not b else 2, g)
+
+    return sorted(keys, key=rank)[:k]
+
+
+def examples_table(records: Sequence[dict[tuple[str, str], dict]], names: Sequence[str], lang: str,
+                   k: int = 3) -> Optional[Table]:
+    """Question, gold answer, and each run's answer and verdict, for a few items of ``lang``."""
+    groups = pick_examples(records, lang, k)
+    if not groups:
+        return None
+    rows = []
+    for g in groups:
+        rec = records[0][(g, lang)]
+        row = [g, _clip(rec.get("question") or "-"), (rec.get("answers") or ["-"])[0]]
+        for r in records:
+            row += [_clip(r[(g, lang)].get("prediction") or ""), answer_verdict(r[(g, lang)])]
+        rows.append(row)
+    headers = ["group", "question", "gold"] + [h for name in names for h in (f"answer\n{name}", f"verdict\n{name}")]
+    return Table(headers, rows, text_columns=tuple(range(1, len(headers))), nowrap_columns=(2,))
 
 
 def verdict_table(comparison: dict, names: Sequence[str]) -> Table:
@@ -152,7 +270,7 @@ def verdict_table(comparison: dict, names: Sequence[str]) -> Table:
         rows.append([key.replace("_", " "), fmt(r["a"]), fmt(r["b"]), fmt(r["diff"], signed=True),
                      fmt_ci(r["ci"], signed=True), "", r["verdict"]])
     return Table(["", names[0], names[1], "diff", "95% CI (paired)", "McNemar p", "verdict"], rows,
-                 f"Rule: {comparison['rule']}.")
+                 f"Metric: {comparison.get('metric', 'strict_accuracy')} (the headline). Rule: {comparison['rule']}.")
 
 
 def _is_number(x) -> bool:

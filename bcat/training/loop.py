@@ -4,12 +4,15 @@ Why a plain Accelerate loop and not ``transformers.Trainer``: the method lives i
 composition. Trainer builds its own sampler and dataloader, drops unknown columns, and shards
 batches across ranks itself; keeping whole groups together would mean overriding most of it. Here
 the group sampler deals micro-batches to ranks directly, and ``accelerate`` still provides device
-placement, DDP/FSDP/DeepSpeed through ``accelerate launch``, and mixed precision.
+placement, DDP/FSDP2 through ``accelerate launch`` (:mod:`bcat.training.distributed`), and mixed precision.
 
-Order of work: validate config, data and output directory (nothing is written before that), load
-the model, optionally precompute DPO reference log-probs, then loop:
-micro-batch -> collate -> one forward -> loss terms -> backward; every
-``gradient_accumulation_steps`` micro-batches: clip, optimizer step, schedule, log, checkpoint.
+Order of work: validate config, data, aligned layers and output directory (nothing is written
+before that), load the model, check its fast forward paths, fit the hidden-state standardisation,
+optionally precompute DPO reference log-probs, then per optimizer step: collate the step's
+``gradient_accumulation_steps`` micro-batches and count their tokens / pairs / variants over all
+ranks (every term is normalised by the whole step, :mod:`bcat.training.objectives`), then per
+micro-batch one forward -> loss terms -> backward; then clip (a non-finite gradient norm stops
+the run), optimizer step, schedule, log, checkpoint.
 """
 
 from __future__ import annotations
@@ -31,22 +34,33 @@ from bcat.data.records import load_records
 from bcat.data.tokenization import tokenize_records
 from bcat.errors import ConfigError, TrainingError
 from bcat.model.export import save_model
-from bcat.model.forward import PolicyForward, check_packed_forward, check_selective_head
+from bcat.model.forward import (
+    PolicyForward,
+    check_packed_forward,
+    check_selective_head,
+    describe_forward_path,
+    forward_path,
+)
 from bcat.model.loading import (
     add_lora,
     count_parameters,
     load_model,
     load_tokenizer,
-    middle_layer,
+    resolve_hidden_layers,
     resolve_model_dir,
 )
 from bcat.model.trim import special_id, trim_enabled, trim_vocabulary
-from bcat.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from bcat.training.objectives import compute_loss, reference_logps
+from bcat.training.checkpoint import load_checkpoint, resume_point, save_checkpoint
+from bcat.training.distributed import full_model_state, make_accelerator, parallelism, prepare
+from bcat.training.hidden import fit_hidden_standardization
+from bcat.training.objectives import COUNT_KEYS, compute_loss, loss_counts, nonfinite_gradient_terms, reference_logps
 from bcat.training.outputs import check_output_dir, required_free_bytes, truncate_log
 from bcat.training.reference import reference_key, reference_table
 
 log = logging.getLogger(__name__)
+
+SNAPSHOTS = "snapshots"
+"""Subdirectory of the output directory for ``training.snapshot_steps``."""
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -63,20 +77,21 @@ def _scheduler(cfg: TrainConfig, optimizer):
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run training as configured; returns the training summary (also written to disk)."""
-    from accelerate import Accelerator
     from accelerate.utils import gather_object
 
     t_start = time.time()
     tc = cfg.training
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator()
     is_main = accelerator.is_main_process
     out = Path(tc.output_dir)
 
     # -- 1. validate everything before spending compute or writing a byte -------------------------
     if not cfg.data.train:
         raise ConfigError("data.train is not set: give a JSONL/Parquet file of parallel records")
+    hidden_layers = resolve_hidden_layers(cfg.model.path, cfg.alignment.hidden_layers,
+                                          trust_remote_code=cfg.model.trust_remote_code)
     records, report = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
                                    cfg.data.drop_groups_without_anchor)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
@@ -84,10 +99,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     sampler = build_sampler(cfg, examples, accelerator.num_processes, accelerator.process_index)
     if is_main:  # the only process that writes
         check_output_dir(out, resume, min_free_bytes=required_free_bytes(cfg))
-    if is_main and cfg.alignment.hidden_weight > 0 and cfg.alignment.hidden_loss == "infonce" \
-            and cfg.batch.groups_per_batch == 1:
-        log.warning("bcat: alignment.hidden_loss=infonce with batch.groups_per_batch=1 has no negatives and is "
-                    "always 0; use 2+ groups per micro-batch or alignment.hidden_loss=cosine")
     if report.dropped_groups_without_anchor and is_main:
         log.info("bcat: dropped %d groups without the anchor language", report.dropped_groups_without_anchor)
 
@@ -110,11 +121,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     policy = PolicyForward(model)
     vocab_size = model.get_input_embeddings().num_embeddings
     check_selective_head(policy, vocab_size, accelerator.device)
-    hidden_layers = tuple(cfg.alignment.hidden_layers or [middle_layer(model.config)])
-    pack = tc.packed_preference and cfg.objective.name in ("dpo", "orpo") and check_packed_forward(
+    want_pack = tc.packed_preference and cfg.objective.name in ("dpo", "orpo")
+    pack = want_pack and check_packed_forward(
         policy, vocab_size, accelerator.device, special_id(tokenizer.bos_token_id, vocab), hidden_layers)
+    path = {"packed_requested": want_pack, **forward_path(policy, want_pack)}
+    if is_main:
+        log.info("bcat: forward path: %s", describe_forward_path(path))
     collator = GroupCollator(special_id(tokenizer.pad_token_id, vocab), cfg.data.anchor,
                              special_id(tokenizer.bos_token_id, vocab), pack=pack)
+    standardization, stats = None, None
+    if cfg.alignment.hidden_weight > 0:  # on the initial model, before a checkpoint is loaded (same on resume)
+        stats = fit_hidden_standardization(policy, examples, collator, hidden_layers,
+                                           cfg.alignment.hidden_standardize, cfg.alignment.hidden_stats_records,
+                                           tc.seed)
+        standardization = (stats.mean, stats.scale) if stats is not None else None
     trainable, total = count_parameters(model)
     if is_main:
         log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch per rank",
@@ -139,12 +159,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
                                   weight_decay=tc.weight_decay)
     scheduler = _scheduler(cfg, optimizer)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy, optimizer = prepare(accelerator, policy, model, optimizer)
+    # The gradient-ratio probe's extra autograd.grad through FSDP2-sharded modules perturbs the step
+    # (resume stops being bitwise, tests/training/test_fsdp.py): probe only unsharded runs.
+    probing = tc.grad_ratio_steps > 0 and parallelism(accelerator, model) != "fsdp2"
+    if tc.grad_ratio_steps > 0 and not probing and is_main:
+        log.warning("bcat: training.grad_ratio_steps is ignored under FSDP2 (the probe would perturb sharded steps)")
 
     # -- 4. resume ----------------------------------------------------------------------------------
     step, tokens = 0, 0
-    if resume and (ckpt := latest_checkpoint(out)) is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+    if resume and (ckpt := resume_point(out)) is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator.num_processes)
         step, tokens = state["step"], state["tokens"]
         sampler.load_state_dict(state["sampler"])
         if is_main:
@@ -163,41 +188,64 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     last_terms: dict[str, float] = {}
     progress = _progress(tc.max_steps, step, is_main)
     writer = _tensorboard(out) if is_main else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    world = accelerator.num_processes
+    probes = {"count": 0, "seconds": 0.0}
     while step < tc.max_steps:
         sums: dict[str, torch.Tensor] = {}
         lang_sum = torch.zeros(len(languages), device=accelerator.device)
         lang_count = torch.zeros(len(languages), device=accelerator.device)
         step_items: list[list[tuple[str, str]]] = []
-        for micro in range(ga):
+        # The whole step's micro-batches first: every term is normalised by its count over the step
+        # (all micro-batches, all ranks), so accumulation equals one batch of the same records.
+        micro_batches = []
+        for _ in range(ga):
             indices = next(batches)
             batch = _to(collator([examples[i] for i in indices]), accelerator.device)
             if ref_table is not None:
                 ref = ref_table[batch["indices"].cpu()].to(accelerator.device)
                 batch["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
             step_items.append([(examples[i].group, examples[i].lang) for i in indices])
+            micro_batches.append(batch)
+        local = torch.tensor([[loss_counts(b, cfg.objective)[k] for k in COUNT_KEYS] for b in micro_batches],
+                             dtype=torch.float64, device=accelerator.device).sum(0)
+        counts = dict(zip(COUNT_KEYS, (int(c) for c in accelerator.reduce(local, "sum").tolist())))
+        probe = probing and (step == 0 or (step + 1) % tc.grad_ratio_steps == 0)
+        ratios: dict[str, float | None] = {}
+        for micro, batch in enumerate(micro_batches):
             sync = micro == ga - 1
             with nullcontext() if sync else accelerator.no_sync(policy):
-                result = compute_loss(policy, batch, cfg.objective, cfg.alignment, hidden_layers, reference)
+                result = compute_loss(policy, batch, cfg.objective, cfg.alignment, hidden_layers, reference,
+                                      standardization, counts, probe=probe and micro == 0)
                 _check_finite(result.terms, step + 1, batch["langs"], accelerator)
-                accelerator.backward(result.loss / ga)
+                ratios = ratios or result.ratios
+                # DDP averages gradients over ranks; the normalisation above already divides by the whole step.
+                accelerator.backward(result.loss * world)
             for k, v in result.terms.items():
-                sums[k] = sums.get(k, 0.0) + v / ga
+                sums[k] = sums.get(k, 0.0) + v
             for lang, value in zip(batch["langs"], result.per_example):
                 lang_sum[lang_pos[lang]] += value
                 lang_count[lang_pos[lang]] += 1
             tokens += int(accelerator.reduce(batch["attention_mask"].sum(), "sum"))
-        if tc.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
+        _check_finite_gradient(float(grad_norm), step + 1, micro_batches, accelerator, params,
+                               lambda b: compute_loss(accelerator.unwrap_model(policy), b, cfg.objective,
+                                                      cfg.alignment, hidden_layers, reference, standardization,
+                                                      counts))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        terms = {k: float(accelerator.reduce(v, "mean")) for k, v in sums.items()}
+        terms = {k: float(accelerator.reduce(v, "sum")) for k, v in sums.items()}
+        terms["grad_norm"] = float(grad_norm)
+        if ratios:  # every rank probes its first micro-batch; rank 0's is logged (its time only in the summary)
+            probes["count"], probes["seconds"] = probes["count"] + 1, probes["seconds"] + ratios.pop("grad_ratio_seconds")
+            terms.update(ratios)
         lang_sum, lang_count = accelerator.reduce(lang_sum, "sum"), accelerator.reduce(lang_count, "sum")
         last_terms = terms
         items = gather_object([step_items]) if tc.log_batch_items else None  # every rank must take part
-        if is_main and (step % tc.logging_steps == 0 or step == tc.max_steps):
+        if is_main and (step % tc.logging_steps == 0 or step == tc.max_steps or ratios):
             entry = {"step": step, "epoch": round(step * ga / len(sampler), 4), "lr": scheduler.get_last_lr()[0],
                      "tokens": tokens, **terms,
                      "main_per_language": {lang: float(lang_sum[i] / lang_count[i])
@@ -208,14 +256,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
             if writer is not None:
                 for k, v in terms.items():
-                    writer.add_scalar(f"train/{k}", v, step)
+                    if v is not None:  # a gradient ratio is None when the main gradient is zero
+                        writer.add_scalar(f"train/{k}", v, step)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{terms['loss']:.4f}")
+        if step in tc.snapshot_steps and step < tc.max_steps and is_main:
+            save_model(model, tokenizer, out / SNAPSHOTS / f"step-{step:08d}", merged=False, vocab=vocab,
+                       base_dir=resolve_model_dir(cfg.model.path))
         if tc.save_steps and step % tc.save_steps == 0 and step < tc.max_steps:
-            if is_main:
-                save_checkpoint(out, step, model, optimizer, scheduler,
-                                {"tokens": tokens, "sampler": sampler.state_dict()})
+            save_checkpoint(out, step, model, optimizer, scheduler, {"tokens": tokens, "sampler": sampler.state_dict()},
+                            is_main)
             accelerator.wait_for_everyone()
     if progress is not None:
         progress.close()
@@ -225,11 +276,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "steps": step, "tokens": tokens, "wall_time_s": round(time.time() - t_start, 2),
         "final_terms": last_terms, "records": report.records, "groups": report.groups,
         "languages": languages, "trainable_parameters": trainable, "world_size": accelerator.num_processes,
+        "parallelism": parallelism(accelerator, model),
         "prompt_tokens_trimmed": sum(e.prompt_trimmed for e in examples),
+        "forward_path": path, "hidden_layers": list(hidden_layers),
+        "hidden_standardization": stats.summary() if stats is not None else None,
+        "grad_ratio_probes": {"count": probes["count"], "seconds": round(probes["seconds"], 3)},
     }
+    weights = full_model_state(model)  # every rank takes part: with FSDP each holds a shard
     if is_main:
         save_model(model, tokenizer, out, merged=tc.save_merged and cfg.model.lora, vocab=vocab,
-                   base_dir=resolve_model_dir(cfg.model.path))
+                   base_dir=resolve_model_dir(cfg.model.path), state_dict=weights)
         tmp = out / "training_summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         tmp.replace(out / "training_summary.json")
@@ -248,6 +304,29 @@ def _check_finite(terms: dict, step: int, langs: list[str], accelerator) -> None
             f"non-finite loss at step {step}: {which} (languages in the micro-batch: {sorted(set(langs))}); "
             "the last checkpoint is intact; lower training.learning_rate or check the data"
         )
+
+
+def _check_finite_gradient(norm: float, step: int, micro_batches: list[dict], accelerator, params,
+                           recompute) -> None:
+    """A non-finite gradient norm stops the run before the optimizer step, naming the term(s) whose
+    gradient is not finite (found by recomputing each micro-batch's terms one backward at a time) and
+    the languages of those micro-batches; the last checkpoint stays as it was."""
+    from accelerate.utils import gather_object
+
+    if math.isfinite(norm):
+        return
+    found = []
+    for batch in micro_batches:
+        bad = nonfinite_gradient_terms(recompute(batch), params)
+        if bad:
+            found.append((bad, sorted(set(batch["langs"]))))
+    found = gather_object(found) if accelerator.num_processes > 1 else found
+    where = "; ".join(f"{', '.join(terms)} (languages in the micro-batch: {langs})" for terms, langs in found) \
+        or "no single term (their sum overflowed)"
+    raise TrainingError(
+        f"non-finite gradient at step {step} (norm {norm}): {where}; the last checkpoint is intact; "
+        "lower training.learning_rate or check the data"
+    )
 
 
 def _progress(total: int, initial: int, enabled: bool):

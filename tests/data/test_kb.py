@@ -152,6 +152,10 @@ def test_every_group_is_complete_and_parallel(all_records):
         for key in ("kind", "attribute", "gold_index", "evidence", "answer_en", "answer_neutral", "source"):
             assert len({json.dumps(r[key]) for r in records}) == 1, (group, key)
         assert len({len(r["passages"]) for r in records}) == 1
+        # one wrong value per other passage, in passage order, in every language (answer ids align)
+        assert {len(r["distractor_answers"]) for r in records} == {len(records[0]["passages"]) - 1}
+        if records[0]["kind"] in ("which_model", "compare"):
+            assert len({json.dumps(r["distractor_answers"]) for r in records}) == 1  # model codes
 
 
 def test_every_record_passes_the_checks(all_records):
@@ -186,6 +190,26 @@ def test_record_problems_catch_a_leaked_answer(bundled):
     rec["passages"] = list(rec["passages"])
     rec["passages"][other] += " " + rec["answers"][0]
     assert any("also in a distractor" in p for p in record_problems(rec))
+
+
+def test_wrong_values_are_every_other_passages_value(bundled):
+    for r in bundled["dev"]:
+        others = [p for i, p in enumerate(r["passages"]) if i != r["gold_index"]]
+        for passage, forms in zip(others, r["distractor_answers"]):
+            assert all(mentions(passage, f) for f in forms), (r["group"], r["lang"], forms)
+        if r["kind"] == "compare":  # the other option of the comparison is one of them
+            assert [r["distractor_answer"]] in r["distractor_answers"]
+
+
+def test_record_problems_catch_bad_wrong_values(bundled):
+    rec = dict(next(r for r in bundled["dev"] if r["kind"] == "number" and r["lang"] == "de"))
+    assert not record_problems(rec)
+    gold_as_wrong = {**rec, "distractor_answers": [*rec["distractor_answers"], list(rec["answers"])]}
+    assert any("is an accepted answer" in p for p in record_problems(gold_as_wrong))
+    absent = {**rec, "distractor_answers": [*rec["distractor_answers"], ["999 Monate"]]}
+    assert any("not in a distractor passage" in p for p in record_problems(absent))
+    missing = {**rec, "distractor_answers": [f for f in rec["distractor_answers"] if f[0] != rec["distractor_answer"]]}
+    assert any("not among distractor_answers" in p for p in record_problems(missing))
 
 
 def test_compare_and_which_model_answers_are_right():

@@ -12,6 +12,7 @@ from bcat.data.normalize import (
     first_line,
     has_letters,
     is_correct,
+    judge,
     normalize,
 )
 
@@ -90,3 +91,73 @@ def test_first_line_and_letters():
     assert first_line("\n\n") == ""
     assert has_letters("24 mois") and has_letters("२४ महीने") and has_letters("24か月")
     assert not has_letters("24") and not has_letters("２４") and not has_letters("- 24 -")
+
+
+# --- digit boundaries across punctuation and spaces (false negatives of the old matcher) -------------
+
+@pytest.mark.parametrize("prediction, answer", [
+    ("Model 3 24 months", "24 months"),          # Latin
+    ("12, 24", "24"),
+    ("12/24", "24"),
+    ("Modell 3: 24 Monate", "24 Monate"),
+    ("Modelo 3 — 24 meses", "24 meses"),
+    ("Modèle 3 : 24 mois", "24 mois"),
+    ("Mẫu 3, 24 tháng", "24 tháng"),
+    ("3. modell: 24 hónap", "24 hónap"),
+    ("Modelul 3, 24 de luni", "24 de luni"),
+    ("मॉडल 3: २४ महीने", "24 महीने"),             # Devanagari (digits of the script too)
+    ("१२, २४ महीने।", "24 महीने"),
+    ("モデル3、24か月", "24か月"),                  # Japanese comma
+    ("１２・２４か月", "24か月"),                    # full-width digits, katakana middle dot
+    ("型号3，24个月", "24个月"),                    # Chinese full-width comma
+    ("12、24个月", "24个月"),
+    ("รุ่น 3 24 เดือน", "24 เดือน"),               # Thai
+    ("๑๒ / ๒๔ เดือน", "24 เดือน"),
+])
+def test_numbers_apart_are_not_glued(prediction, answer):
+    assert is_correct(prediction, [answer])
+
+
+@pytest.mark.parametrize("prediction, answer", [
+    ("324 months", "24 months"), ("2.5 kg", "25 kg"), ("25 kg", "2,5 kg"), ("1224", "24"), ("３２４か月", "24か月"),
+])
+def test_numbers_still_glued_or_different(prediction, answer):
+    assert not is_correct(prediction, [answer])
+
+
+def test_separators_between_digits_are_one_mark():
+    assert normalize("1,000") == normalize("1.000") == normalize("1 000") == normalize("1 000") == "1 000"
+    assert normalize("2,5 kg") == normalize("2.5 kg") != normalize("25 kg")
+    assert normalize("KT-2450") == "kt2450" and normalize("24 mois") == "24mois"  # letter-digit joins stay
+
+
+# --- judge: strict, contains, exact -------------------------------------------------------------------
+
+MONTHS = (["24 months", "24"], [["12 months", "12"], ["36 months", "36"]])
+
+
+@pytest.mark.parametrize("prediction, strict, contains, exact, named", [
+    ("24 months", True, True, True, ()),
+    ("24", True, True, True, ()),
+    ("The warranty is 24 months.", True, True, False, ()),
+    ("24 months (KT-2450)", True, True, False, ()),              # a 4-digit code is no wrong value
+    ("12 months", False, False, False, (0,)),
+    ("12 months or 24 months", False, True, False, (0,)),
+    ("24 / 36", False, True, False, (1,)),
+    ("12, 24, 36", False, True, False, (0, 1)),
+    ("124 months", False, False, False, ()),
+    ("", False, False, False, ()),
+])
+def test_judge(prediction, strict, contains, exact, named):
+    j = judge(prediction, *MONTHS)
+    assert (j.strict, j.contains, j.exact, j.named) == (strict, contains, exact, named)
+
+
+def test_judge_containment_between_values():
+    # Chinese month names contain each other: 十一月 (November) holds 一月 (January)
+    assert judge("十一月", ["十一月"], [["一月"], ["十二月"]]).strict
+    assert not judge("十一月", ["一月"], [["十一月"]]).strict      # contains says yes, strict no
+    assert judge("十一月", ["一月"], [["十一月"]]).contains
+    assert not judge("一月和十一月", ["十一月"], [["一月"]]).strict
+    # without wrong values, strict is the contains rule
+    assert judge("12 or 24 months", ["24 months"]).strict

@@ -66,6 +66,15 @@ def test_load_valid_file(tmp_path):
     ({k: v for k, v in rec().items() if k != "question"}, 2, "question", "missing"),
     (rec(group=""), 2, "group", "non-empty"),
     (rec(group="g0"), 2, "lang", "already has"),
+    (rec(answers=["24 months", "…"]), 2, "answers", "item 1 .* no letters or digits"),
+    (rec(distractor_answers="12 months"), 2, "distractor_answers", "must be a list"),
+    (rec(distractor_answers=["12 months", 12]), 2, "distractor_answers", "item 1 must be a string or a non-empty"),
+    (rec(distractor_answers=[[]]), 2, "distractor_answers", "item 0 must be"),
+    (rec(distractor_answers=[["12 months", "?"]]), 2, "distractor_answers", "item 0 '\\?' has no letters"),
+    (rec(distractor_answers=[["12 months"], ["24 Months."]]), 2, "distractor_answers",
+     "item 1 '24 Months.' is an accepted answer"),
+    (rec(distractor_answer=["12 months"]), 2, "distractor_answer", "must be a string"),
+    (rec(unsupported_answer="24 months"), 2, "unsupported_answer", "is an accepted answer"),
     ("{not json", 2, None, "not valid JSON"),
     ("[1, 2]", 2, None, "JSON object"),
 ])
@@ -75,6 +84,18 @@ def test_validation_names_file_line_field(tmp_path, bad, line, field, message):
         load_items(path)
     assert (info.value.path, info.value.line, info.value.field) == (str(path), line, field)
     assert str(path) in str(info.value)
+
+
+def test_wrong_values_are_collected_in_order(tmp_path):
+    path = write(tmp_path / "qa.jsonl", [
+        rec(distractor_answers=[["12 months", "12"], "36 months"], distractor_answer="12 months",
+            unsupported_answer="30 months"),
+        rec("g2", distractor_answer="12 months"),
+        rec("g3")])
+    items = load_items(path)
+    assert items[0].candidates == (("12 months", "12"), ("36 months",), ("30 months",))
+    assert items[1].candidates == (("12 months",),)
+    assert items[2].candidates == ()  # no wrong values: strict accuracy is the contains rule here
 
 
 def test_missing_and_empty_files(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 
@@ -33,13 +34,19 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_chat_model_dir):
 def test_eval_writes_metrics_and_predictions(runs):
     metrics = json.loads((runs["plain"] / "metrics.json").read_text(encoding="utf-8"))
     for key in ("per_language", "english", "non_english_mean", "gap", "unseen_mean", "ci", "all_languages_correct",
-                "model", "data_fingerprint", "items", "items_sha256", "languages"):
+                "model", "data_fingerprint", "items", "items_sha256", "languages", "secondary"):
         assert key in metrics, key
-    assert metrics["languages"] == {"anchor": "en", "seen": ["en", "fr", "hi", "ja"], "unseen": ["th"]}
+    assert metrics["headline_metric"] == "strict_accuracy"
+    languages = metrics["languages"]
+    assert {k: languages[k] for k in ("anchor", "seen", "unseen")} == {
+        "anchor": "en", "seen": ["en", "fr", "hi", "ja"], "unseen": ["th"]}
+    assert "no training run" in languages["source"]  # a bare model directory: bcat's defaults, said so
     for lang in QA:
         per = metrics["per_language"][lang]
-        assert per["n"] == 3 and 0 <= per["accuracy"] <= 1 and 0 <= per["chrf3_recall"] <= 1
-        assert {"answer_language_rate", "consistency_with_en"} <= set(per)
+        assert per["n"] == 3 and all(0 <= per[m] <= 1 for m in ("strict_accuracy", "contains_accuracy",
+                                                                   "exact_match", "chrf"))
+        assert per["strict_accuracy"] <= per["contains_accuracy"]
+        assert {"answer_language_rate", "both_correct_with_en", "same_correctness_as_en", "same_answer_as_en"} <= set(per)
     assert metrics["ci"]["gap"] is not None and metrics["ci"]["resamples"] == 200
     assert len(metrics["items"]) == 15 and metrics["prompt_format"] == "plain"
     import hashlib
@@ -48,7 +55,8 @@ def test_eval_writes_metrics_and_predictions(runs):
     preds = [json.loads(l) for l in (runs["plain"] / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(preds) == 15
     for p in preds:
-        assert {"group", "lang", "prompt", "prediction", "answers", "correct", "chrf3_recall"} <= set(p)
+        assert {"group", "lang", "question", "prompt", "prediction", "answers", "wrong_values", "strict_correct",
+                "contains_answer", "exact_match", "named_wrong_values", "chrf"} <= set(p)
         assert "\n" not in p["prediction"]
         if p["group"] == "g2":  # answer_neutral: language not checked
             assert p["language_ok"] is None
@@ -115,17 +123,62 @@ def test_report_renders(runs, tmp_path):
                           "paraphrase": {"skipped": "not built"}}
     (runs["chat"] / "metrics.json").write_text(json.dumps(ood_metrics), encoding="utf-8")
     out = tmp_path / "report"
-    assert main(["report", str(runs["plain"]), str(runs["chat"]), "--output", str(out), "--bootstrap", "100"]) == 0
+    train_run = fake_training_run(tmp_path / "train")
+    assert main(["report", str(runs["plain"]), str(runs["chat"]), "--output", str(out), "--bootstrap", "100",
+                 "--train-run", str(train_run)]) == 0
     page = (out / "report.html").read_text(encoding="utf-8")
     md = (out / "report.md").read_text(encoding="utf-8")
-    assert page.count('<img src="data:image/png;base64,') == 3
+    assert page.count('<img src="data:image/png;base64,') == 4
     for lang in ("en English", "fr French", "hi Hindi", "ja Japanese", "th Thai (unseen)"):
         assert lang in page and lang in md
     assert "McNemar p" in page and "no significant change" in page  # the two-run verdict table
+    assert "Metric: strict_accuracy (the headline)" in md and "Headline: strict accuracy" in md
+    assert "strict accuracy (headline)" in md and "contains" in md  # every scorer, the headline named
     assert "arith" in page and "retrieval" in md and "0.125" in page and "layer: 2" in page
     assert "skipped: not built" in md
-    for png in ("headline.png", "accuracy.png", "answer_language.png"):
+    for png in ("headline.png", "accuracy.png", "answer_language.png", "training_loss.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
+    # example answers: per language, the question, the gold answer and each run's answer and verdict
+    examples = md[md.index("## Example answers"):md.index("## Training loss")]
+    preds = [json.loads(l) for l in (runs["plain"] / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    ja = [p for p in preds if p["lang"] == "ja"]
+    assert "### ja Japanese" in examples and ja[0]["question"] in examples and ja[0]["answers"][0] in examples
+    assert len(re.findall(r"^\| g\d \|", examples, flags=re.M)) == 15  # 3 groups x 5 languages
+    assert any(v in examples for v in ("| correct |", "| wrong |", "| empty |", "| also names", "| wrong value"))
+    assert str(train_run) in md
+
+
+def fake_training_run(run, anchor="en", languages=("en", "fr", "hi")):
+    """A `bcat train` output directory without weights: config.yaml, training_summary.json, train_log.jsonl."""
+    from bcat.config import load_config, to_yaml
+
+    run.mkdir(parents=True)
+    cfg = load_config(None, [f"data.anchor={anchor}", f"data.languages=[{','.join(languages)}]"])
+    (run / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    (run / "training_summary.json").write_text(json.dumps({"languages": sorted(languages)}), encoding="utf-8")
+    log = [{"step": s, "loss": 2.0 / s, "main_per_language": {l: (1.0 + k) / s for k, l in enumerate(languages)
+                                                               if (s + k) % 3}} for s in range(1, 9)]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log) + '{"step": 9, "lo',
+                                         encoding="utf-8")  # a line cut short by a kill is skipped
+    return run
+
+
+def test_training_runs_are_found_next_to_the_model(tmp_path):
+    from pathlib import Path
+
+    from bcat.evaluation.compare import Run
+    from bcat.evaluation.scoring import training_run_dir
+    from bcat.report.loss import read_train_log, training_logs
+
+    run = fake_training_run(tmp_path / "runs" / "bcat", anchor="fr", languages=("fr", "en", "ja"))
+    (run / "model").mkdir()
+    assert training_run_dir(str(run / "model")) == run and training_run_dir(str(run)) == run
+    assert training_run_dir("builtin:gemma3-270m") is None and training_run_dir(str(tmp_path)) is None
+    logs = training_logs([Run(Path("e1"), {"model": str(run / "model")}, {}), Run(Path("e2"), {"model": str(run)}, {})])
+    assert len(logs) == 1 and logs[0].path == run and len(logs[0].entries) == 8
+    assert logs[0].languages() == ["fr", "en", "ja"]  # the anchor first
+    with pytest.raises(Exception, match="no train_log.jsonl"):
+        read_train_log(tmp_path)
 
 
 def test_report_single_run_defaults_to_its_directory(runs):

@@ -219,8 +219,10 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(autouse=True)
 def short_texts(monkeypatch):
-    """Truncate articles and passages to 128 tokens: the tiny byte-level tokenizer makes long sequences."""
+    """Truncate articles and passages to 128 tokens (the tiny byte-level tokenizer makes long sequences)
+    and MGSM solutions to 8 tokens (a random model never closes a box)."""
     monkeypatch.setattr(ood, "MAX_LENGTH", 128)
+    monkeypatch.setattr(ood, "MGSM_NEW_TOKENS", 8)
 
 
 def test_sequence_nll_matches_the_model_loss_and_ignores_padding(tiny):
@@ -278,15 +280,17 @@ def test_run_ood_end_to_end(tiny, caplog):
     model.train()
     result = ood.run_ood(model, tok, languages=["en", "ja", "ar"], limit=2, batch_size=2)
     assert model.training  # the mode is restored
-    assert list(result) == ["lastword", "retrieval", "arith", "paraphrase"]
+    assert list(result) == ["lastword", "retrieval", "mgsm", "paraphrase"]  # arith is opt-in
     for lang in ("en", "ja", "ar"):
         row = result["lastword"][lang]
         assert 0.0 <= row["accuracy"] <= 1.0 and row["n"] == 2 and row["ppl"] > 1 and math.isfinite(row["ppl"])
     assert set(result["retrieval"]) == {"ja", "ar", "layer"}
     assert 0.0 <= result["retrieval"]["ja"]["top1"] <= 1.0
-    assert set(result["arith"]) == {"en", "ja"}  # no Arabic problems; a warning says so
-    assert result["arith"]["en"]["n"] == 2 and 0.0 <= result["arith"]["en"]["accuracy"] <= 1.0
-    assert "ar" in caplog.text
+    assert set(result["mgsm"]) == {"en", "ja"}  # no Arabic problems; a warning says so
+    assert result["mgsm"]["en"]["n"] == 2 and 0.0 <= result["mgsm"]["en"]["accuracy"] <= 1.0
+    assert "no mgsm items for ['ar']" in caplog.text
+    arith = ood.run_ood(model, tok, languages=["en", "ar"], tasks=["arith"], limit=2, batch_size=2)["arith"]
+    assert set(arith) == {"en"} and arith["en"]["n"] == 2 and 0.0 <= arith["en"]["accuracy"] <= 1.0
     assert re.search("paraphrase", result["paraphrase"]["skipped"])
     json.dumps(result)  # plain JSON for reports
 

@@ -17,13 +17,14 @@ from bcat.evaluation.compare import (
     compare_runs,
     format_table,
 )
-from bcat.evaluation.evaluate import RagOptions, score_outputs
+from bcat.evaluation.scoring import ScoringOptions, score_outputs
 
 ANSWERS = {"en": "{n} months", "fr": "{n} mois", "de": "{n} Monate", "th": "{n} เดือน"}
 
 
 def items(n_groups=4, langs=("en", "fr", "de", "th")):
-    return [RagItem(f"g{g}", lang, "q?", ("p",), (ANSWERS[lang].format(n=10 + g),))
+    return [RagItem(f"g{g}", lang, "q?", ("p",), (ANSWERS[lang].format(n=10 + g),),
+                    candidates=((ANSWERS[lang].format(n=90 + g),),))
             for g in range(n_groups) for lang in langs]
 
 
@@ -37,26 +38,48 @@ def test_summary_known_values():
     # en right everywhere; fr right in g0, g1; de right in g0; th (unseen) right in g0, g1, g2
     right = {"en": 4, "fr": 2, "de": 1, "th": 3}
     outs = outputs_for(its, lambda i: int(i.group[1:]) < right[i.lang])
-    summary, preds = score_outputs(its, outs, RagOptions(unseen=["th", "vi"], bootstrap=300))
-    assert summary["languages"] == {"anchor": "en", "seen": ["en", "de", "fr"], "unseen": ["th"]}
+    summary, preds = score_outputs(its, outs, ScoringOptions(seen=["en", "de", "fr", "es"], bootstrap=300,
+                                                             languages_source="test"))
+    assert summary["languages"] == {"anchor": "en", "seen": ["en", "de", "fr"], "unseen": ["th"], "source": "test"}
+    assert summary["headline_metric"] == "strict_accuracy" and summary["ci"]["metric"] == "strict_accuracy"
     assert summary["english"] == 1.0
     assert summary["non_english_mean"] == pytest.approx((0.5 + 0.25) / 2)
     assert summary["gap"] == pytest.approx(1 - 0.375)
     assert summary["unseen_mean"] == 0.75
     assert summary["all_languages_correct"] == 0.25 and summary["n_groups_all_languages"] == 4
-    assert summary["per_language"]["fr"]["consistency_with_en"] == 0.5
+    assert summary["per_language"]["fr"]["same_correctness_as_en"] == 0.5
+    assert summary["per_language"]["fr"]["both_correct_with_en"] == 0.5
+    assert summary["per_language"]["fr"]["same_answer_as_en"] == 0.5
     assert summary["per_language"]["th"]["answer_language_rate"] == 1.0
+    # the wrong answers were the listed wrong value: every scorer agrees here
+    assert summary["secondary"]["contains_accuracy"]["gap"] == pytest.approx(summary["gap"])
+    assert summary["secondary"]["exact_match"]["unseen_mean"] == 0.75
     ci = summary["ci"]
     assert ci["english"] == [1.0, 1.0] and ci["unit"] == "group" and ci["resamples"] == 300
     lo, hi = ci["gap"]
     assert lo <= summary["gap"] <= hi
     assert set(ci["per_language"]) == {"en", "de", "fr", "th"}
-    assert preds[0]["prediction"] == "10 months" and preds[0]["correct"] is True
+    assert preds[0]["prediction"] == "10 months" and preds[0]["strict_correct"] is True
+    assert preds[0]["question"] == "q?" and preds[0]["wrong_values"] == [["90 months"]]
+
+
+def test_summary_headline_is_strict_and_secondary_is_contains():
+    its = items(n_groups=4, langs=("en", "fr"))
+    # French names the gold AND the wrong value in groups 0 and 1: contains 1.0, strict 0.5
+    outs = [i.answers[0] + (" / " + i.candidates[0][0] if i.lang == "fr" and i.group in ("g0", "g1") else "")
+            for i in its]
+    summary, preds = score_outputs(its, outs, ScoringOptions(seen=["en", "fr"], bootstrap=100))
+    assert summary["english"] == 1.0 and summary["non_english_mean"] == 0.5 and summary["gap"] == 0.5
+    contains = summary["secondary"]["contains_accuracy"]
+    assert contains["non_english_mean"] == 1.0 and contains["gap"] == 0.0
+    assert summary["per_language"]["fr"]["names_wrong_value_rate"] == 0.5
+    fr0 = next(p for p in preds if p["lang"] == "fr" and p["group"] == "g0")
+    assert fr0["contains_answer"] and not fr0["strict_correct"] and fr0["named_wrong_values"] == ["90 mois"]
 
 
 def test_summary_without_english_or_unseen():
     its = items(langs=("fr", "de"))
-    summary, _ = score_outputs(its, outputs_for(its, lambda i: True), RagOptions(bootstrap=50))
+    summary, _ = score_outputs(its, outputs_for(its, lambda i: True), ScoringOptions(bootstrap=50))
     assert summary["english"] is None and summary["gap"] is None and summary["unseen_mean"] is None
     assert summary["non_english_mean"] == 1.0 and summary["ci"]["gap"] is None
 

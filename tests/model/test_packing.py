@@ -25,6 +25,10 @@ from bcat.data.tokenization import Example, tokenize_records
 from bcat.model.forward import (
     PolicyForward,
     check_packed_forward,
+    check_selective_head,
+    describe_forward_path,
+    exactness_tolerance,
+    forward_path,
     packed_inputs,
     sequence_logps,
 )
@@ -142,6 +146,8 @@ def real_batches(tiny_model_dir):
 
 
 ALIGN_ON = AlignmentConfig(hidden_weight=0.3, output_weight=0.1, token_kl_weight=0.1)
+STATS = (torch.linspace(-0.1, 0.1, 192).repeat(2, 1), torch.linspace(0.5, 2.0, 192).repeat(2, 1))
+"""A fixed (mean, scale) per layer for the tiny model's 192-wide states."""
 
 
 @pytest.mark.parametrize("objective", [
@@ -161,7 +167,7 @@ def test_compute_loss_packed_equals_plain(tiny_model_dir, real_batches, objectiv
     for batch in real_batches:
         model.zero_grad()
         out = compute_loss(policy, batch, objective, ALIGN_ON, hidden_layers=(1, 2),
-                           reference=lambda b: reference_logps(ref_model, b))
+                           reference=lambda b: reference_logps(ref_model, b), standardization=STATS)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((out, grads))
@@ -219,3 +225,54 @@ def test_mistral_style_window_on_every_layer():
     with torch.no_grad():
         plain, packed = _both(PolicyForward(model), batch)
     assert (plain["token_logps"] - packed["token_logps"]).abs().max() < TOL
+
+
+# ----------------------------------------------------------------------------- bf16 / fp16 and the record
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_start_up_checks_pass_in_half_precision(model_dirs, arch, dtype, caplog):
+    """The exactness checks keep the fast paths on a model loaded in bf16 / fp16 (tolerances scale with the dtype)."""
+    extra = {"layer_types": GEMMA_LAYERS, "sliding_window": 9} if arch == "gemma3" else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dirs[arch], dtype=dtype, attn_implementation="sdpa", **extra)
+    policy = PolicyForward(model)
+    vocab = model.get_input_embeddings().num_embeddings
+    with caplog.at_level(logging.WARNING, logger="bcat.model.forward"):
+        assert check_selective_head(policy, vocab, torch.device("cpu"))
+        assert check_packed_forward(policy, vocab, torch.device("cpu"), 1, (1, 2))
+    assert policy.checks == {} and not caplog.records
+    assert forward_path(policy, True) == {"packed": True, "head_at_scored_positions": True}
+
+
+def test_exactness_tolerance():
+    assert exactness_tolerance(torch.float32, torch.tensor([-12.0, 3.0])) == 1e-4
+    # bf16: 8 rounding steps (eps 2^-7) of the largest magnitude, 12
+    assert exactness_tolerance(torch.bfloat16, torch.tensor([-12.0, 3.0])) == pytest.approx(8 * 2 ** -7 * 12)
+    assert exactness_tolerance(torch.float16, torch.tensor([0.5])) == pytest.approx(8 * 2 ** -10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_head_that_is_not_reproduced_is_refused_with_its_reason(model_dirs, monkeypatch, caplog, dtype):
+    model = AutoModelForCausalLM.from_pretrained(model_dirs["llama"], dtype=dtype)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)  # logits of a trained model's size (units to tens), not a random one's
+    policy = PolicyForward(model)
+    monkeypatch.setattr(forward, "_softcap", lambda logits, config: 1.5 * logits)  # a head we would get wrong
+    with caplog.at_level(logging.WARNING, logger="bcat.model.forward"):
+        assert not check_selective_head(policy, 500, torch.device("cpu"))
+    assert "max log-prob difference" in caplog.text and "tolerance" in caplog.text
+    path = forward_path(policy, False)
+    assert path["head_at_scored_positions"] is False and "max log-prob difference" in path["head_reason"]
+    assert "every position" in describe_forward_path(path)
+
+
+def test_a_refused_packing_is_recorded_with_its_reason(model_dirs, monkeypatch):
+    policy = PolicyForward(_load(model_dirs, "llama", "sdpa"))
+    real = forward.packed_attention_mask
+    monkeypatch.setattr(forward, "packed_attention_mask",
+                        lambda s, p, c, d: real(s.masked_fill(s == 1, 0), p, c, d))  # rejected sees chosen
+    assert not check_packed_forward(policy, 500, torch.device("cpu"))
+    path = forward_path(policy, True)
+    assert path["packed"] is False and "chosen->rejected leak" in path["packed_reason"]
+    assert describe_forward_path(path).startswith("plain rows (packing failed its start-up check)")

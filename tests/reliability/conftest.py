@@ -27,7 +27,8 @@ def train(tiny_model_dir, capsys):
     def run(out, data, *overrides, model=None, resume=False, debug=False, steps=2) -> Result:
         argv = (["--debug"] if debug else []) + ["train"] + (["--resume"] if resume else [])
         argv += [f"model.path={model or tiny_model_dir}", f"data.train={data}", f"training.output_dir={out}",
-                 f"training.max_steps={steps}", "batch.groups_per_batch=1", "training.threads=1", *overrides]
+                 f"training.max_steps={steps}", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", "training.threads=1",
+                  *overrides]
         capsys.readouterr()
         rc = main(argv)
         cap = capsys.readouterr()

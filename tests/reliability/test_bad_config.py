@@ -39,6 +39,21 @@ BAD_OVERRIDES = [
     ("model.lora_dropout=1.5", ["'model.lora_dropout'"]),
     ("model.dtype=float8", ["model.dtype must be auto, float32, bfloat16 or float16"]),
     ("model.lora_target_modules=[foo_proj]", ["model.lora_target_modules", "match no linear layer"]),
+    # one unmatched name among matched ones is an error too, never silently dropped
+    ("model.lora_target_modules=[q_proj,foo_proj]", ["model.lora_target_modules: ['foo_proj'] match no linear layer"]),
+    ("batch.languages_per_group=0", ["'batch.languages_per_group' must be positive or null, got 0"]),
+    ("training.threads=0", ["'training.threads' must be positive or null, got 0"]),
+    ("training.grad_ratio_steps=-1", ["'training.grad_ratio_steps'"]),
+    ("alignment.hidden_standardize=whiten", ["'alignment.hidden_standardize' must be one of"]),
+    ("alignment.hidden_stats_records=1", ["'alignment.hidden_stats_records' must be at least 2"]),
+    # InfoNCE's negatives are the other groups' anchors: with one group per micro-batch it is always 0
+    ("alignment.hidden_loss=infonce", ["alignment.hidden_loss=infonce with batch.groups_per_batch=1 is identically 0",
+                                       "set batch.groups_per_batch=2 or more, or alignment.hidden_loss=cosine"]),
+    # the tiny model has 4 layers: checked against its config.json before any data or weights are read
+    ("alignment.hidden_layers=[2,5]", ["'alignment.hidden_layers' has [5]", "4 transformer layers",
+                                       "0 (embeddings) to 4"]),
+    ("alignment.hidden_layers=[0]", ["'alignment.hidden_layers' holds 0, the embedding output"]),
+    ("alignment.hidden_layers=[-1]", ["'alignment.hidden_layers' must list indices into hidden_states"]),
     ("data.train=", ["config key 'data.train'"]),
     ("justaword", ["override 'justaword' must look like key=value"]),
 ]
@@ -93,10 +108,11 @@ def test_unreadable_config_files(tmp_path, capsys):
 def test_world_size_that_leaves_a_rank_without_a_group(tmp_path, data, capsys, tiny_model_dir):
     """4 groups on 5 ranks: refused by ``bcat plan`` and by the sampler every rank of ``bcat train`` builds."""
     rc = main(["plan", "--world-size", "5", "--json", f"data.train={data}", "objective.name=dpo",
-               "batch.groups_per_batch=1"])
+               "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", f"model.path={tiny_model_dir}"])
     cap = capsys.readouterr()
     assert_clean_failure(Result(rc, cap.out, cap.err), "4 group(s) for world size 5 leaves a rank with no group")
-    cfg = load_config(None, [f"data.train={data}", "objective.name=dpo", "batch.groups_per_batch=1"])
+    cfg = load_config(None, [f"data.train={data}", "objective.name=dpo", "batch.groups_per_batch=1",
+                             "alignment.hidden_loss=cosine"])
     records, _ = load_records(data, "dpo")
     examples = tokenize_records(records, load_tokenizer(tiny_model_dir), 64)
     for rank in range(5):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -77,7 +78,7 @@ def test_sigkill_mid_training_then_resume_is_bitwise_identical(tmp_path, train, 
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(4))
     steps = 20
     args = [f"model.path={tiny_model_dir}", f"data.train={data}", f"training.max_steps={steps}",
-            "batch.groups_per_batch=1", *COMMON]
+            "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", *COMMON]
     killed = tmp_path / "killed"
     stderr = open(tmp_path / "killed.stderr", "w")
     proc = subprocess.Popen([sys.executable, "-m", "bcat.cli", "train", *args, f"training.output_dir={killed}"],
@@ -133,6 +134,47 @@ def test_nan_loss_stops_with_step_term_and_languages_and_the_checkpoint_resumes(
     assert train(full, data, *COMMON, "alignment.hidden_weight=0.3", steps=5).rc == 0
     assert_bitwise_equal(full, out)
     assert log(out) == log(full)
+
+
+class InfiniteGradient(torch.autograd.Function):
+    """Identity forward, infinite backward: a finite loss whose gradient is not (like ORPO's log(1 - p)
+    when the mean log-prob rounds to 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_finite_loss_with_infinite_gradient_stops_with_step_term_and_languages(tmp_path, train, monkeypatch):
+    data = write_jsonl(tmp_path / "d.jsonl", parallel_records(3))
+    real, calls = bcat.training.losses.output_agreement_loss, {"n": 0}
+
+    def poisoned(probs, *args, **kwargs):  # from the 3rd step on, the output term's gradient is not finite, its value is
+        calls["n"] += 1
+        value = real(probs, *args, **kwargs)
+        # (+ 0 * f(probs) with an infinite backward: a finite value, a nan gradient into every probability)
+        return value + 0.0 * InfiniteGradient.apply(probs.sum()) if calls["n"] >= 3 else value
+
+    monkeypatch.setattr(bcat.training.losses, "output_agreement_loss", poisoned)
+    out = tmp_path / "out"
+    result = train(out, data, *COMMON, "alignment.output_weight=0.1", steps=5)
+    assert_clean_failure(result, "non-finite gradient at step 3", "output (languages in the micro-batch: "
+                         "['de', 'en', 'fr'])", "the last checkpoint is intact")
+    assert "main" not in result.err.split("non-finite gradient")[1].split("(languages")[0]
+    assert checkpoint_steps(out) == [1, 2]
+    assert not (out / "model").exists() and not (out / "training_summary.json").exists()
+    logged = log(out)
+    assert [e["step"] for e in logged] == [1, 2] and all(math.isfinite(e["loss"]) for e in logged)
+
+    monkeypatch.undo()
+    assert train(out, data, *COMMON, "alignment.output_weight=0.1", steps=5, resume=True).rc == 0
+    full = tmp_path / "full"
+    assert train(full, data, *COMMON, "alignment.output_weight=0.1", steps=5).rc == 0
+    assert_bitwise_equal(full, out)
 
 
 def test_inf_in_a_term_is_caught_too(tmp_path, train, monkeypatch):

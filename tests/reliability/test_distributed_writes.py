@@ -13,6 +13,7 @@ from helpers import parallel_records, write_jsonl
 from reliability.support import guard_env, guard_events, tree
 
 ARGS = ["objective.name=orpo", "training.max_steps=3", "training.save_steps=1", "batch.groups_per_batch=1",
+        "alignment.hidden_loss=cosine",
         "training.threads=1", "training.log_batch_items=true"]
 PROBE = ".bcat-write-test-"  # rank 0 checks that the output directory is writable with an empty file it deletes
 

@@ -81,18 +81,26 @@ def _keyword(node: ast.Call, name: str):
 
 
 def test_source_reads_torch_files_with_weights_only_and_never_unpickles():
+    """No pickle is read back: checkpoints are safetensors + JSON (no ``torch.load`` is needed at all); any
+    ``torch.load`` would have to say ``weights_only=True``; accelerate's ``load_state`` (which unpickles objects
+    registered for checkpointing) and torch.distributed.checkpoint's reader (a pickled ``.metadata``) are not used."""
     loads = list(_calls("load"))
-    torch_loads = [(p, n) for p, n in loads if isinstance(n.func.value, ast.Name) and n.func.value.id == "torch"]
-    assert torch_loads, "the optimizer state is read with torch.load"
-    for path, node in torch_loads:
-        value = _keyword(node, "weights_only")
-        assert isinstance(value, ast.Constant) and value.value is True, f"{path}:{node.lineno}"
+    for path, node in loads:
+        base = node.func.value
+        if isinstance(base, ast.Name) and base.id == "torch":
+            value = _keyword(node, "weights_only")
+            assert isinstance(value, ast.Constant) and value.value is True, f"{path}:{node.lineno}"
     for path, node in loads + list(_calls("loads")) + list(_calls("unsafe_load")):
         base = node.func.value
         if isinstance(base, ast.Name):
             assert base.id not in ("pickle", "dill", "cloudpickle", "marshal"), f"{path}:{node.lineno}"
             if base.id == "yaml":
                 assert node.func.attr == "safe_load", f"{path}:{node.lineno}"
+    for name in ("load_state", "FileSystemReader", "load_custom_state"):
+        assert not list(_calls(name)), name
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "FileSystemReader" not in text and "import pickle" not in text, path
     for path, node in _calls("from_pretrained"):  # nobody turns remote code on by itself
         value = _keyword(node, "trust_remote_code")
         assert not (isinstance(value, ast.Constant) and value.value is True), f"{path}:{node.lineno}"
@@ -108,20 +116,28 @@ def test_weights_load_as_safetensors_only():
         assert isinstance(value, ast.Constant) and value.value is True, f"{path}:{node.lineno}"
 
 
-def test_resume_reads_the_optimizer_state_with_weights_only(tmp_path, train, data):
-    """A checkpoint whose optimizer.pt carries a pickle payload is refused on resume; the payload never runs."""
+def test_checkpoints_hold_only_safetensors_and_json_and_a_pickle_in_them_is_refused(tmp_path, train, data):
+    """Every file of a checkpoint is safetensors or JSON. A checkpoint file replaced by a pickle payload (what
+    ``torch.save`` writes) is refused on resume with a clear error; the payload never runs."""
     out = tmp_path / "out"
     assert train(out, data, "training.save_steps=1", steps=3).rc == 0
     (out / "training_summary.json").unlink()
-    evil = out / "checkpoints" / "step-00000002" / "optimizer.pt"
+    ckpt = out / "checkpoints" / "step-00000002"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer.safetensors", "rng.safetensors", "state.json",
+                                                       "trainable.safetensors"]
     marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
     torch.save({"state": {}, "param_groups": [], "x": _Payload(marker)}, evil)
     torch.load(evil, weights_only=False)  # the payload is live: a plain torch.load runs it
     assert marker.exists()
     marker.unlink()
-    result = train(out, data, "training.save_steps=1", steps=3, resume=True)
-    assert_clean_failure(result, "step-00000002 cannot be read safely", "UnpicklingError")
-    assert not marker.exists()
+    for name in ("optimizer.safetensors", "trainable.safetensors", "rng.safetensors"):
+        good = (ckpt / name).read_bytes()
+        (ckpt / name).write_bytes(evil.read_bytes())
+        result = train(out, data, "training.save_steps=1", steps=3, resume=True)
+        assert_clean_failure(result, "step-00000002 cannot be read safely", "SafetensorError")
+        assert not marker.exists()
+        (ckpt / name).write_bytes(good)
 
 
 # ----------------------------------------------------------------------------------------------- remote code
@@ -190,7 +206,8 @@ def test_train_runs_with_the_network_blocked(tmp_path, tiny_model_dir, data):
     env, events = guard_env(tmp_path, network=True)
     out = tmp_path / "out"
     done = run_cli(["train", f"model.path={tiny_model_dir}", f"data.train={data}", f"training.output_dir={out}",
-                    "training.max_steps=2", "batch.groups_per_batch=1", "objective.name=dpo"], env=env)
+                    "training.max_steps=2", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine",
+                    "objective.name=dpo"], env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "model" / "adapter_model.safetensors").exists()
     assert_no_network(events)

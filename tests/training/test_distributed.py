@@ -15,6 +15,7 @@ from helpers import parallel_records, qa_records, write_jsonl
 COMMON = ["objective.name=orpo", "training.max_steps=3", "batch.groups_per_batch=1", "training.lr_scheduler=constant",
           "training.learning_rate=5e-3", "training.log_batch_items=true", "training.threads=1",
           "alignment.hidden_loss=cosine"]
+TERMS = ("loss", "main", "hidden", "output", "grad_norm")
 
 
 def run_bcat(argv, processes: int) -> None:
@@ -46,8 +47,8 @@ def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_mo
         # The same records per optimizer step: 2 micro-batches on one rank == 1 micro-batch on each of 2 ranks.
         assert sorted(map(tuple, sum(a["items_per_rank"][0], []))) == sorted(
             map(tuple, sum((rank[0] for rank in b["items_per_rank"]), [])))
-        for key in ("loss", "main", "hidden", "output"):
-            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+        for key in TERMS:
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
         for lang in a["main_per_language"]:
             assert a["main_per_language"][lang] == pytest.approx(b["main_per_language"][lang], abs=1e-4)
         # No group is ever split across the two ranks.
@@ -55,6 +56,59 @@ def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_mo
         assert not groups[0] & groups[1]
     summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
     assert summary["world_size"] == 2
+
+
+def uneven_records(objective: str) -> list[dict]:
+    """Two groups whose answers differ in length (2 vs ~12 tokens): micro-batches of different token counts."""
+    recs = parallel_records(2, langs=("en", "fr", "de"), objective="sft" if objective == "sft" else "dpo")
+    for r in recs:
+        if r["group"] == "g1":
+            for key in ("completion", "chosen"):
+                if key in r:
+                    r[key] += " and then some more words after the number to make it long"
+    return recs
+
+
+def _log(out):
+    return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", ["orpo", "sft"])
+def test_accumulation_equals_one_batch_with_uneven_token_counts(tmp_path, tiny_model_dir, objective):
+    """One micro-batch holding both groups == 2 micro-batches of 1 group accumulated: the same loss, terms and
+    gradient norm at every step, although the two micro-batches hold very different numbers of tokens
+    (a per-micro-batch token mean, averaged, would weigh the short group's tokens ~3x more)."""
+    data = write_jsonl(tmp_path / "d.jsonl", uneven_records(objective))
+    base = [f"model.path={tiny_model_dir}", f"data.train={data}", *COMMON, f"objective.name={objective}",
+            "training.grad_ratio_steps=0"]
+    bcat_train([*base, f"training.output_dir={tmp_path / 'one'}", "batch.groups_per_batch=2",
+                "training.gradient_accumulation_steps=1"], 1)
+    bcat_train([*base, f"training.output_dir={tmp_path / 'acc'}", "batch.groups_per_batch=1",
+                "training.gradient_accumulation_steps=2"], 1)
+    one, acc = _log(tmp_path / "one"), _log(tmp_path / "acc")
+    for a, b in zip(one, acc):
+        assert sorted(map(tuple, sum(a["items_per_rank"][0], []))) == sorted(map(tuple, sum(b["items_per_rank"][0], [])))
+        for key in TERMS:
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+    # the micro-batches really were uneven
+    lengths = {g: len(r.get("completion", r.get("chosen"))) for r in uneven_records(objective) for g in [r["group"]]}
+    assert lengths["g1"] > 5 * lengths["g0"]
+
+
+def test_two_ranks_equal_one_batch_with_uneven_token_counts(tmp_path, tiny_model_dir):
+    """The same records split over 2 processes (one group each, very different token counts) == one process
+    with both groups in one micro-batch: loss, terms and gradient norm."""
+    data = write_jsonl(tmp_path / "d.jsonl", uneven_records("orpo"))
+    base = [f"model.path={tiny_model_dir}", f"data.train={data}", *COMMON, "training.grad_ratio_steps=0"]
+    bcat_train([*base, f"training.output_dir={tmp_path / 'one'}", "batch.groups_per_batch=2"], 1)
+    bcat_train([*base, f"training.output_dir={tmp_path / 'two'}", "batch.groups_per_batch=1"], 2)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        assert sorted(map(tuple, a["items_per_rank"][0][0])) == sorted(
+            map(tuple, sum((rank[0] for rank in b["items_per_rank"]), [])))
+        for key in TERMS:
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
 
 
 def test_eval_on_two_processes_equals_one_process(tmp_path, tiny_model_dir):

@@ -16,11 +16,16 @@ from bcat.model.forward import masked_mean_pool
 from bcat.training.losses import (
     anchor_index,
     dpo_loss,
+    dpo_preference_probability,
+    fit_standardization,
     hidden_alignment_loss,
     log1mexp,
     orpo_loss,
+    orpo_preference_probability,
     output_agreement_loss,
+    sft_answer_probability,
     sft_loss,
+    standardize,
     token_kl_loss,
 )
 
@@ -227,6 +232,88 @@ def test_hidden_zero_when_nothing_to_align(kind, anchors):
     assert (pooled.grad == 0).all()
 
 
+def test_fit_standardization_hand_values():
+    pooled = t([[1.0, 10.0, 5.0], [3.0, 10.0, 5.0], [5.0, 10.0, 5.0]])  # dims 1, 2 never vary
+    mean, scale = fit_standardization(pooled, "standardize")
+    approx(mean, [3.0, 10.0, 5.0])
+    # sample std of [1, 3, 5] = 2; constant dims get the floor 1e-6 * mean std = 1e-6 * 2/3
+    approx(scale, [2.0, 2e-6 / 3, 2e-6 / 3], tol=1e-9)
+    approx(fit_standardization(pooled, "center")[1], [1.0, 1.0, 1.0])
+    m, sc = fit_standardization(pooled, "none")
+    approx(m, [0.0, 0.0, 0.0]) and approx(sc, [1.0, 1.0, 1.0])
+    approx(standardize(pooled, mean, scale)[:, 0], [-1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_standardization(pooled[:1])
+
+
+def test_hidden_cosine_on_standardised_states_hand_values():
+    # mean [1, 1], scale [2, 0.5]: anchor [3, 1] -> z [1, 0]; variant [1, 1.5] -> z [0, 1] (cos 0 -> loss 1);
+    # variant [5, 1] -> z [2, 0] (cos 1 -> loss 0); mean over the two variants 0.5
+    pooled = t([[3.0, 1.0], [1.0, 1.5], [5.0, 1.0]])
+    groups, anchors = torch.tensor([0, 0, 0]), torch.tensor([T, F, F])
+    loss = hidden_alignment_loss(pooled, groups, anchors, kind="cosine", mean=t([1.0, 1.0]), scale=t([2.0, 0.5]))
+    approx(loss, 0.5)
+    approx(hidden_alignment_loss(pooled, groups, anchors, kind="cosine", mean=t([1.0, 1.0]), scale=t([2.0, 0.5]),
+                                 reduction="sum"), 1.0)
+
+
+def _offset_states(offset: float, seed: int = 0):
+    """Two items in four languages: item content + language noise + one huge common dimension
+    (a massive activation) + small shared values elsewhere, like a decoder's pooled states."""
+    gen = torch.Generator().manual_seed(seed)
+    dim, items, langs = 32, 6, 4
+    content = torch.randn(items, dim, generator=gen)
+    noise = 0.6 * torch.randn(items, langs, dim, generator=gen)
+    states = content[:, None, :] + noise
+    states[..., 0] += offset  # the massive dimension
+    states[..., 1:] += 3.0
+    states = states.reshape(items * langs, dim)
+    groups = torch.arange(items).repeat_interleave(langs)
+    anchors = torch.tensor([lang == 0 for _ in range(items) for lang in range(langs)])
+    return states, groups, anchors
+
+
+def _parallel_minus_nonparallel(z, groups, anchors):
+    zn = torch.nn.functional.normalize(z, dim=-1)
+    sims = zn[~anchors] @ zn[anchors].T
+    own = groups[~anchors][:, None] == groups[anchors][None, :]
+    return (sims[own].mean() - sims[~own].mean()).item()
+
+
+@pytest.mark.parametrize("offset", [0.0, 5000.0])
+def test_standardised_term_separates_parallel_from_non_parallel_despite_a_common_offset(offset):
+    states, groups, anchors = _offset_states(offset)
+    mean, scale = fit_standardization(states)
+    z = standardize(states, mean, scale)
+    # raw cosines see nothing once the offset is large; standardised ones always separate the items
+    assert _parallel_minus_nonparallel(z, groups, anchors) > 0.5
+    if offset:
+        assert _parallel_minus_nonparallel(states, groups, anchors) < 1e-3
+    # the term itself: the parallel assignment costs far less than a non-parallel one (another item's anchor)
+    shuffled = torch.roll(groups.view(-1, 4), 1, dims=0).flatten()  # each item's variants paired with the next anchor
+    wrong = torch.where(anchors, groups, shuffled)
+    for kind in ("cosine", "infonce"):
+        right = hidden_alignment_loss(states, groups, anchors, kind=kind, mean=mean, scale=scale)
+        other = hidden_alignment_loss(states, wrong, anchors, kind=kind, mean=mean, scale=scale)
+        assert other - right > 0.5, kind
+    raw_right = hidden_alignment_loss(states, groups, anchors, kind="cosine")
+    raw_wrong = hidden_alignment_loss(states, wrong, anchors, kind="cosine")
+    if offset:
+        assert raw_wrong - raw_right < 1e-4  # the raw term can hardly tell them apart: inert
+
+
+def test_standardised_term_gradient_acts_despite_a_common_offset():
+    states, groups, anchors = _offset_states(5000.0)
+    mean, scale = fit_standardization(states)
+    raw = states.clone().requires_grad_(True)
+    hidden_alignment_loss(raw, groups, anchors, kind="cosine").backward()
+    std = states.clone().requires_grad_(True)
+    hidden_alignment_loss(std, groups, anchors, kind="cosine", mean=mean, scale=scale).backward()
+    # per unit of the states' own spread, the standardised gradient is orders of magnitude larger
+    spread = states.std(0)
+    assert (std.grad * spread).norm() > 100 * (raw.grad * spread).norm()
+
+
 def test_hidden_unknown_kind():
     with pytest.raises(ValueError, match="unknown hidden alignment kind"):
         hidden_alignment_loss(t([[1.0]]), torch.tensor([0]), torch.tensor([T]), kind="l1")
@@ -235,28 +322,61 @@ def test_hidden_unknown_kind():
 # ---------------------------------------------------------------------------------- output agreement
 
 
-def test_output_agreement_hand_values_and_detach():
-    # g0: anchor 1.0, variants 3.0 and 0.0 -> (2^2 + 1^2)/2 = 2.5 ; row 3 (g1, no anchor) ignored
-    scores = t([1.0, 3.0, 0.0, 5.0], requires_grad=True)
+def test_output_agreement_pulls_only_up_hand_values():
+    # g0: anchor p = 0.8; variant 0.5 is below it (0.3^2 = 0.09), variant 0.9 is above it (0);
+    # row 3 (g1, no anchor) ignored -> mean over the 2 anchored variants = 0.045
+    probs = t([0.8, 0.5, 0.9, 0.1], requires_grad=True)
     groups, anchors = torch.tensor([0, 0, 0, 1]), torch.tensor([T, F, F, F])
-    loss = output_agreement_loss(scores, groups, anchors)
-    approx(loss, 2.5)
+    loss = output_agreement_loss(probs, groups, anchors)
+    approx(loss, (0.3 ** 2 + 0.0) / 2)
     loss.backward()
-    # d/ds_v (s_v - 1)^2 / 2 = s_v - 1 -> [0 (detached anchor), 2, -1, 0]
-    approx(scores.grad, [0.0, 2.0, -1.0, 0.0])
+    # d/dp_v relu(0.8 - p_v)^2 / 2 = -(0.8 - p_v) -> [0 (detached anchor), -0.3, 0 (above its anchor), 0]
+    approx(probs.grad, [0.0, -0.3, 0.0, 0.0])
 
-    scores.grad = None
-    output_agreement_loss(scores, groups, anchors, detach_anchor=False).backward()
-    # anchor now gets -(2) - (-1) = -1
-    approx(scores.grad, [-1.0, 2.0, -1.0, 0.0])
+    probs.grad = None
+    output_agreement_loss(probs, groups, anchors, detach_anchor=False).backward()
+    approx(probs.grad, [0.3, -0.3, 0.0, 0.0])  # the anchor would be pushed down: why it is detached by default
+
+
+def test_output_agreement_variant_better_than_anchor_is_zero_loss_and_zero_gradient():
+    probs = t([0.4, 0.7, 0.4], requires_grad=True)  # anchor 0.4; variants 0.7 (better) and 0.4 (equal)
+    loss = output_agreement_loss(probs, torch.tensor([0, 0, 0]), torch.tensor([T, F, F]), detach_anchor=False)
+    approx(loss, 0.0)
+    loss.backward()
+    assert (probs.grad == 0).all()
+
+
+def test_output_agreement_bounded_and_sum_reduction():
+    # worst case: anchor certain, variant hopeless -> exactly 1
+    probs = t([1.0, 0.0, 1.0, 0.25])
+    groups, anchors = torch.tensor([0, 0, 1, 1]), torch.tensor([T, F, T, F])
+    approx(output_agreement_loss(probs, groups, anchors), (1.0 + 0.75 ** 2) / 2)
+    approx(output_agreement_loss(probs, groups, anchors, reduction="sum"), 1.0 + 0.75 ** 2)
 
 
 def test_output_agreement_zero_convention():
-    scores = t([1.0, 2.0], requires_grad=True)
-    loss = output_agreement_loss(scores, torch.tensor([0, 1]), torch.tensor([F, F]))
+    probs = t([0.1, 0.2], requires_grad=True)
+    loss = output_agreement_loss(probs, torch.tensor([0, 1]), torch.tensor([F, F]))
     approx(loss, 0.0)
     loss.backward()
-    assert (scores.grad == 0).all()
+    assert (probs.grad == 0).all()
+
+
+def test_agreement_probabilities_hand_values():
+    # DPO: beta 0.5, log-ratios chosen 1.0, rejected -1.0 -> sigma(0.5 * 2) = sigma(1)
+    approx(dpo_preference_probability(t([1.0]), t([-1.0]), beta=0.5), [1 / (1 + math.exp(-1.0))])
+    # ORPO: log-odds log 4 -> odds 4 -> 4/5
+    approx(orpo_preference_probability(t([math.log(4.0)])), [0.8], tol=1e-6)
+    # SFT: token log-probs log 0.5 and log 0.125 -> geometric mean sqrt(1/16) = 0.25
+    approx(sft_answer_probability(t([(math.log(0.5) + math.log(0.125)) / 2])), [0.25])
+
+
+def test_sft_probability_does_not_penalise_length():
+    # the same per-token probability 0.6 over 2 tokens (English) and over 6 tokens (Thai) -> equal
+    en, th = t([math.log(0.6)] * 2).mean(), t([math.log(0.6)] * 6).mean()
+    approx(sft_answer_probability(th) - sft_answer_probability(en), 0.0)
+    probs = torch.stack([sft_answer_probability(en), sft_answer_probability(th)])
+    approx(output_agreement_loss(probs, torch.tensor([0, 0]), torch.tensor([T, F])), 0.0)
 
 
 # ---------------------------------------------------------------------------------- token KL
@@ -290,3 +410,30 @@ def test_token_kl_detach():
     anchor.grad = variant.grad = None
     token_kl_loss(anchor, variant, detach_anchor=False).backward()
     assert anchor.grad is not None and (anchor.grad != 0).any()
+
+
+# ---------------------------------------------------------------------------------- alignment_terms (for other trainers)
+
+
+def test_alignment_terms_hand_values_and_normalisation():
+    from bcat.config import AlignmentConfig
+    from bcat.training.objectives import alignment_terms
+
+    cfg = AlignmentConfig(hidden_weight=0.5, output_weight=2.0, hidden_loss="cosine")
+    pooled = t([[[3.0, 1.0], [1.0, 1.5], [5.0, 1.0]]])  # one layer; as in test_hidden_cosine_on_standardised...
+    probs = t([0.8, 0.5, 0.9])  # anchor 0.8: variant 0.5 -> 0.09, variant 0.9 -> 0
+    groups, anchors = torch.tensor([0, 0, 0]), torch.tensor([T, F, F])
+    stats = (t([[1.0, 1.0]]), t([[2.0, 0.5]]))
+    total, terms = alignment_terms(pooled, probs, groups, anchors, cfg, stats)
+    approx(terms["hidden"], 0.5)
+    approx(terms["output"], 0.09 / 2)
+    approx(total, 0.5 * 0.5 + 2.0 * 0.045)
+    # normalised by the variants of a whole step (here 4, of which these 2): sums / 4
+    _, step_terms = alignment_terms(pooled, probs, groups, anchors, cfg, stats, counts={"variants": 4})
+    approx(step_terms["hidden"], 1.0 / 4)
+    approx(step_terms["output"], 0.09 / 4)
+    with pytest.raises(ValueError, match="needs the \\(mean, scale\\) statistics"):
+        alignment_terms(pooled, probs, groups, anchors, cfg)
+    raw = AlignmentConfig(hidden_weight=0.5, output_weight=0.0, hidden_loss="cosine", hidden_standardize="none")
+    total, terms = alignment_terms(pooled, probs, groups, anchors, raw)
+    assert set(terms) == {"hidden"}

@@ -123,6 +123,7 @@ def test_table_is_reused_and_a_bad_file_is_recomputed(tiny_model_dir, cache_dir)
 def test_second_run_and_resume_reuse_the_cache_with_identical_losses(tmp_path, tiny_model_dir, cache_dir):
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(2))
     common = [f"model.path={tiny_model_dir}", f"data.train={data}", "objective.name=dpo", "batch.groups_per_batch=1",
+              "alignment.hidden_loss=cosine",
               "training.learning_rate=5e-3", "training.save_steps=1"]
 
     def train(name, steps, *extra):

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from bcat.cli import main
 
-FAST = ["training.learning_rate=5e-3", "training.lr_scheduler=constant", "batch.groups_per_batch=1"]
+FAST = ["training.learning_rate=5e-3", "training.lr_scheduler=constant", "batch.groups_per_batch=1",
+        "alignment.hidden_loss=cosine"]
 ALIGN_OFF = ["alignment.hidden_weight=0", "alignment.output_weight=0"]
 ALIGN_ON = ["alignment.hidden_weight=0.3", "alignment.output_weight=0.1", "alignment.token_kl_weight=0.1"]
 
@@ -36,8 +37,17 @@ def test_train_finishes_and_loss_goes_down_on_a_repeated_batch(tmp_path, tiny_mo
     assert set(log[0]["main_per_language"]) == {"en", "fr", "de"}
     if alignment == "on":
         assert {"hidden", "output", "token_kl"} <= set(log[0])
+        # gradient-norm ratios at step 1 (and every training.grad_ratio_steps=10 steps): only step 1 here
+        assert log[0]["grad_ratio_hidden"] > 0 and log[0]["grad_ratio_output"] >= 0
+        assert not any("grad_ratio_hidden" in e for e in log[1:])
+    assert all(e["grad_norm"] > 0 for e in log)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 8 and summary["tokens"] > 0
+    packed = objective != "sft"
+    assert summary["forward_path"] == {"packed_requested": packed, "packed": packed, "head_at_scored_positions": True}
+    if alignment == "on":
+        assert summary["hidden_standardization"]["kind"] == "standardize"
+        assert summary["hidden_layers"] == [2]
     assert (out / "config.yaml").exists()
     # The adapter is safetensors and loads back with plain transformers + peft.
     assert (out / "model" / "adapter_model.safetensors").exists()
@@ -101,10 +111,10 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path, tiny_model_dir, capsys)
     assert not out.exists()
 
 
-def test_plan_json_keeps_groups_whole(tmp_path, capsys):
+def test_plan_json_keeps_groups_whole(tmp_path, capsys, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(6, langs=("en", "fr", "de", "es")))
-    assert main(["plan", "--json", "--steps", "3", "--world-size", "2", f"data.train={data}",
-                 "batch.groups_per_batch=1", "objective.name=dpo"]) == 0
+    assert main(["plan", "--json", "--steps", "3", "--world-size", "2", f"data.train={data}", f"model.path={tiny_model_dir}",
+                 "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", "objective.name=dpo"]) == 0
     plan = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(plan) == 6 and {p["rank"] for p in plan} == {0, 1}
     for p in plan:
@@ -127,3 +137,49 @@ def test_trimmed_vocabulary_trains_and_exports_a_full_model(tmp_path, tiny_model
         model = AutoModelForCausalLM.from_pretrained(out / "model")
         # (Untouched rows stay bit-identical: tests/test_trim.py checks the export.)
     assert model.get_input_embeddings().weight.shape[0] == full.config.vocab_size
+
+
+def _length_records() -> list[dict]:
+    """Groups whose character and token lengths disagree: many English words the tokenizer merges (long in
+    characters, short in tokens) against a few emoji it spells byte by byte (short in characters, long in tokens)."""
+    recs = []
+    for g in range(8):
+        body = " The warranty lasts 24 months." * (2 + g) if g % 2 else " \U0001F642\U0001F680\U0001F4E6" * (2 + g)
+        for lang in ("en", "fr", "de"):
+            recs.append({"group": f"g{g}", "lang": lang, "prompt": f"[{lang}]{body} Answer:",
+                         "chosen": f" {g}2 mois", "rejected": f" {g}9 mois"})
+    return recs
+
+
+def test_plan_is_exactly_what_training_trains_on_with_order_by_length(tmp_path, tiny_model_dir, capsys):
+    from bcat.batching.sampler import GroupBatchSampler
+    from bcat.data.records import load_records
+
+    data = write_jsonl(tmp_path / "d.jsonl", _length_records())
+    args = [f"model.path={tiny_model_dir}", f"data.train={data}", "objective.name=orpo", "batch.order_by_length=true",
+            "batch.groups_per_batch=2", "training.gradient_accumulation_steps=2", "alignment.hidden_loss=cosine",
+            "batch.seed=3"]
+    out = tmp_path / "run"
+    assert main(["train", *args, "training.max_steps=3", f"training.output_dir={out}", "training.log_batch_items=true",
+                 "training.grad_ratio_steps=0", "training.learning_rate=1e-3"]) == 0
+    trained = [[[tuple(x) for x in micro] for micro in entry["items_per_rank"][0]]
+               for entry in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
+    capsys.readouterr()
+    assert main(["plan", "--json", "--steps", "3", *args]) == 0
+    plan = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    planned = [[[(it["group"], it["lang"]) for it in p["items"]] for p in plan if p["step"] == s] for s in range(3)]
+    assert planned == trained
+    # What `bcat plan` printed before (character lengths) is a different order: the test can tell them apart.
+    records, _ = load_records(data, "orpo")
+    by_chars = GroupBatchSampler([(r.group, r.lang) for r in records], 2, lengths=[len(r.prompt) for r in records],
+                                 order_by_length=True, seed=3)
+    old = [[(records[i].group, records[i].lang) for i in mb.records] for (mb,) in by_chars.epoch_plan(0)]
+    assert old[:4] != [micro for step in planned[:2] for micro in step]
+
+
+def test_forward_path_is_printed(tmp_path, tiny_model_dir, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bcat.training.loop")
+    run(tmp_path, tiny_model_dir, "dpo", ALIGN_OFF, steps=1)
+    assert "bcat: forward path: packed prompt|chosen|rejected rows; output head at scored positions only" in caplog.text

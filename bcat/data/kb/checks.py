@@ -5,6 +5,8 @@ and the tests check them on the built files.
 from __future__ import annotations
 
 from bcat.data.kb.matching import mentions, same_answer
+from bcat.data.normalize import judge
+from bcat.data.rag import collect_candidates
 
 
 def record_problems(rec: dict) -> list[str]:
@@ -14,7 +16,11 @@ def record_problems(rec: dict) -> list[str]:
     - the distractor answer (a grounding error) is mentioned in a non-gold passage and not in the
       gold one; the unsupported answer (a hallucination) is mentioned in no passage;
     - the gold, distractor and unsupported answers are three different answers;
-    - a lookup question does not give its answer away.
+    - a lookup question does not give its answer away;
+    - every wrong value in ``distractor_answers`` is written in a non-gold passage and is no
+      accepted answer, and ``distractor_answer`` is one of them;
+    - strict accuracy can be earned and cannot be gamed: every accepted answer alone is strictly
+      correct, and all passages copied onto one line are not.
     """
     problems = []
     passages, gold = rec["passages"], rec["gold_index"]
@@ -34,4 +40,18 @@ def record_problems(rec: dict) -> list[str]:
         problems.append("gold, distractor and unsupported answers are not all different")
     if rec["kind"] in ("number", "name", "article") and any(mentions(rec["question"], a) for a in rec["answers"]):
         problems.append("the question contains its answer")
+    wrong_values = rec["distractor_answers"]
+    for forms in wrong_values:
+        if not any(mentions(p, forms[0]) for p in others):
+            problems.append(f"wrong value {forms[0]!r} not in a distractor passage")
+        if any(same_answer(f, a) for f in forms for a in rec["answers"]):
+            problems.append(f"wrong value {forms[0]!r} is an accepted answer")
+    if not any(same_answer(forms[0], wrong) for forms in wrong_values):
+        problems.append(f"distractor answer {wrong!r} not among distractor_answers")
+    candidates = collect_candidates(wrong_values, wrong, absent)
+    for answer in rec["answers"]:
+        if not judge(answer, rec["answers"], candidates).strict:
+            problems.append(f"answer {answer!r} alone is not strictly correct")
+    if judge(" ".join(passages), rec["answers"], candidates).strict:
+        problems.append("all passages on one line are strictly correct")
     return problems

@@ -209,6 +209,20 @@ def _answers(spec: Spec, lang: str) -> tuple[tuple[str, ...], str, str]:
     )
 
 
+def _wrong_values(spec: Spec, lang: str) -> list[list[str]]:
+    """The asked attribute's value of every OTHER product, in passage order, each in its accepted forms
+    (a comparison's other option and every other model code, for the kinds answered with a code)."""
+    out = []
+    for i, product in enumerate(spec.products):
+        if i == spec.gold:
+            continue
+        if spec.kind in ("which_model", "compare"):
+            out.append([product.code])
+        else:
+            out.append(list(_value(lang, spec.attribute, product.values[spec.attribute], product.currency).answers))
+    return out
+
+
 def render_record(spec: Spec, group: str, lang: str) -> dict:
     """The QA record of the item in one language."""
     answers, wrong, unsupported = _answers(spec, lang)
@@ -228,6 +242,7 @@ def render_record(spec: Spec, group: str, lang: str) -> dict:
         "answer_neutral": spec.kind != "name",
         "answer_en": english,
         "distractor_answer": wrong,
+        "distractor_answers": _wrong_values(spec, lang),
         "unsupported_answer": unsupported,
     }
 

@@ -127,5 +127,6 @@ def _record(group, lang, texts, chosen, article, wrong_article, unsupported, pos
         "answer_neutral": True,
         "answer_en": label(ANCHOR, article),
         "distractor_answer": label(lang, wrong_article),
+        "distractor_answers": [[label(lang, a), str(a)] for a in chosen if a != article],
         "unsupported_answer": label(lang, unsupported),
     }

@@ -1,4 +1,17 @@
-"""Arithmetic word problems (MGSM-like), written per language from five templates.
+"""Arithmetic word problems, written per language from five templates (opt-in: ``--ood-tasks arith``).
+
+The default math task is :mod:`bcat.evaluation.ood.mgsm` (real GSM8K problems, translated and in
+six languages validated by native speakers). This one measures what that does not:
+
+- every one of the 11 languages on the same 30 problems with the same numbers and answers: MGSM
+  keeps only 7 Spanish and 6 Hungarian problems (the package's other ones are ignored or fail the
+  check against English), and its localised units make answers differ between languages;
+- the answer given directly on the first line, the short-answer format bcat tunes on, where MGSM
+  asks for a worked solution of up to a few hundred tokens (and costs that much generation);
+- one- and two-step arithmetic, easier than GSM8K's problems of two to eight steps.
+
+It is templated by the team, not checked by native speakers, and a model as small as Gemma 3
+270M scores about 0 on it too (``results/ood-gemma3-270m/``).
 
 Every language gets the same 30 problems with the same numbers (a parallel set), plus 2 worked
 examples used as few-shot demonstrations. The wording was written for each language rather than

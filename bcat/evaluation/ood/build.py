@@ -86,8 +86,9 @@ def lastword_items(langs: tuple[str, ...] = UDHR_LANGS) -> list[dict]:
     return items
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    # Fixed key order, UTF-8, "\n" endings: the same records always give the same bytes.
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """One JSON object a line, keys in the records' order, UTF-8 unescaped, ``"\\n"`` endings: the same
+    records always give the same bytes."""
     path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
 
 
@@ -95,8 +96,8 @@ def build_ood_data(out_dir: str | Path | None = None) -> list[Path]:
     """Write every file of :data:`OOD_FILES` into ``out_dir`` (default: the package's resources)."""
     out = Path(out_dir) if out_dir is not None else ood_resource_dir()
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "lastword.jsonl", lastword_items())
-    _write_jsonl(out / "arith.jsonl", arith_items())
+    write_jsonl(out / "lastword.jsonl", lastword_items())
+    write_jsonl(out / "arith.jsonl", arith_items())
     return [out / name for name in OOD_FILES]
 
 

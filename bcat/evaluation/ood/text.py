@@ -140,8 +140,8 @@ def lastword_correct(continuation: str, target: str, lang: str) -> bool:
     return bool(predicted) and normalize(predicted) == normalize(target)
 
 
-# Digits of any script (\d is Unicode-aware), optionally grouped or with a decimal part.
-_NUMBER = re.compile(r"[-\u2212]?\d+(?:[.,]\d+)*")
+# A number token: digits of any script (\d is Unicode-aware), optionally signed, grouped or with a decimal part.
+NUMBER = re.compile(r"[-\u2212]?\d+(?:[.,]\d+)*")
 
 
 def parse_number(token: str) -> int | float | None:
@@ -169,14 +169,20 @@ def parse_number(token: str) -> int | float | None:
     return None
 
 
+def numbers(text: str) -> list[int | float]:
+    """Every number written in ``text``, in order (tokens :func:`parse_number` cannot read are left out).
+
+    >>> numbers("3 dozen eggs, 1,250 g and ४२"), numbers("none")
+    ([3, 1250, 42], [])
+    """
+    return [value for value in map(parse_number, NUMBER.findall(text)) if value is not None]
+
+
 def last_number(text: str) -> int | float | None:
     """The last number written in ``text`` (MGSM convention), or ``None``.
 
     >>> last_number("๑๒ ผล"), last_number("答案：２４个"), last_number("no number"), last_number("it is 17.")
     (12, 24, None, 17)
     """
-    for token in reversed(_NUMBER.findall(text)):
-        value = parse_number(token)
-        if value is not None:
-            return value
-    return None
+    found = numbers(text)
+    return found[-1] if found else None

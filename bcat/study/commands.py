@@ -1,0 +1,48 @@
+"""The ``bcat`` command lines a study run (and ``bcat demo``) is made of: one place for each.
+
+Every step of a run is an ordinary ``bcat`` command, so what a run did can be repeated by hand
+from the commands recorded in its results.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Optional, Sequence
+
+from bcat.languages import ANCHOR, SEEN
+
+TRAINED_LANGUAGES: tuple[str, ...] = (ANCHOR, *SEEN)
+"""Languages training sees in the paper's setting: the unseen ones (th, vi, hu, ro) are never trained."""
+
+ORDINARY_FINE_TUNING = ["batch.mode=shuffled", "alignment.hidden_weight=0", "alignment.output_weight=0"]
+"""Ordinary fine-tuning: records shuffled across groups (what a stock trainer does), no alignment terms."""
+
+
+def resource(name: str) -> Path:
+    """A file bundled with bcat, e.g. ``kb/train.jsonl``."""
+    return Path(str(files("bcat") / "resources" / name))
+
+
+def pairs_argv(qa: Path, output: Path, seed: int = 0) -> list[str]:
+    """``bcat data pairs``: preference pairs from RAG QA records (all languages; training picks)."""
+    return ["data", "pairs", "--input", str(qa), "--output", str(output), "--seed", str(seed)]
+
+
+def train_argv(model: str, pairs: Path, output_dir: Path, steps: Optional[int], overrides: Sequence[str] = (),
+               languages: Sequence[str] = TRAINED_LANGUAGES) -> list[str]:
+    """``bcat train`` on ``pairs``, restricted to ``languages``; ``overrides`` come after the settings
+    given here (and may override them), the output directory last. ``steps=None``: from the overrides."""
+    return ["train", f"model.path={model}", f"data.train={pairs}", f"data.languages=[{','.join(languages)}]",
+            *([f"training.max_steps={steps}"] if steps is not None else []), *overrides,
+            f"training.output_dir={output_dir}"]
+
+
+def eval_argv(model: str, output: Path, *, data: str = "builtin", suite: str = "rag", limit: Optional[int] = None,
+              batch_size: int = 8, max_new_tokens: int = 32, extra: Sequence[str] = ()) -> list[str]:
+    """``bcat eval`` of ``model`` (a model id, a training output directory or a snapshot)."""
+    argv = ["eval", "--model", model, "--data", data, "--suite", suite, "--batch-size", str(batch_size),
+            "--max-new-tokens", str(max_new_tokens), "--output", str(output)]
+    if limit is not None:
+        argv[-2:-2] = ["--limit", str(limit)]
+    return argv + list(extra)

@@ -1,0 +1,430 @@
+"""The study configuration: arms x seeds, what each run is evaluated on, and the time plan.
+
+A study YAML file (see ``configs/study/``) names the model, the data, the evaluation options, the
+training overrides every arm shares, and the arms. Each arm is a training setting (``overrides``
+on top of the shared ones) run once per seed, or the base model (``train: false``). An arm with
+``from_selection: true`` takes the setting that the ``selection`` block picks ON DEV among its
+candidates (plus the arm's own overrides, e.g. ``objective.name=dpo``): it can only run once the
+candidates' first seeds have finished.
+
+Every run gets the same pairs, steps, learning-rate schedule and micro-batch size unless its arm
+overrides them. A run's training seed sets both ``training.seed`` (LoRA initialisation) and
+``batch.seed`` (the order of the batches).
+
+Everything is checked when the file is read, before any work: unknown keys (with the closest valid
+one), wrong types, every arm's training overrides (through :func:`bcat.config.load_config`), names,
+and references between arms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from bcat.config import load_config
+from bcat.errors import ConfigError
+from bcat.languages import LANGUAGES
+from bcat.study.commands import TRAINED_LANGUAGES, resource
+
+BUILTIN_DATA = {"builtin-train": "kb/train.jsonl", "builtin-dev": "kb/dev.jsonl", "builtin-test": "kb/test.jsonl",
+                "builtin": "kb/test.jsonl"}
+"""Names of the bundled splits a study file may use instead of a path."""
+
+
+@dataclass
+class DataSpec:
+    train_qa: str = "builtin-train"
+    """RAG QA records that ``bcat data pairs`` turns into the training pairs (a path or ``builtin-train``)."""
+    pairs_seed: int = 0
+    """``bcat data pairs --seed``."""
+    train_languages: list[str] = field(default_factory=lambda: list(TRAINED_LANGUAGES))
+    """Languages training sees (``data.languages``); the others are unseen and never trained."""
+    dev: str = "builtin-dev"
+    """Development split: every choice (selection, steps) is made on it."""
+    dev_groups: Optional[int] = None
+    """Evaluate the first N dev groups (all their languages); ``None``: all."""
+    test: str = "builtin-test"
+    """Test split: evaluated once per run that has ``test: true``; never used for a choice."""
+    test_groups: Optional[int] = None
+    """Evaluate the first N test groups; ``None``: all."""
+
+
+@dataclass
+class EvalSpec:
+    batch_size: int = 12
+    """``bcat eval --batch-size``."""
+    max_new_tokens: int = 32
+    """``bcat eval --max-new-tokens``."""
+    ood_limit: int = 10
+    """``bcat eval --suite ood --limit``: items per language and task (0: no OOD evaluation)."""
+    ood_tasks: Optional[list[str]] = None
+    """``--ood-tasks`` (``None``: all tasks)."""
+    extra: list[str] = field(default_factory=list)
+    """More ``bcat eval`` options, the same for every evaluation (e.g. ``[--shots, "2"]``)."""
+
+
+@dataclass
+class CurveSpec:
+    steps: list[int] = field(default_factory=list)
+    """Steps at which the model is kept (``training.snapshot_steps``) and evaluated on dev."""
+    groups: int = 20
+    """Dev groups of the curve's evaluations (the first N): step 0 and the final step are read off the
+    base model's and the run's full dev predictions on the same groups."""
+
+
+@dataclass
+class SelectionSpec:
+    candidates: list[str] = field(default_factory=list)
+    """Arms among which the best setting is picked (their first seed, on dev)."""
+    baseline: str = ""
+    """The arm whose English accuracy on dev a candidate may not fall below by more than ``english_tolerance``."""
+    metric: str = "non_english_mean"
+    """Dev metric to maximise: ``non_english_mean`` (seen), ``unseen_mean`` or ``all_non_english_mean``."""
+    english_tolerance: float = 0.01
+    """Largest English drop (accuracy, 0.01 = 1 point) against the baseline a candidate may have."""
+
+
+@dataclass
+class TimingSpec:
+    """Seconds the plan uses; measured on the machine that will run the grid (say where in a comment)."""
+
+    step_s: dict[str, float] = field(default_factory=lambda: {"grouped": 4.5, "no_anchor": 4.5, "shuffled": 9.5,
+                                                               "monolingual": 9.5})
+    """Seconds per optimizer step for each ``batch.mode`` at ``reference_records`` records per step."""
+    reference_records: int = 4
+    """Records per optimizer step at which ``step_s`` was measured; other sizes scale linearly."""
+    objective_factor: dict[str, float] = field(default_factory=lambda: {"orpo": 1.0, "dpo": 1.3, "sft": 0.6})
+    """Step time relative to ORPO (DPO with a live reference: one more forward)."""
+    eval_item_s: float = 0.9
+    """Seconds per RAG item evaluated."""
+    ood_item_s: float = 2.0
+    """Seconds per OOD item (``ood_limit`` x languages x 3: last word, its perplexity, arithmetic)."""
+    command_s: float = 30.0
+    """Start-up and model loading per ``bcat`` command."""
+
+
+@dataclass
+class ArmSpec:
+    name: str = ""
+    """Short name; runs are named ``NAME-sSEED`` (the base model: ``NAME``)."""
+    train: bool = True
+    """``False``: the base model itself (no seeds)."""
+    overrides: list[str] = field(default_factory=list)
+    """``bcat train`` overrides on top of the study's ``training`` list."""
+    from_selection: bool = False
+    """Start from the setting that ``selection`` picks on dev, then apply ``overrides``."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Training seeds (``training.seed`` and ``batch.seed``)."""
+    dev: str = "first"
+    """Seeds evaluated on dev: ``first``, ``all`` or ``none``."""
+    test: bool = False
+    """Evaluate every seed on the test split."""
+    ood: str = "first"
+    """Test-evaluated seeds that also run the OOD suite: ``first``, ``all`` or ``none``."""
+    curve: bool = True
+    """Evaluate the ``curve`` steps on dev for the seeds evaluated on dev."""
+    twin: Optional[str] = None
+    """The arm this one is compared with (its shuffled twin), seeds paired."""
+    adopt: dict[str, str] = field(default_factory=dict)
+    """Base model only: existing ``bcat eval`` directories to use instead of evaluating, per split
+    (``dev``, ``test``, ``ood``). A directory still being written is waited for (the run is left
+    for later); one made with other data, items or options is refused."""
+
+
+@dataclass
+class StudySpec:
+    name: str = "study"
+    """Name of the study (the default cache folder)."""
+    model: str = "builtin:gemma3-270m"
+    """Model every arm starts from."""
+    cache: str = ""
+    """Folder for pairs, checkpoints, models and raw evaluations (default ``runs/study/NAME``). Losing it
+    costs only the unfinished run: finished runs live in ``results``."""
+    results: str = "results/study"
+    """Folder for ``<run>.json``, the runs' small outputs and the report (meant to be committed)."""
+    data: DataSpec = field(default_factory=DataSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    curve: CurveSpec = field(default_factory=CurveSpec)
+    training: list[str] = field(default_factory=list)
+    """``bcat train`` overrides shared by every arm (objective, schedule, micro-batch size, steps...)."""
+    selection: Optional[SelectionSpec] = None
+    timing: TimingSpec = field(default_factory=TimingSpec)
+    bootstrap: int = 2000
+    """Bootstrap resamples (over groups) of the report's intervals."""
+    arms: list[ArmSpec] = field(default_factory=list)
+
+    source: str = ""
+    """The file it was read from (not a key)."""
+
+
+SEED_CHOICES = ("first", "all", "none")
+SELECTION_METRICS = ("non_english_mean", "unseen_mean", "all_non_english_mean")
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def _build(cls, raw: Any, where: str, source: str):
+    """A dataclass from a YAML mapping, refusing unknown keys and wrong types (naming the key)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            raise ConfigError(f"{source}: unknown key '{path}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+        kwargs[key] = _value(fields[key].type, value, path, source)
+    return cls(**kwargs)
+
+
+_SECTIONS = {"DataSpec": DataSpec, "EvalSpec": EvalSpec, "CurveSpec": CurveSpec, "SelectionSpec": SelectionSpec,
+             "TimingSpec": TimingSpec}
+
+
+def _value(type_text: str, value: Any, path: str, source: str):
+    t = type_text[len("Optional["):-1] if type_text.startswith("Optional[") else type_text
+    if value is None:
+        if type_text.startswith("Optional["):
+            return None
+        raise ConfigError(f"{source}: '{path}' may not be empty")
+    if t in _SECTIONS:
+        return _build(_SECTIONS[t], value, path, source)
+    if t == "list[ArmSpec]":
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{path}' must be a list of arms")
+        return [_build(ArmSpec, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    checks = {"str": lambda v: isinstance(v, str), "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "bool": lambda v: isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+              "list[int]": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in v),
+              "dict[str, str]": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+              "dict[str, float]": lambda v: isinstance(v, dict) and all(
+                  isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())}
+    if t not in checks:
+        raise TypeError(f"no reader for type {t}")  # a programming error, not a user's
+    if not checks[t](value):
+        raise ConfigError(f"{source}: '{path}' must be {t.replace('list[', 'a list of ').replace(']', 's')}, "
+                          f"got {value!r}")
+    return float(value) if t == "float" else value
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and check a study file; every error names the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"study file not found: {path}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML") from None
+    spec = _build(StudySpec, raw or {}, "", str(path))
+    spec.source = str(path)
+    return validate(spec)
+
+
+def validate(spec: StudySpec) -> StudySpec:
+    src = spec.source or "study"
+
+    def bad(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{src}: '{key}' {message}")
+
+    if not spec.arms:
+        raise bad("arms", "must list at least one arm")
+    names = [a.name for a in spec.arms]
+    for i, arm in enumerate(spec.arms):
+        key = f"arms[{i}]"
+        if not arm.name or not all(c.isalnum() or c in "_." for c in arm.name):
+            raise bad(f"{key}.name", f"must be letters, digits, '_' or '.', got {arm.name!r}")
+        if names.count(arm.name) > 1:
+            raise bad(f"{key}.name", f"'{arm.name}' is used by two arms")
+        for choice in ("dev", "ood"):
+            if getattr(arm, choice) not in SEED_CHOICES:
+                raise bad(f"{key}.{choice}", f"must be one of {', '.join(SEED_CHOICES)}")
+        if arm.train:
+            if not arm.seeds or len(set(arm.seeds)) != len(arm.seeds) or min(arm.seeds) < 0:
+                raise bad(f"{key}.seeds", "must list distinct seeds, 0 or more")
+            if arm.adopt:
+                raise bad(f"{key}.adopt", "is for the base model (train: false) only")
+        elif arm.overrides or arm.from_selection:
+            raise bad(f"{key}", "the base model (train: false) takes no overrides and no selection")
+        bad_splits = set(arm.adopt) - {"dev", "test", "ood"}
+        if bad_splits:
+            raise bad(f"{key}.adopt", f"unknown split {sorted(bad_splits)[0]!r} (dev, test or ood)")
+        if arm.twin is not None and arm.twin not in names:
+            raise bad(f"{key}.twin", f"names no arm: {arm.twin!r}")
+        if arm.from_selection and spec.selection is None:
+            raise bad(f"{key}.from_selection", "needs a 'selection' block")
+    if spec.selection is not None:
+        sel = spec.selection
+        arms = {a.name: a for a in spec.arms}
+        for c in sel.candidates + [sel.baseline]:
+            if c not in arms or not arms[c].train or arms[c].from_selection:
+                raise bad("selection", f"'{c}' must name a trained arm that does not itself come from the selection")
+            if arms[c].dev == "none":
+                raise bad("selection", f"arm '{c}' is not evaluated on dev (dev: none): it cannot be selected on dev")
+        if not sel.candidates:
+            raise bad("selection.candidates", "must list at least one arm")
+        if sel.metric not in SELECTION_METRICS:
+            raise bad("selection.metric", f"must be one of {', '.join(SELECTION_METRICS)}")
+    for lang in spec.data.train_languages:
+        if lang not in LANGUAGES:
+            raise bad("data.train_languages", f"has an unknown language {lang!r}")
+    if spec.bootstrap < 100:
+        raise bad("bootstrap", "must be at least 100")
+    if spec.curve.groups < 1 or any(s < 1 for s in spec.curve.steps):
+        raise bad("curve", "steps and groups must be positive")
+    for key in ("dev_groups", "test_groups"):
+        if (getattr(spec.data, key) or 1) < 1:
+            raise bad(f"data.{key}", "must be positive or null")
+    # Every arm's training config must load, before any work (a typo would otherwise surface hours in).
+    for arm in spec.arms:
+        if arm.train:
+            try:
+                cfg = load_config(None, [*spec.training, *arm.overrides])
+            except ConfigError as e:
+                raise bad(f"arms[{names.index(arm.name)}].overrides", f"(with 'training'): {e}") from None
+            if cfg.training.save_steps < 1:
+                raise bad("training", f"must set training.save_steps (arm {arm.name}): a run resumes from its checkpoints")
+            if cfg.batch.mode not in spec.timing.step_s:
+                raise bad("timing.step_s", f"has no time for batch.mode={cfg.batch.mode} (arm {arm.name})")
+    return spec
+
+
+# --- runs --------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One arm x seed (or the base model): what to train and evaluate, and where."""
+
+    name: str
+    arm: str
+    seed: Optional[int]
+    overrides: list[str]
+    """The full ``bcat train`` overrides (shared + selection + arm + seed); empty for the base model."""
+    dev: bool
+    test: bool
+    ood: bool
+    curve_steps: list[int]
+    """Snapshot steps evaluated on dev for the learning curve (those before the last step)."""
+    selected: Optional[str] = None
+    """For ``from_selection`` arms: the candidate arm the setting came from."""
+
+    @property
+    def trained(self) -> bool:
+        return self.seed is not None
+
+    def key(self, spec: StudySpec) -> str:
+        """Identity of the TRAINING (model, data, overrides): runs with the same key share the cache,
+        e.g. the selected arm's first seed and the candidate it came from."""
+        d = spec.data
+        training = [d.train_qa, d.pairs_seed, d.train_languages] if self.trained else []
+        text = json.dumps({"model": spec.model, "data": training, "overrides": self.overrides}, sort_keys=True)
+        return ("base" if not self.trained else "t") + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def seed_overrides(seed: int) -> list[str]:
+    return [f"training.seed={seed}", f"batch.seed={seed}"]
+
+
+def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
+    """Every run of the study in order: arms in file order, seeds in order; arms that come from the
+    selection are left out until ``selected`` (a candidate arm's name) is known."""
+    arms = {a.name: a for a in spec.arms}
+    runs = []
+    for arm in spec.arms:
+        if not arm.train:
+            runs.append(Run(arm.name, arm.name, None, [], dev=arm.dev != "none", test=arm.test,
+                            ood=arm.test and arm.ood != "none", curve_steps=[]))
+            continue
+        base = list(spec.training)
+        if arm.from_selection:
+            if selected is None:
+                continue
+            base += arms[selected].overrides
+        overrides = [*base, *arm.overrides]
+        if spec.curve.steps:  # every trained run keeps its snapshots, so any seed's curve can be evaluated
+            overrides.insert(len(spec.training), f"training.snapshot_steps=[{','.join(map(str, spec.curve.steps))}]")
+        max_steps = load_config(None, overrides).training.max_steps
+        for i, seed in enumerate(arm.seeds):
+            dev, ood = (choice == "all" or (choice == "first" and i == 0) for choice in (arm.dev, arm.ood))
+            curve = [s for s in spec.curve.steps if s < max_steps] if arm.curve and dev else []
+            runs.append(Run(f"{arm.name}-s{seed}", arm.name, seed, [*overrides, *seed_overrides(seed)],
+                            dev=dev, test=arm.test, ood=arm.test and ood and spec.eval.ood_limit > 0,
+                            curve_steps=curve, selected=selected if arm.from_selection else None))
+    return runs
+
+
+def resolve_data(name: str) -> Path:
+    """A study data entry: a bundled split name or a path."""
+    return resource(BUILTIN_DATA[name]) if name in BUILTIN_DATA else Path(name)
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+def count_items(path: Path, groups: Optional[int]) -> int:
+    """Items ``bcat eval --limit groups`` evaluates in a RAG file (without validating it)."""
+    seen_groups: list[str] = []
+    n = 0
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            group = json.loads(line)["group"]
+            if group not in seen_groups:
+                if groups is not None and len(seen_groups) >= groups:
+                    continue
+                seen_groups.append(group)
+            n += 1
+    return n
+
+
+@dataclass
+class Estimate:
+    """Estimated CPU seconds of a run's steps."""
+
+    train_s: float = 0.0
+    eval_s: dict[str, float] = field(default_factory=dict)
+    """Per evaluation: ``dev``, ``test``, ``ood``, ``curve-N``."""
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + sum(self.eval_s.values())
+
+
+def step_seconds(spec: StudySpec, overrides: list[str]) -> float:
+    """Seconds per optimizer step from ``spec.timing``, scaled by records per step and objective."""
+    t, cfg = spec.timing, load_config(None, overrides)
+    # every mode sees the records of `grouped` (bcat.batching.sampler), except no_anchor: no anchor records
+    others = cfg.batch.languages_per_group or len(spec.data.train_languages) - 1
+    per_group = others + (cfg.batch.mode != "no_anchor")
+    records = cfg.batch.groups_per_batch * per_group * cfg.training.gradient_accumulation_steps
+    return t.step_s[cfg.batch.mode] * records / t.reference_records * t.objective_factor.get(cfg.objective.name, 1.0)
+
+
+def estimate(spec: StudySpec, run: Run, item_counts: dict[str, int]) -> Estimate:
+    """CPU seconds of one run, from ``spec.timing``: steps x step time, items x item time, plus
+    start-up per command. ``item_counts``: RAG items of ``dev``, ``test`` and ``curve`` (one curve point)."""
+    t = spec.timing
+    est = Estimate()
+    if run.trained:
+        est.train_s = load_config(None, run.overrides).training.max_steps * step_seconds(spec, run.overrides) \
+            + t.command_s
+    for split in ("dev", "test"):
+        if getattr(run, split):
+            est.eval_s[split] = item_counts[split] * t.eval_item_s + t.command_s
+    if run.ood:
+        est.eval_s["ood"] = spec.eval.ood_limit * len(LANGUAGES) * 3 * t.ood_item_s + t.command_s
+    for step in run.curve_steps:
+        est.eval_s[f"curve-{step}"] = item_counts["curve"] * t.eval_item_s + t.command_s
+    return est

@@ -1,0 +1,39 @@
+"""Tune the built-in model (Gemma 3 270M) with TRL's DPOTrainer on batches of whole language groups plus
+bcat's alignment terms. Data: DPO pairs from bcat's bundled multilingual RAG train split (English and the
+six seen languages).   python examples/trl_dpo.py [STEPS] [OUTPUT_DIR]
+"""
+
+import sys
+from importlib.resources import files
+
+import datasets
+import torch
+from peft import LoraConfig
+from trl import DPOConfig
+
+from bcat.config import AlignmentConfig, BatchConfig, ModelConfig
+from bcat.data.kb.pairs import make_pairs, read_qa
+from bcat.integrations.trl import BCATDPOTrainer
+from bcat.languages import ANCHOR, SEEN
+from bcat.model.loading import load_model, load_tokenizer
+
+steps = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+output = sys.argv[2] if len(sys.argv) > 2 else "runs/trl-dpo"
+qa = [r for r in read_qa(files("bcat") / "resources" / "kb" / "train.jsonl") if r["lang"] in (ANCHOR, *SEEN)]
+columns = ("group", "lang", "prompt", "chosen", "rejected")  # TRL's pair columns + bcat's group and language
+pairs = datasets.Dataset.from_list([{c: p[c] for c in columns} for p in make_pairs(qa)])
+
+model = ModelConfig(path="builtin:gemma3-270m")
+trainer = BCATDPOTrainer(
+    model=load_model(model), processing_class=load_tokenizer(model.path), train_dataset=pairs,
+    args=DPOConfig(output_dir=output, max_steps=steps, learning_rate=3e-4, lr_scheduler_type="constant",
+                   logging_steps=1, save_strategy="no", report_to=[],
+                   bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported()),  # fp32 on CPU
+    peft_config=LoraConfig(r=model.lora_r, lora_alpha=model.lora_alpha, target_modules=model.lora_target_modules),
+    batch=BatchConfig(groups_per_batch=2, languages_per_group=2),  # 2 items x (English + 2 languages)
+    # Raw pooled states: standardised ones need the initial model's statistics (hidden_standardization=).
+    alignment=AlignmentConfig(hidden_standardize="none"),  # InfoNCE on the middle layer + output agreement
+)
+trainer.train()
+trainer.model.save_pretrained(output)  # the LoRA adapter, safetensors (save_model would also pickle the args)
+trainer.processing_class.save_pretrained(output)

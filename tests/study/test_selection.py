@@ -1,0 +1,128 @@
+"""The selection on dev and the grid's validation, without training anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bcat.errors import ConfigError
+from bcat.study.grid import expand, load_study
+from bcat.study.runner import Study
+
+TRAINING = ["training.max_steps=4", "training.save_steps=2"]
+ARMS = [{"name": "shuffled", "overrides": ["batch.mode=shuffled"], "seeds": [0, 1]},
+        {"name": "grouped", "overrides": ["alignment.hidden_weight=0"]},
+        {"name": "both"},
+        {"name": "best", "from_selection": True, "seeds": [0, 1], "test": True, "twin": "shuffled"},
+        {"name": "dpo_best", "from_selection": True, "overrides": ["objective.name=dpo"], "test": True}]
+
+
+def study_file(tmp_path, **changes):
+    spec = {"name": "sel", "model": "some/model", "cache": str(tmp_path / "cache"), "results": str(tmp_path / "results"),
+            "training": TRAINING, "arms": ARMS,
+            "selection": {"candidates": ["grouped", "both"], "baseline": "shuffled", "english_tolerance": 0.01}}
+    spec.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+def finish(study: Study, name: str, english: float, non_english: float) -> None:
+    """A stand-in for a finished run: only what the selection reads."""
+    study.results.mkdir(parents=True, exist_ok=True)
+    run = next(r for r in expand(study.spec) if r.name == name)
+    (study.results / f"{name}.json").write_text(json.dumps(
+        {"run": name, "key": run.key(study.spec), "eval_key": study.eval_key,
+         "splits": {"dev": {"english": english, "non_english_mean": non_english}}}))
+
+
+def test_selection_waits_for_the_candidates_then_keeps_english_within_a_point(tmp_path):
+    study = Study(load_study(study_file(tmp_path)))
+    assert [r.name for r in study.runs()] == ["shuffled-s0", "shuffled-s1", "grouped-s0", "both-s0"]
+    finish(study, "shuffled-s0", 0.60, 0.40)
+    finish(study, "grouped-s0", 0.55, 0.50)  # higher non-English, but English 5 points lower: not eligible
+    assert study.selection() is None  # "both" has not finished
+    finish(study, "both-s0", 0.595, 0.45)  # within the 1-point tolerance
+    sel = study.selection()
+    assert sel["selected"] == "both" and sel["english_constraint_met"]
+    assert sel["candidates"]["grouped"]["eligible"] is False
+    assert json.loads((study.results / "selection.json").read_text())["selected"] == "both"
+    runs = {r.name: r for r in study.runs()}
+    assert {"best-s0", "best-s1", "dpo_best-s0"} <= set(runs)
+    # the selected setting's first seed IS the candidate's run: one training, shared through the cache key
+    assert runs["best-s0"].key(study.spec) == runs["both-s0"].key(study.spec)
+    assert runs["best-s1"].key(study.spec) != runs["both-s0"].key(study.spec)
+    assert "objective.name=dpo" in runs["dpo_best-s0"].overrides and runs["dpo_best-s0"].selected == "both"
+
+
+def test_without_an_eligible_candidate_the_metric_decides_and_says_so(tmp_path):
+    study = Study(load_study(study_file(tmp_path)))
+    finish(study, "shuffled-s0", 0.60, 0.40)
+    finish(study, "grouped-s0", 0.50, 0.50)
+    finish(study, "both-s0", 0.40, 0.45)
+    sel = study.selection()
+    assert sel["selected"] == "grouped" and sel["english_constraint_met"] is False
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arms": [{"name": "a", "overrides": ["batch.mdoe=grouped"]}], "selection": None},
+     "unknown config key 'batch.mdoe'"),
+    ({"arms": [{"name": "a", "seeds": [0, 0]}], "selection": None}, "arms[0].seeds"),
+    ({"arms": [{"name": "a", "twin": "nobody"}], "selection": None}, "arms[0].twin"),
+    ({"training": ["training.max_steps=4"]}, "training.save_steps"),
+    ({"selection": {"candidates": ["ghost"], "baseline": "shuffled"}}, "'ghost' must name a trained arm"),
+    ({"eval": {"batch_sise": 3}}, "unknown key 'eval.batch_sise'; did you mean 'batch_size'"),
+    ({"curve": {"steps": "10"}}, "'curve.steps' must be a list of ints"),
+])
+def test_bad_study_files_are_refused_before_any_work(tmp_path, change, message):
+    with pytest.raises(ConfigError) as e:
+        load_study(study_file(tmp_path, **change))
+    assert message in str(e.value) and "study.yaml" in str(e.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_result_made_with_other_settings_is_not_taken_as_finished(tmp_path, capsys):
+    study = Study(load_study(study_file(tmp_path)))
+    finish(study, "grouped-s0", 0.5, 0.5)
+    run = next(r for r in study.runs() if r.name == "grouped-s0")
+    assert study.finished(run)
+    changed = Study(load_study(study_file(tmp_path, training=["training.max_steps=8", "training.save_steps=2"])))
+    assert not changed.finished(next(r for r in changed.runs() if r.name == "grouped-s0"))
+    assert "made with other settings" in capsys.readouterr().out
+    other_eval = Study(load_study(study_file(tmp_path, eval={"max_new_tokens": 8})))
+    assert not other_eval.finished(next(r for r in other_eval.runs() if r.name == "grouped-s0"))
+
+
+def test_seeds_set_the_training_and_the_batch_order(tmp_path):
+    spec = load_study(study_file(tmp_path))
+    runs = {r.name: r for r in expand(spec)}
+    assert runs["shuffled-s1"].overrides[-2:] == ["training.seed=1", "batch.seed=1"]
+    assert runs["shuffled-s0"].dev and not runs["shuffled-s1"].dev  # dev: first seed only by default
+
+
+def test_commit_takes_exactly_the_run_files_and_nothing_staged_beside_them(tmp_path):
+    import subprocess
+
+    from bcat.study.runner import git_commit
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "other.txt").write_text("staged by someone else\n")
+    git("add", "other.txt")
+    results = tmp_path / "results" / "study"
+    (results / "runs" / "a-s0").mkdir(parents=True)
+    (results / "a-s0.json").write_text("{}\n")
+    (results / "runs" / "a-s0" / "metrics.json").write_text("{}\n")
+    git_commit([results / "a-s0.json", results / "runs" / "a-s0"], "study: a-s0", results)
+    assert git("log", "--format=%s") == "study: a-s0\n"
+    assert sorted(git("show", "--name-only", "--format=", "HEAD").split()) == [
+        "results/study/a-s0.json", "results/study/runs/a-s0/metrics.json"]
+    assert "other.txt" in git("diff", "--cached", "--name-only")  # still staged, not committed
+    git_commit([results / "a-s0.json"], "study: again", results)  # nothing new: no empty commit
+    assert git("log", "--format=%s").count("\n") == 1
