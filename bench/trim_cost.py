@@ -1,14 +1,14 @@
 """What exactness costs: ``bcat train`` on the built-in model with the full vocabulary
 (``model.trim_vocab=false``, the exact objective) against the trimmed one (``true``).
 
-    python bench/trim_cost.py                               # 2 rounds A B B A, 6 steps each, ~20-40 min on 2 cores
-    python bench/trim_cost.py --rounds 1 --steps 4          # quicker, noisier
+    python bench/trim_cost.py                               # 5 rounds, 6 steps per run, ~15 min on 2 quiet cores
     python bench/trim_cost.py --table bench/results/trim-cost-gemma3-270m.json
 
 Every run is a real ``bcat train`` (the library's ``train()``, the same code path as the command),
 each in its OWN process so its memory is its own, with the same data, config and seed; only
-``model.trim_vocab`` differs. Runs are interleaved in rounds ``A B B A`` (A = full, B = trimmed),
-so a change in the load of a shared machine hits both arms alike.
+``model.trim_vocab`` differs. Timing follows ``bench/protocol.py``: rounds of one run per arm, the
+order alternating (full trimmed, trimmed full, ...), a ratio per round, the median ratio with its
+bootstrap 95% CI; the target (at most 1.3x) is met only when the CI's upper bound is under it.
 
 Measured per run:
 
@@ -18,11 +18,9 @@ Measured per run:
 - peak memory during training: the process's resident-set high-water mark (``VmHWM``) reset at
   the first optimizer step (Linux ``/proc/self/clear_refs``), read at the end, so loading and
   trimming the model do not count; ``ru_maxrss`` (whole process) is kept too;
-- the machine's 1-minute load average before and after.
+- the machine's state (load, fp32 matmul rate) before and after, and the load around each run.
 
-Result: ``ratio = mean(full step times) / mean(trimmed step times)`` over runs, with a 95%
-percentile bootstrap interval that resamples the runs of each arm (10,000 draws); the same for
-peak memory. Raw per-run data and every command go to the JSON file.
+Raw per-run data and every command go to the JSON file.
 
 Training settings (``TRAIN``): the demo's (ORPO, grouped, one group of English + 3 languages per
 micro-batch, prompts up to 384 tokens, LoRA r=16, alignment terms on) on pairs made from the
@@ -34,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import resource
 import statistics
 import subprocess
@@ -45,6 +41,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import (MIN_ROUNDS, fmt, machine_state, ratio_stats, run_rounds, state_line,  # noqa: E402
+                      verdict, verdict_word)
+
+TARGET = 1.3
+"""Issue 12: exact full-vocabulary training becomes the default if it costs at most this ratio."""
 ARMS = {"full": "model.trim_vocab=false", "trimmed": "model.trim_vocab=true"}
 TRAIN = [
     "objective.name=orpo",
@@ -112,46 +114,25 @@ def child(args) -> None:
     Path(args.child_out).write_text(json.dumps(result, indent=1))
 
 
-def bootstrap_ratio(a: list[float], b: list[float], draws: int = 10_000, seed: int = 0) -> list[float]:
-    """95% percentile interval of mean(a) / mean(b), resampling each list with replacement."""
-    rng = random.Random(seed)
-    ratios = sorted(statistics.fmean(rng.choices(a, k=len(a))) / statistics.fmean(rng.choices(b, k=len(b)))
-                    for _ in range(draws))
-    return [ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]]
-
-
-def summarise(runs: list[dict]) -> dict:
-    by = {arm: [r for r in runs if r["arm"] == arm] for arm in ARMS}
-    out = {}
-    for key in ("step_s", "training_peak_rss_mb"):
-        a = [r[key] for r in by["full"] if r.get(key) is not None]
-        b = [r[key] for r in by["trimmed"] if r.get(key) is not None]
-        if a and b:
-            out[key] = {"full_mean": statistics.fmean(a), "trimmed_mean": statistics.fmean(b),
-                        "ratio_full_over_trimmed": statistics.fmean(a) / statistics.fmean(b),
-                        "ci95": bootstrap_ratio(a, b), "runs_per_arm": [len(a), len(b)]}
-    return out
-
-
 def table(result: dict) -> str:
-    lines = [f"{result['model']}: {result['steps']} steps per run ({result['warmup']} warm-up dropped), "
-             f"{result['rounds']} rounds of A B B A; machine {result['machine']}",
-             "| run | arm | step s (median) | training peak RSS MB | load avg before/after |",
-             "|---:|---|---:|---:|---|"]
-    for i, r in enumerate(result["runs"]):
-        load = "n/a" if r["load_before"] is None else f"{r['load_before']:.1f} / {r['load_after']:.1f}"
-        lines.append(f"| {i} | {r['arm']} | {r['step_s']:.2f} | {r.get('training_peak_rss_mb') or float('nan'):.0f} | "
-                     f"{load} |")
-    for key, s in result["summary"].items():
-        lines.append(f"{key}: full {s['full_mean']:.2f}, trimmed {s['trimmed_mean']:.2f}, ratio full/trimmed "
-                     f"{s['ratio_full_over_trimmed']:.2f} (95% CI {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f})")
+    lines = [f"{result['model']}: {result['steps']} steps per run ({result['warmup']} warm-up interval dropped), "
+             f"{len(result['rounds'])} rounds, order alternating (full trimmed, trimmed full, ...)",
+             "| round | full step s | trimmed step s | full peak MB | trimmed peak MB |", "|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(result["rounds"]):
+        f, t = r["full"], r["trimmed"]
+        lines.append(f"| {i + 1} | {f['step_s']:.2f} | {t['step_s']:.2f} | {f['training_peak_rss_mb'] or float('nan'):.0f} | "
+                     f"{t['training_peak_rss_mb'] or float('nan'):.0f} |")
+    for key, s in result["ratios"].items():
+        lines.append(f"{key} full/trimmed: {fmt(s)} (median of per-round ratios, bootstrap 95% CI)")
+    lines.append(f"exact full vocabulary at most {TARGET}x the trimmed step time: {result['verdict']}")
+    lines.append(state_line(result["machine_before"], result["machine_after"]))
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="builtin:gemma3-270m")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of A B B A")
+    p.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="rounds, each one run of each arm")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
     p.add_argument("--warmup", type=int, default=1, help="step intervals dropped at the start of each run")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "trim-cost-gemma3-270m.json")
@@ -177,36 +158,39 @@ def main() -> int:
                 str(REPO / "bcat" / "resources" / "kb" / "train.jsonl"), "--output", str(pairs)]
     if not (args.reuse and pairs.exists()):
         subprocess.run(data_cmd, check=True, env=env, capture_output=True)
-    order = [arm for _ in range(args.rounds) for arm in ("full", "trimmed", "trimmed", "full")]
-    runs = []
-    for i, arm in enumerate(order):
+    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+
+    def measure(arm: str) -> float:
+        i = sum(map(len, runs.values()))
         out_dir, result_file = work / f"run-{i}-{arm}", work / f"run-{i}-{arm}.json"
         overrides = [f"model.path={args.model}", f"data.train={pairs}", f"training.max_steps={args.steps}",
                      f"training.output_dir={out_dir}", *TRAIN, ARMS[arm]]
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child-out", str(result_file), "--warmup",
                str(args.warmup), "--", *overrides]
-        print(f"[{i + 1}/{len(order)}] {arm}: {' '.join(overrides)}", flush=True)
-        if args.reuse and result_file.exists():
-            print("    reused from an earlier invocation", flush=True)
-        else:
+        if not (args.reuse and result_file.exists()):
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if done.returncode:
                 sys.stderr.write(done.stderr[-4000:])
-                return done.returncode
-        run = {"arm": arm, "round": i // 4, "load_before": None, "load_after": None,
-               **json.loads(result_file.read_text())}
-        if run["step_intervals_s"][args.warmup:]:  # a reused run: the same warm-up rule as this invocation
-            run["step_s"] = statistics.median(run["step_intervals_s"][args.warmup:])
-        runs.append(run)
-        print(f"    step {run['step_s']:.2f} s, training peak {run['training_peak_rss_mb']} MB, "
-              f"load {run['load_before']} -> {run['load_after']}", flush=True)
+                raise SystemExit(done.returncode)
+        run = json.loads(result_file.read_text())
+        run["step_s"] = statistics.median(run["step_intervals_s"][args.warmup:])  # a reused run: this warm-up rule
+        runs[arm].append(run)
+        return run["step_s"]
+
+    before = machine_state(threads=2)
+    kept = run_rounds(measure, list(ARMS), args.rounds)
+    after = machine_state(threads=2)
+    rounds = [{arm: runs[arm][i] for arm in ARMS} for i in range(len(kept))]
+    ratios = {"step_s": ratio_stats([r["full"]["step_s"] for r in rounds], [r["trimmed"]["step_s"] for r in rounds])}
+    if all(r[arm]["training_peak_rss_mb"] for r in rounds for arm in ARMS):
+        ratios["training_peak_rss_mb"] = ratio_stats([r["full"]["training_peak_rss_mb"] for r in rounds],
+                                                     [r["trimmed"]["training_peak_rss_mb"] for r in rounds])
     result = {
-        "model": args.model, "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "train": TRAIN,
-        "arms": ARMS, "command": " ".join([Path(sys.executable).name, "bench/trim_cost.py", *sys.argv[1:]]),
+        "model": args.model, "steps": args.steps, "warmup": args.warmup, "train": TRAIN, "arms": ARMS,
+        "command": " ".join([Path(sys.executable).name, "bench/trim_cost.py", *sys.argv[1:]]),
         "data_command": "bcat data pairs --input bcat/resources/kb/train.jsonl --output train_pairs.jsonl",
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
-        "shared_machine_note": "run while other jobs shared the machine; the load averages per run are recorded",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "summary": summarise(runs),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "machine_before": before, "machine_after": after,
+        "rounds": rounds, "ratios": ratios, "verdict": verdict_word(verdict(ratios["step_s"], TARGET, at_least=False)),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -6,17 +6,23 @@ positions whose NEXT token is a completion token: the log-prob of ``input_ids[s,
 from the logits at ``t``.
 
 With ``pack=True`` a preference batch ALSO carries the prompt-shared layout (``packed_*`` keys):
-pair ``i`` is one row ``prompt | chosen | rejected`` (right-padded), computed once instead of twice.
+pair ``i`` is one sequence ``prompt | chosen | rejected``, computed once instead of twice, and the
+sequences are packed without padding into as few rows as fit the longest one (first-fit decreasing):
+short pairs share a row, so chat-shaped data (short prompts, answers of very different lengths)
+does not pay for padding.
 
-- ``packed_segments[i, u]``: 0 prompt, 1 chosen, 2 rejected, -1 padding. The forward builds the
-  4D attention mask from it: causal, padding hidden, and chosen tokens hidden from rejected ones.
-- ``packed_position_ids[i, u]``: the rejected completion restarts right after the prompt, so
-  every token has the position it has in its plain row.
+- ``packed_pairs[r, u]``: the pair at that position, -1 for padding. Tokens attend only within
+  their own pair.
+- ``packed_segments[r, u]``: 0 prompt, 1 chosen, 2 rejected, -1 padding. The forward builds the
+  4D attention mask from both: causal, within the pair, and chosen tokens hidden from rejected ones.
+- ``packed_position_ids[r, u]``: positions restart at 0 for every pair, and the rejected completion
+  restarts right after the prompt, so every token has the position it has in its plain row.
 - ``packed_index[s, t]``: where the state of plain row ``s``, position ``t`` lives in the packed
-  batch, as a flat index ``i * width + u``. The log-prob of ``input_ids[s, t + 1]`` comes from the
+  batch, as a flat index ``r * width + u``. The log-prob of ``input_ids[s, t + 1]`` comes from the
   state at ``packed_index[s, t]``; e.g. the first rejected token is scored from the last prompt
   token's state, the same state that scores the first chosen token.
-- ``packed_pool_mask``: ``pool_mask`` of the chosen rows in packed coordinates (prompt + chosen).
+- ``packed_pool_pairs``: the pair whose chosen row pools the position (``pool_mask`` of the chosen
+  rows: prompt + chosen), -1 elsewhere.
 
 The plain tensors stay in the batch: the loss reads log-probs in the plain layout whichever
 forward produced them, and token counts keep their meaning.
@@ -103,42 +109,74 @@ class GroupCollator:
         return batch
 
     def _packed(self, examples: list[Example], plain_width: int, pool_mask: torch.Tensor) -> dict:
-        """The prompt-shared layout: one row ``prompt | chosen | rejected`` per pair.
+        """The prompt-shared layout, ``prompt | chosen | rejected`` per pair, pairs packed into rows.
 
-        >>> ex = [Example(0, "g0", "en", [1, 5], ([7, 2], [8, 9, 2])), Example(1, "g0", "fr", [1, 6, 6], ([7, 2], [8, 2]))]
+        >>> ex = [Example(0, "g0", "en", [1, 5, 5, 5, 5], ([7, 2], [8, 9, 2])),
+        ...       Example(1, "g0", "fr", [1, 6, 6], ([7, 2], [8, 2])), Example(2, "g1", "en", [1], ([3], [4]))]
         >>> b = GroupCollator(pad_token_id=0, anchor="en", pack=True)(ex)
-        >>> b["packed_input_ids"].tolist()
-        [[1, 5, 7, 2, 8, 9, 2], [1, 6, 6, 7, 2, 8, 2]]
-        >>> b["packed_segments"].tolist(), b["packed_position_ids"].tolist()
-        ([[0, 0, 1, 1, 2, 2, 2], [0, 0, 0, 1, 1, 2, 2]], [[0, 1, 2, 3, 2, 3, 4], [0, 1, 2, 3, 4, 3, 4]])
-        >>> b["packed_index"][2].tolist()  # rejected row of pair 0: prompt at 0-1, rejected at 4-6
-        [0, 1, 4, 5, 6]
+        >>> b["packed_input_ids"].tolist()  # pair 0 fills a row; pairs 1 and 2 share one (first-fit decreasing)
+        [[1, 5, 5, 5, 5, 7, 2, 8, 9, 2], [1, 6, 6, 7, 2, 8, 2, 1, 3, 4]]
+        >>> b["packed_pairs"][1].tolist(), b["packed_segments"][1].tolist()
+        ([1, 1, 1, 1, 1, 1, 1, 2, 2, 2], [0, 0, 0, 1, 1, 2, 2, 0, 1, 2])
+        >>> b["packed_position_ids"].tolist()
+        [[0, 1, 2, 3, 4, 5, 6, 5, 6, 7], [0, 1, 2, 3, 4, 3, 4, 0, 1, 1]]
+        >>> b["packed_index"][3].tolist()  # rejected row of pair 0: prompt at 0-4, rejected at 7-9
+        [0, 1, 2, 3, 4, 7, 8, 9]
         """
         n = len(examples)
         lengths = [len(ex.prompt_ids) + len(ex.completions[0]) + len(ex.completions[1]) for ex in examples]
         width = max(lengths)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        segments = torch.full((n, width), -1, dtype=torch.long)
-        positions = torch.zeros((n, width), dtype=torch.long)
+        rows = first_fit_decreasing(lengths, width)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        pairs = torch.full((len(rows), width), -1, dtype=torch.long)
+        segments = torch.full((len(rows), width), -1, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
         index = torch.zeros((2 * n, plain_width), dtype=torch.long)
-        packed_pool = torch.zeros((n, width), dtype=torch.bool)
-        for i, ex in enumerate(examples):
-            p, c, r = len(ex.prompt_ids), len(ex.completions[0]), len(ex.completions[1])
-            ids[i, : p + c + r] = torch.tensor(ex.prompt_ids + ex.completions[0] + ex.completions[1])
-            segments[i, :p], segments[i, p : p + c], segments[i, p + c : p + c + r] = 0, 1, 2
-            positions[i, : p + c] = torch.arange(p + c)
-            positions[i, p + c : p + c + r] = torch.arange(p, p + r)
-            base = i * width
-            index[i, : p + c] = base + torch.arange(p + c)
-            index[n + i, :p] = base + torch.arange(p)
-            index[n + i, p : p + r] = base + torch.arange(p + c, p + c + r)
-            packed_pool[i, : p + c] = pool_mask[i, : p + c]
+        pool_pairs = torch.full((len(rows), width), -1, dtype=torch.long)
+        for row, members in enumerate(rows):
+            start = 0
+            for i in members:
+                ex = examples[i]
+                p, c, r = len(ex.prompt_ids), len(ex.completions[0]), len(ex.completions[1])
+                end = start + p + c + r
+                ids[row, start:end] = torch.tensor(ex.prompt_ids + ex.completions[0] + ex.completions[1])
+                pairs[row, start:end] = i
+                segments[row, start:end] = torch.tensor([0] * p + [1] * c + [2] * r)
+                positions[row, start:end] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
+                base = row * width + start
+                index[i, : p + c] = base + torch.arange(p + c)
+                index[n + i, :p] = base + torch.arange(p)
+                index[n + i, p : p + r] = base + torch.arange(p + c, p + c + r)
+                pool_pairs[row, start : start + p + c] = torch.where(pool_mask[i, : p + c], i, -1)
+                start = end
         return {
             "packed_input_ids": ids,
+            "packed_pairs": pairs,
             "packed_segments": segments,
             "packed_position_ids": positions,
             "packed_index": index,
-            "packed_pool_mask": packed_pool,
+            "packed_pool_pairs": pool_pairs,
         }
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Bins of indices whose lengths sum to at most ``capacity``: longest first, each into the first
+    bin with room (within 11/9 of the fewest bins possible, and never more bins than items).
+
+    >>> first_fit_decreasing([7, 3, 5, 2], 7)
+    [[0], [2, 3], [1]]
+    """
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins

@@ -7,13 +7,14 @@ the ``vocab``-wide logits. :class:`PolicyForward` wraps the model as an ``nn.Mod
 (via ``accelerate``) sees the whole computation in its ``forward``.
 
 Prompt-shared preference forward (``packed=``): chosen and rejected repeat the same prompt, so
-each pair runs as ONE sequence ``prompt | chosen | rejected`` (layout built by
-:class:`bcat.batching.collate.GroupCollator` with ``pack=True``). A 4D attention mask lets every token see
-exactly what it sees in its plain row: causal, no padding, and rejected tokens never see chosen
-tokens; position ids restart the rejected completion right after the prompt. The per-token
+each pair runs as ONE sequence ``prompt | chosen | rejected``, and short sequences share a row
+(layout built by :class:`bcat.batching.collate.GroupCollator` with ``pack=True``). A 4D attention
+mask lets every token see exactly what it sees in its plain row: causal, within its own pair, no
+padding, and rejected tokens never see chosen tokens; position ids restart at every pair and
+restart the rejected completion right after the prompt. The per-token
 log-probs come back in the PLAIN layout ``[2N, T-1]``, so the losses cannot tell the two paths
-apart; the pooled hidden states of the chosen rows are averaged over prompt + chosen, the same
-tokens as in the plain row. Transformers (5.x) hands an already-4D mask straight to the attention
+apart; the pooled hidden state of each pair's chosen row is averaged over its prompt + chosen, the
+same tokens as in the plain row. Transformers (5.x) hands an already-4D mask straight to the attention
 function: a boolean mask (``True`` = attend) for ``sdpa``, an additive float mask for ``eager``.
 Models with sliding-window layers (Gemma 3, windowed Qwen2) get a dict
 ``{"full_attention": mask, "sliding_attention": windowed mask}``, the window measured in
@@ -57,12 +58,33 @@ def pooled_states(hidden_states: tuple[Tensor, ...], layers: tuple[int, ...], po
     return torch.stack([masked_mean_pool(hidden_states[layer][:rows], pool_mask[:rows]) for layer in layers])
 
 
+def pair_pooled_states(hidden_states: tuple[Tensor, ...], layers: tuple[int, ...], pool_pairs: Tensor,
+                       rows: int) -> Tensor:
+    """``[L, rows, D]``: in the packed layout, the mean of each of ``layers`` over the positions whose
+    ``pool_pairs`` is ``i``, for pairs ``i < rows`` (the packed twin of :func:`pooled_states`, in fp32).
+
+    >>> h = torch.arange(8.0).reshape(1, 4, 2)  # one packed row: pair 1 at positions 0-1, pair 0 at 2-3
+    >>> pair_pooled_states((h,), (0,), torch.tensor([[1, 1, 0, -1]]), rows=2)[0].tolist()
+    [[4.0, 5.0], [1.0, 2.0]]
+    """
+    flat = pool_pairs.reshape(-1)
+    keep = (flat >= 0) & (flat < rows)
+    where = flat[keep]
+    counts = torch.zeros(rows, device=flat.device).index_add_(0, where, torch.ones_like(where, dtype=torch.float32))
+    pooled = []
+    for layer in layers:
+        states = hidden_states[layer].reshape(-1, hidden_states[layer].shape[-1])[keep].to(torch.float32)
+        sums = torch.zeros(rows, states.shape[-1], device=states.device).index_add(0, where, states)
+        pooled.append(sums / counts.clamp_min(1.0)[:, None])
+    return torch.stack(pooled)
+
+
 def _softcap(logits: torch.Tensor, config) -> torch.Tensor:
     cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-PACKED_KEYS = ("input_ids", "segments", "position_ids", "index", "pool_mask")
+PACKED_KEYS = ("input_ids", "pairs", "segments", "position_ids", "index", "pool_pairs")
 """The prompt-shared layout, as ``batch["packed_" + key]`` from the collator."""
 
 
@@ -85,23 +107,32 @@ def _sliding_window(config) -> tuple[int | None, bool]:
     return (window, True) if "sliding_attention" in types else (None, False)
 
 
-def packed_attention_mask(segments: torch.Tensor, position_ids: torch.Tensor, config, dtype: torch.dtype):
+def packed_attention_mask(pairs: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor, config,
+                          dtype: torch.dtype):
     """4D mask [B, 1, T, T] of the prompt-shared layout, in the form the model's attention takes.
 
-    Query ``q`` sees key ``k`` iff ``k <= q``, ``k`` is not padding, and not (``q`` rejected and ``k``
-    chosen). Every query also sees itself, so padding rows are never empty (no ``nan``). For
-    sliding-window layers, also ``pos[q] - pos[k] < window`` (the plain forward's rule, in positions).
+    Query ``q`` sees key ``k`` iff ``k <= q``, both belong to the same pair (``k`` not padding), and
+    not (``q`` rejected and ``k`` chosen). Every query also sees itself, so padding rows are never
+    empty (no ``nan``). For sliding-window layers, also ``pos[q] - pos[k] < window`` (the plain
+    forward's rule, in positions).
 
-    >>> seg = torch.tensor([[0, 0, 1, 2, -1]])
-    >>> pos = torch.tensor([[0, 1, 2, 2, 0]])
+    >>> pairs = torch.tensor([[0, 0, 0, 0, 1, 1, -1]])
+    >>> seg = torch.tensor([[0, 0, 1, 2, 0, 1, -1]])
+    >>> pos = torch.tensor([[0, 1, 2, 2, 0, 1, 0]])
     >>> class C: _attn_implementation = "sdpa"
-    >>> packed_attention_mask(seg, pos, C(), torch.float32)[0, 0].int().tolist()
-    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 1, 1, 1]]
+    >>> for row in packed_attention_mask(pairs, seg, pos, C(), torch.float32)[0, 0].int().tolist(): print(row)
+    [1, 0, 0, 0, 0, 0, 0]
+    [1, 1, 0, 0, 0, 0, 0]
+    [1, 1, 1, 0, 0, 0, 0]
+    [1, 1, 0, 1, 0, 0, 0]
+    [0, 0, 0, 0, 1, 0, 0]
+    [0, 0, 0, 0, 1, 1, 0]
+    [0, 0, 0, 0, 0, 0, 1]
     """
     width = segments.shape[1]
     idx = torch.arange(width, device=segments.device)
     allowed = idx[None, :, None] >= idx[None, None, :]  # [1, q, k] causal
-    allowed = allowed & (segments != -1)[:, None, :]
+    allowed = allowed & (pairs[:, :, None] == pairs[:, None, :]) & (pairs != -1)[:, None, :]
     allowed = allowed & ~((segments == 2)[:, :, None] & (segments == 1)[:, None, :])
     eye = torch.eye(width, dtype=torch.bool, device=segments.device)[None]
     window, per_type = _sliding_window(config)
@@ -174,12 +205,12 @@ class PolicyForward(nn.Module):
             picked = states[:, :-1][score_mask]  # [K, D] hidden states (or logits on the fallback path)
         else:
             dtype = self.model.get_input_embeddings().weight.dtype
-            mask = packed_attention_mask(packed["segments"], packed["position_ids"], self._config(), dtype)
+            mask = packed_attention_mask(packed["pairs"], packed["segments"], packed["position_ids"], self._config(),
+                                         dtype)
             states, hidden_states = self._head_inputs(packed["input_ids"], mask, bool(hidden_layers),
                                                       packed["position_ids"])
             source = packed["index"][:, :-1][score_mask]  # flat packed index of the state scoring each target
             picked = states.reshape(-1, states.shape[-1])[source]
-            pool_mask = packed["pool_mask"]
         if self.selective_head:
             picked = _softcap(self.model.get_output_embeddings()(picked), self.model.config)
         logits = picked.float()
@@ -188,8 +219,10 @@ class PolicyForward(nn.Module):
         token_logps = torch.zeros(score_mask.shape, dtype=logits.dtype, device=logits.device)
         token_logps = token_logps.masked_scatter(score_mask, picked_logps)
         out = {"token_logps": token_logps}
-        if hidden_layers:
+        if hidden_layers and (packed is None or not self.packed_ok):
             out["pooled"] = pooled_states(hidden_states, hidden_layers, pool_mask, pool_rows)
+        elif hidden_layers:
+            out["pooled"] = pair_pooled_states(hidden_states, hidden_layers, packed["pool_pairs"], pool_rows)
         if return_full:
             out["scored_logps"] = logits - logz[:, None]
         if return_hidden:
@@ -213,7 +246,7 @@ def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.d
                          hidden_layers: tuple[int, ...] = ()) -> bool:
     """Compare the prompt-shared forward with the plain one once; turn packing off if they differ.
 
-    Two random pairs (different prompt and answer lengths, so padding is exercised) go through
+    Three random pairs (different prompt and answer lengths: padding, and two pairs sharing a row) go through
     both paths in eval mode. Packing is kept when the per-token log-probs (and pooled hidden
     states of ``hidden_layers``) agree within the dtype's tolerance AND the rejected log-probs do
     not move when the chosen tokens change (the mask really hides them). Returns the decision,
@@ -227,7 +260,9 @@ def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.d
     def rand(k):
         return torch.randint(3, max(4, vocab_size), (k,), generator=gen).tolist()
 
-    examples = [Example(0, "g", "en", rand(7), (rand(4), rand(6))), Example(1, "g", "fr", rand(5), (rand(3), rand(2)))]
+    # pairs 1 and 2 (10 + 6 tokens) share a row no longer than pair 0 (17): the check covers the mask between pairs
+    examples = [Example(0, "g", "en", rand(7), (rand(4), rand(6))), Example(1, "g", "fr", rand(5), (rand(3), rand(2))),
+                Example(2, "g", "de", rand(3), (rand(1), rand(2)))]
     altered = [Example(e.index, e.group, e.lang, e.prompt_ids, (rand(len(e.completions[0])), e.completions[1]))
                for e in examples]
     collator = GroupCollator(pad_token_id=0, anchor="en", bos_token_id=bos_token_id, pack=True)
@@ -245,11 +280,11 @@ def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.d
             for exs, pack in ((examples, False), (examples, True), (altered, True)):
                 b = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collator(exs).items()}
                 outs.append(policy(b["input_ids"], b["attention_mask"], b["target_mask"], hidden_layers=hidden_layers,
-                                   pool_mask=b["pool_mask"], pool_rows=2, packed=packed_inputs(b) if pack else None))
+                                   pool_mask=b["pool_mask"], pool_rows=3, packed=packed_inputs(b) if pack else None))
         plain, packed, moved = outs
         tol = exactness_tolerance(dtype, plain["token_logps"])
         diff = (plain["token_logps"] - packed["token_logps"]).abs().max().item()
-        leak = (packed["token_logps"][2:] - moved["token_logps"][2:]).abs().max().item()
+        leak = (packed["token_logps"][3:] - moved["token_logps"][3:]).abs().max().item()
         pooled, pooled_tol = 0.0, exactness_tolerance(dtype, torch.ones(()))
         if hidden_layers:  # relative: hidden states can be large (Gemma scales its embeddings by sqrt(d))
             scale = plain["pooled"].abs().max().clamp_min(1.0)
@@ -307,7 +342,7 @@ def check_selective_head(policy: PolicyForward, vocab_size: int, device: torch.d
 def forward_path(policy: PolicyForward, packed_requested: bool) -> dict:
     """What the training forward does, for the log and ``training_summary.json``.
 
-    ``packed``: ``True`` (one ``prompt | chosen | rejected`` row per pair), ``False`` (plain rows),
+    ``packed``: ``True`` (``prompt | chosen | rejected`` per pair, pairs packed into rows), ``False`` (plain rows),
     with ``packed_reason`` when packing was requested but the start-up check turned it off;
     ``head_at_scored_positions`` likewise, with ``head_reason``.
     """
@@ -321,8 +356,8 @@ def forward_path(policy: PolicyForward, packed_requested: bool) -> dict:
 
 
 def describe_forward_path(path: dict) -> str:
-    """One line for the log, e.g. ``packed prompt|chosen|rejected rows; output head at scored positions only``."""
-    rows = "packed prompt|chosen|rejected rows" if path["packed"] else "plain rows"
+    """One line for the log, e.g. ``packed prompt|chosen|rejected sequences; output head at scored positions only``."""
+    rows = "packed prompt|chosen|rejected sequences" if path["packed"] else "plain rows"
     if "packed_reason" in path:
         rows += " (packing failed its start-up check)"
     head = ("output head at scored positions only" if path["head_at_scored_positions"]

@@ -52,14 +52,19 @@ def _load(model_dirs, arch: str, impl: str):
     return AutoModelForCausalLM.from_pretrained(model_dirs[arch], attn_implementation=impl, **extra).eval()
 
 
-def _examples(seed: int = 0, n: int = 4) -> list[Example]:
+SHAPES = [(12, 3, 7), (5, 6, 2), (17, 1, 4), (8, 4, 4)]
+"""(prompt, chosen, rejected) lengths: one pair per packed row, padded."""
+CHAT_SHAPES = [(3, 20, 9), (2, 4, 11), (4, 6, 2), (3, 2, 14)]
+"""Short prompts, answers of different lengths: pairs 1 and 2 share a row, 3 fills one, 0 the widest."""
+
+
+def _examples(seed: int = 0, n: int = 4, shapes=SHAPES) -> list[Example]:
     """Pairs with different prompt lengths, rejected longer and shorter than chosen; BOS first."""
     gen = torch.Generator().manual_seed(seed)
 
     def ids(k):
         return torch.randint(3, 500, (k,), generator=gen).tolist()
 
-    shapes = [(12, 3, 7), (5, 6, 2), (17, 1, 4), (8, 4, 4)]
     return [Example(i, f"g{i // 2}", ("en", "fr")[i % 2], [1] + ids(p), (ids(c) + [2], ids(r) + [2]))
             for i, (p, c, r) in enumerate(shapes[:n])]
 
@@ -71,12 +76,21 @@ def _both(policy, batch, **kw):
     return plain, packed
 
 
+def test_chat_shaped_pairs_share_rows():
+    batch = GroupCollator(pad_token_id=0, anchor="en", pack=True)(_examples(shapes=CHAT_SHAPES))
+    rows = [sorted(set(r.tolist()) - {-1}) for r in batch["packed_pairs"]]
+    assert rows == [[0], [3], [1, 2]]
+    # sequences of 35, 20, 15 and 22 tokens in rows of 35: 13 padding slots, against 92 in the 8 plain rows of 25
+    assert (batch["packed_pairs"] == -1).sum() == 13 and (batch["attention_mask"] == 0).sum() == 92
+
+
+@pytest.mark.parametrize("shapes", [SHAPES, CHAT_SHAPES], ids=["rag", "chat"])
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_packed_forward_equals_plain(model_dirs, arch, impl):
+def test_packed_forward_equals_plain(model_dirs, arch, impl, shapes):
     model = _load(model_dirs, arch, impl)
     policy = PolicyForward(model)
-    batch = GroupCollator(pad_token_id=0, anchor="en", bos_token_id=1, pack=True)(_examples())
+    batch = GroupCollator(pad_token_id=0, anchor="en", bos_token_id=1, pack=True)(_examples(shapes=shapes))
     # The packed rows are shorter than two plain rows: the prompt is there once.
     assert batch["packed_input_ids"].numel() < batch["input_ids"].numel()
     layers = tuple(range(model.config.num_hidden_layers + 1))
@@ -194,8 +208,8 @@ def test_fallback_when_the_mask_is_not_honoured(model_dirs, monkeypatch, caplog)
     policy = PolicyForward(_load(model_dirs, "llama", "sdpa"))
     real = forward.packed_attention_mask
 
-    def leaky(segments, position_ids, config, dtype):  # a model that lets rejected tokens see chosen ones
-        return real(segments.masked_fill(segments == 1, 0), position_ids, config, dtype)
+    def leaky(pairs, segments, position_ids, config, dtype):  # a model that lets rejected tokens see chosen ones
+        return real(pairs, segments.masked_fill(segments == 1, 0), position_ids, config, dtype)
 
     monkeypatch.setattr(forward, "packed_attention_mask", leaky)
     with caplog.at_level(logging.WARNING, logger="bcat.model.forward"):
@@ -271,7 +285,7 @@ def test_a_refused_packing_is_recorded_with_its_reason(model_dirs, monkeypatch):
     policy = PolicyForward(_load(model_dirs, "llama", "sdpa"))
     real = forward.packed_attention_mask
     monkeypatch.setattr(forward, "packed_attention_mask",
-                        lambda s, p, c, d: real(s.masked_fill(s == 1, 0), p, c, d))  # rejected sees chosen
+                        lambda pr, s, p, c, d: real(pr, s.masked_fill(s == 1, 0), p, c, d))  # rejected sees chosen
     assert not check_packed_forward(policy, 500, torch.device("cpu"))
     path = forward_path(policy, True)
     assert path["packed"] is False and "chosen->rejected leak" in path["packed_reason"]

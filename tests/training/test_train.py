@@ -182,4 +182,4 @@ def test_forward_path_is_printed(tmp_path, tiny_model_dir, caplog):
 
     caplog.set_level(logging.INFO, logger="bcat.training.loop")
     run(tmp_path, tiny_model_dir, "dpo", ALIGN_OFF, steps=1)
-    assert "bcat: forward path: packed prompt|chosen|rejected rows; output head at scored positions only" in caplog.text
+    assert "bcat: forward path: packed prompt|chosen|rejected sequences; output head at scored positions only" in caplog.text
