@@ -1,7 +1,8 @@
 """What exactness costs: ``bcat train`` on the built-in model with the full vocabulary
 (``model.trim_vocab=false``, the exact objective) against the trimmed one (``true``).
 
-    python bench/trim_cost.py                               # 5 rounds, 6 steps per run, ~15 min on 2 quiet cores
+    python bench/trim_cost.py --workdir DIR                 # 1 warm-up + 5 rounds, 6 steps per run, ~15 min on 2 cores
+    python bench/trim_cost.py --workdir DIR --reuse --rounds 7   # continue: reuse DIR's runs, add rounds
     python bench/trim_cost.py --table bench/results/trim-cost-gemma3-270m.json
 
 Every run is a real ``bcat train`` (the library's ``train()``, the same code path as the command),
@@ -116,7 +117,7 @@ def child(args) -> None:
 
 def table(result: dict) -> str:
     lines = [f"{result['model']}: {result['steps']} steps per run ({result['warmup']} warm-up interval dropped), "
-             f"{len(result['rounds'])} rounds, order alternating (full trimmed, trimmed full, ...)",
+             f"{len(result['rounds'])} rounds after {len(result['warmup_rounds'])} warm-up, order alternating",
              "| round | full step s | trimmed step s | full peak MB | trimmed peak MB |", "|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(result["rounds"]):
         f, t = r["full"], r["trimmed"]
@@ -135,6 +136,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="rounds, each one run of each arm")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
     p.add_argument("--warmup", type=int, default=1, help="step intervals dropped at the start of each run")
+    p.add_argument("--warmup-rounds", type=int, default=1, help="rounds run first and not kept (cold caches)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "trim-cost-gemma3-270m.json")
     p.add_argument("--workdir", type=Path, default=None, help="keep data and runs here (default: a temp dir)")
     p.add_argument("--reuse", action="store_true",
@@ -178,15 +180,17 @@ def main() -> int:
         return run["step_s"]
 
     before = machine_state(threads=2)
-    kept = run_rounds(measure, list(ARMS), args.rounds)
+    run_rounds(measure, list(ARMS), args.rounds, warmup=args.warmup_rounds)
     after = machine_state(threads=2)
-    rounds = [{arm: runs[arm][i] for arm in ARMS} for i in range(len(kept))]
+    everything = [{arm: runs[arm][i] for arm in ARMS} for i in range(len(runs["full"]))]
+    warmup_rounds, rounds = everything[:args.warmup_rounds], everything[args.warmup_rounds:]
     ratios = {"step_s": ratio_stats([r["full"]["step_s"] for r in rounds], [r["trimmed"]["step_s"] for r in rounds])}
     if all(r[arm]["training_peak_rss_mb"] for r in rounds for arm in ARMS):
         ratios["training_peak_rss_mb"] = ratio_stats([r["full"]["training_peak_rss_mb"] for r in rounds],
                                                      [r["trimmed"]["training_peak_rss_mb"] for r in rounds])
     result = {
-        "model": args.model, "steps": args.steps, "warmup": args.warmup, "train": TRAIN, "arms": ARMS,
+        "model": args.model, "steps": args.steps, "warmup": args.warmup, "warmup_rounds": warmup_rounds,
+        "train": TRAIN, "arms": ARMS,
         "command": " ".join([Path(sys.executable).name, "bench/trim_cost.py", *sys.argv[1:]]),
         "data_command": "bcat data pairs --input bcat/resources/kb/train.jsonl --output train_pairs.jsonl",
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine_before": before, "machine_after": after,

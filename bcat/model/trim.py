@@ -54,7 +54,6 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from bcat.config import TrainConfig
 from bcat.data.tokenization import Example
 
 logger = logging.getLogger(__name__)
@@ -394,11 +393,6 @@ class KeptIdsLogitsProcessor(LogitsProcessor):
 
 
 # ----------------------------------------------------------------------------- in a training run
-
-def trim_enabled(cfg: TrainConfig) -> bool:
-    """``model.trim_vocab``; ``None`` means on for the built-in model (its 262k vocabulary dominates a CPU step)."""
-    return cfg.model.trim_vocab if cfg.model.trim_vocab is not None else cfg.model.path.startswith("builtin:")
-
 
 def trim_vocabulary(model, tokenizer, examples: list[Example]):
     """Restrict ``model`` to the token ids the examples use (plus specials and byte tokens), in place,

@@ -49,7 +49,7 @@ from bcat.model.loading import (
     resolve_hidden_layers,
     resolve_model_dir,
 )
-from bcat.model.trim import special_id, trim_enabled, trim_vocabulary
+from bcat.model.trim import special_id, trim_vocabulary
 from bcat.training.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from bcat.training.distributed import full_model_state, make_accelerator, parallelism, prepare
 from bcat.training.hidden import fit_hidden_standardization
@@ -106,7 +106,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(tc.seed)
     model = load_model(cfg.model, accelerator.device)
     vocab = None
-    if trim_enabled(cfg):
+    if cfg.model.trim_vocab:
         vocab, examples = trim_vocabulary(model, tokenizer, examples)
         if is_main:
             log.info("bcat: vocabulary trimmed to the %d token ids the data uses (of %d)", len(vocab),
