@@ -338,8 +338,9 @@ def seed_overrides(seed: int) -> list[str]:
 
 
 def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
-    """Every run of the study in order: arms in file order, seeds in order; arms that come from the
-    selection are left out until ``selected`` (a candidate arm's name) is known."""
+    """Every run of the study in the order it runs: first the runs the selection waits for (the first
+    seed of each candidate and of the baseline), then the rest, arms in file order, seeds in order.
+    Arms that come from the selection are left out until ``selected`` (a candidate arm's name) is known."""
     arms = {a.name: a for a in spec.arms}
     runs = []
     for arm in spec.arms:
@@ -362,7 +363,9 @@ def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
             runs.append(Run(f"{arm.name}-s{seed}", arm.name, seed, [*overrides, *seed_overrides(seed)],
                             dev=dev, test=arm.test, ood=arm.test and ood and spec.eval.ood_limit > 0,
                             curve_steps=curve, selected=selected if arm.from_selection else None))
-    return runs
+    feeds = {*spec.selection.candidates, spec.selection.baseline} if spec.selection else set()
+    first = {r.arm: r.name for r in reversed(runs) if r.trained}
+    return sorted(runs, key=lambda r: r.arm not in feeds or first[r.arm] != r.name)
 
 
 def resolve_data(name: str) -> Path:
