@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bcat.data.normalize import normalize
+from bcat.data.records import read_rows
 from bcat.errors import BcatError, DataError
 
 log = logging.getLogger(__name__)
@@ -189,21 +189,14 @@ def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,
     known = list(instruction_table())
     items: list[RagItem] = []
     seen: dict[tuple[str, str], int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line_no, None, f"not valid JSON ({e.msg})") from None
-            item = parse_record(rec, str(path), line_no, known)
-            key = (item.group, item.lang)
-            if key in seen:
-                raise DataError(path, line_no, "lang", f"group '{item.group}' already has a '{item.lang}' record "
-                                f"(line {seen[key]})")
-            seen[key] = line_no
-            items.append(item)
+    for line_no, rec in read_rows(path):
+        item = parse_record(rec, str(path), line_no, known)
+        key = (item.group, item.lang)
+        if key in seen:
+            raise DataError(path, line_no, "lang", f"group '{item.group}' already has a '{item.lang}' record "
+                            f"(line {seen[key]})")
+        seen[key] = line_no
+        items.append(item)
     if not items:
         raise DataError(path, None, None, "no records")
     if languages:

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 from bcat.data.normalize import first_line
 from bcat.data.rag import RagItem, instruction_table, load_items
+from bcat.data.records import read_rows
 from bcat.errors import BcatError, DataError
 from bcat.evaluation.metrics import LanguageIdentifier, score_item
 from bcat.evaluation.summary import summarize
@@ -224,37 +225,30 @@ def load_predictions(path: Path, items: Sequence[RagItem]) -> list[tuple[RagItem
         raise BcatError(f"--predictions: file not found: {path}")
     by_key = {(i.group, i.lang): i for i in items}
     found: dict[tuple[str, str], tuple[int, dict]] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line_no, None, f"not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(path, line_no, None, "each line must be a JSON object")
-            group = rec.get("group")
-            if isinstance(group, int) and not isinstance(group, bool):
-                group = str(group)
-            if not isinstance(group, str) or not group:
-                raise DataError(path, line_no, "group", "missing or not a non-empty string")
-            for name in ("lang", "prediction"):
-                if name not in rec:
-                    raise DataError(path, line_no, name, "missing (a prediction needs group, lang, prediction)")
-                if not isinstance(rec[name], str):
-                    raise DataError(path, line_no, name, f"must be a string, got {type(rec[name]).__name__}")
-            for name in ("raw_output", "prompt"):
-                if rec.get(name) is not None and not isinstance(rec[name], str):
-                    raise DataError(path, line_no, name, f"must be a string, got {type(rec[name]).__name__}")
-            key = (group, rec["lang"])
-            if key not in by_key:
-                raise DataError(path, line_no, "lang" if any(g == group for g, _ in by_key) else "group",
-                                f"no item ({group}, {rec['lang']}) in the data file")
-            if key in found:
-                raise DataError(path, line_no, "lang", f"a second prediction for ({group}, {rec['lang']}) "
-                                f"(first on line {found[key][0]})")
-            found[key] = (line_no, rec)
+    for line_no, rec in read_rows(path):
+        if not isinstance(rec, dict):
+            raise DataError(path, line_no, None, "each line must be a JSON object")
+        group = rec.get("group")
+        if isinstance(group, int) and not isinstance(group, bool):
+            group = str(group)
+        if not isinstance(group, str) or not group:
+            raise DataError(path, line_no, "group", "missing or not a non-empty string")
+        for name in ("lang", "prediction"):
+            if name not in rec:
+                raise DataError(path, line_no, name, "missing (a prediction needs group, lang, prediction)")
+            if not isinstance(rec[name], str):
+                raise DataError(path, line_no, name, f"must be a string, got {type(rec[name]).__name__}")
+        for name in ("raw_output", "prompt"):
+            if rec.get(name) is not None and not isinstance(rec[name], str):
+                raise DataError(path, line_no, name, f"must be a string, got {type(rec[name]).__name__}")
+        key = (group, rec["lang"])
+        if key not in by_key:
+            raise DataError(path, line_no, "lang" if any(g == group for g, _ in by_key) else "group",
+                            f"no item ({group}, {rec['lang']}) in the data file")
+        if key in found:
+            raise DataError(path, line_no, "lang", f"a second prediction for ({group}, {rec['lang']}) "
+                            f"(first on line {found[key][0]})")
+        found[key] = (line_no, rec)
     if not found:
         raise DataError(path, None, None, "no predictions")
     return [(i, found[(i.group, i.lang)][1]) for i in items if (i.group, i.lang) in found]
