@@ -3,7 +3,7 @@
     bcat data check FILE [--objective orpo] [--tokenizer DIR] [--json]
     bcat data build [--output DIR] [--seed 0]
     bcat data pairs --input QA.jsonl --output PAIRS.jsonl \\
-        [--mix grounding=0.5,language=0.25,hallucination=0.25] [--seed 0] [--sft]
+        [--mix grounding=0.5,language=0.25,hallucination=0.25] [--seed 0] [--groups N] [--sft]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bcat.data.kb.build import build, default_output_dir, write_jsonl
-from bcat.data.kb.pairs import DEFAULT_MIX, make_pairs, make_sft, parse_mix, read_qa
+from bcat.data.kb.pairs import DEFAULT_MIX, make_pairs, make_sft, parse_mix, read_qa, sample_groups
 from bcat.data.records import load_records
 from bcat.data.tokenization import length_stats, tokenize_records
 from bcat.languages import ANCHOR
@@ -40,6 +40,8 @@ def cmd_pairs(args) -> int:
     """Turn QA records into preference pairs (or SFT records with --sft)."""
     mix = None if args.sft else parse_mix(args.mix)  # a bad --mix fails before any reading
     records = read_qa(args.input)
+    if args.groups is not None:
+        records = sample_groups(records, args.groups, args.seed)
     out = make_sft(records) if args.sft else make_pairs(records, mix, seed=args.seed)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--mix", default=_DEFAULT_MIX_TEXT,
                    help="share of each rejected-answer type: grounding (a distractor passage's answer), "
                         "language (the English answer), hallucination (an answer in no passage)")
-    p.add_argument("--seed", type=int, default=0, help="seed for drawing each group's pair type")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing each group's pair type (and --groups)")
+    p.add_argument("--groups", type=int, default=None,
+                   help="keep only N groups, drawn at random with --seed (default: all), e.g. so that a short run "
+                        "covers whole epochs")
     p.add_argument("--sft", action="store_true", help="write prompt + completion (the gold answer) instead of pairs")
     p.set_defaults(func=cmd_pairs)

@@ -24,9 +24,11 @@ def resource(name: str) -> Path:
     return Path(str(files("bcat") / "resources" / name))
 
 
-def pairs_argv(qa: Path, output: Path, seed: int = 0) -> list[str]:
-    """``bcat data pairs``: preference pairs from RAG QA records (all languages; training picks)."""
-    return ["data", "pairs", "--input", str(qa), "--output", str(output), "--seed", str(seed)]
+def pairs_argv(qa: Path, output: Path, seed: int = 0, groups: Optional[int] = None) -> list[str]:
+    """``bcat data pairs``: preference pairs from RAG QA records (all languages; training picks),
+    of ``groups`` groups drawn with ``seed`` (``None``: all)."""
+    return ["data", "pairs", "--input", str(qa), "--output", str(output), "--seed", str(seed),
+            *(["--groups", str(groups)] if groups is not None else [])]
 
 
 def train_argv(model: str, pairs: Path, output_dir: Path, steps: Optional[int], overrides: Sequence[str] = (),

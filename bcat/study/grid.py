@@ -44,6 +44,11 @@ class DataSpec:
     """RAG QA records that ``bcat data pairs`` turns into the training pairs (a path or ``builtin-train``)."""
     pairs_seed: int = 0
     """``bcat data pairs --seed``."""
+    train_groups: Optional[int] = None
+    """``bcat data pairs --groups``: train on this many groups (drawn with ``pairs_seed``; ``None``: all).
+    Set it so that every trained arm's ``max_steps`` covers whole epochs: only then do all arms see
+    the same records. Within an epoch they do not: a grouped micro-batch holds the languages of ONE
+    item where a shuffled one holds records of about as many items as it has records."""
     train_languages: list[str] = field(default_factory=lambda: list(TRAINED_LANGUAGES))
     """Languages training sees (``data.languages``); the others are unseen and never trained."""
     dev: str = "builtin-dev"
@@ -284,7 +289,7 @@ def validate(spec: StudySpec) -> StudySpec:
         raise bad("bootstrap", "must be at least 100")
     if spec.curve.groups < 1 or any(s < 1 for s in spec.curve.steps):
         raise bad("curve", "steps and groups must be positive")
-    for key in ("dev_groups", "test_groups"):
+    for key in ("dev_groups", "test_groups", "train_groups"):
         if (getattr(spec.data, key) or 1) < 1:
             raise bad(f"data.{key}", "must be positive or null")
     # Every arm's training config must load, before any work (a typo would otherwise surface hours in).
@@ -298,6 +303,12 @@ def validate(spec: StudySpec) -> StudySpec:
                 raise bad("training", f"must set training.save_steps (arm {arm.name}): a run resumes from its checkpoints")
             if cfg.batch.mode not in spec.timing.step_s:
                 raise bad("timing.step_s", f"has no time for batch.mode={cfg.batch.mode} (arm {arm.name})")
+            groups = spec.data.train_groups
+            per_epoch = -(-groups // cfg.batch.groups_per_batch) // cfg.training.gradient_accumulation_steps if groups else 0
+            if groups and (per_epoch < 1 or cfg.training.max_steps % per_epoch):
+                raise bad("data.train_groups", f"{groups} groups at {cfg.batch.groups_per_batch} per micro-batch make "
+                          f"{per_epoch} steps per epoch; arm {arm.name}'s training.max_steps={cfg.training.max_steps} "
+                          "must be a whole number of epochs, or the arms see different records")
     return spec
 
 
@@ -328,7 +339,7 @@ class Run:
         """Identity of the TRAINING (model, data, overrides): runs with the same key share the cache,
         e.g. the selected arm's first seed and the candidate it came from."""
         d = spec.data
-        training = [d.train_qa, d.pairs_seed, d.train_languages] if self.trained else []
+        training = [d.train_qa, d.pairs_seed, d.train_languages, d.train_groups] if self.trained else []
         text = json.dumps({"model": spec.model, "data": training, "overrides": self.overrides}, sort_keys=True)
         return ("base" if not self.trained else "t") + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 

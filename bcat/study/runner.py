@@ -109,7 +109,7 @@ class Study:
         self.dev = resolve_data(spec.data.dev)
         self.test = resolve_data(spec.data.test)
         d = spec.data
-        self.pairs = self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, str(resolve_data(d.train_qa))])}.jsonl"
+        self.pairs = self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, d.train_groups, str(resolve_data(d.train_qa))])}.jsonl"
         self.eval_key = "e" + _digest([dataclasses.asdict(spec.eval), d.dev, d.dev_groups, d.test, d.test_groups,
                                        spec.curve.groups, str(self.dev), str(self.test)])
         """Identity of the evaluation settings: a change re-evaluates instead of reusing the cache."""
@@ -216,7 +216,8 @@ class Study:
         if self.pairs.is_file():
             return
         tmp = self.pairs.with_suffix(".tmp.jsonl")
-        self._command(pairs_argv(resolve_data(self.spec.data.train_qa), tmp, self.spec.data.pairs_seed), tmp, run)
+        d = self.spec.data
+        self._command(pairs_argv(resolve_data(d.train_qa), tmp, d.pairs_seed, d.train_groups), tmp, run)
         tmp.replace(self.pairs)
 
     def eval_steps(self, run: Run) -> list[EvalStep]:

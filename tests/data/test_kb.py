@@ -379,6 +379,16 @@ def test_cli_pairs_and_errors(tmp_path):
         _kb_cli(["pairs", "--input", str(BUNDLED / "dev.jsonl"), "--output", str(out), "--mix", "x=1"])
     with pytest.raises(DataError, match="file not found"):
         _kb_cli(["pairs", "--input", str(tmp_path / "missing.jsonl"), "--output", str(out)])
+    # --groups: whole groups (every language), the same draw for the same seed, another for another seed
+    sub = [tmp_path / f"sub{i}.jsonl" for i in range(3)]
+    for path, seed in zip(sub, ("1", "1", "2")):
+        assert _kb_cli(["pairs", "--input", str(BUNDLED / "dev.jsonl"), "--output", str(path), "--seed", seed,
+                        "--groups", "12"]) == 0
+    records, report = load_records(sub[0], "dpo")
+    assert report.groups == 12 and report.groups_missing_languages == 0 and len(records) == 12 * 11
+    assert sub[0].read_text() == sub[1].read_text() != sub[2].read_text()
+    with pytest.raises(ConfigError, match="--groups: must be between 1 and the 50 groups"):
+        _kb_cli(["pairs", "--input", str(BUNDLED / "dev.jsonl"), "--output", str(out), "--groups", "51"])
 
 
 def test_cli_build(tmp_path, monkeypatch):

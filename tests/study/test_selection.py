@@ -127,3 +127,22 @@ def test_commit_takes_exactly_the_run_files_and_nothing_staged_beside_them(tmp_p
     assert "other.txt" in git("diff", "--cached", "--name-only")  # still staged, not committed
     git_commit([results / "a-s0.json"], "study: again", results)  # nothing new: no empty commit
     assert git("log", "--format=%s").count("\n") == 1
+
+
+def test_train_groups_must_make_whole_epochs(tmp_path):
+    """With ``data.train_groups`` every arm's steps must cover whole epochs (or arms see different records)."""
+    spec = load_study(study_file(tmp_path, data={"train_groups": 4}))  # 4 groups, 2 per micro-batch: 2 steps
+    assert spec.data.train_groups == 4
+    with pytest.raises(ConfigError, match=r"data.train_groups.*3 steps per epoch.*max_steps=4"):
+        load_study(study_file(tmp_path, data={"train_groups": 5}))  # 3 steps per epoch: 4 steps is not whole
+    pairs = Study(load_study(study_file(tmp_path, data={"train_groups": 4})))
+    assert pairs.pairs != Study(load_study(study_file(tmp_path))).pairs  # another subset, another file
+
+
+def test_pairs_command_draws_the_groups():
+    from pathlib import Path
+
+    from bcat.study.commands import pairs_argv
+
+    assert pairs_argv(Path("qa.jsonl"), Path("p.jsonl"), 3, 120)[-2:] == ["--groups", "120"]
+    assert "--groups" not in pairs_argv(Path("qa.jsonl"), Path("p.jsonl"))

@@ -124,6 +124,20 @@ def rejected_answer(rec: dict, pair_type: str) -> tuple[str, str]:
     return rec[_NEGATIVE[pair_type]], pair_type
 
 
+def sample_groups(records: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """The records of ``n`` groups drawn at random (seeded), in input order.
+
+    >>> recs = [{"group": g, "lang": l} for g in "abcd" for l in ("en", "fr")]
+    >>> [r["group"] + r["lang"] for r in sample_groups(recs, 2, seed=0)]
+    ['ben', 'bfr', 'cen', 'cfr']
+    """
+    groups = _by_group(records)
+    if not 1 <= n <= len(groups):
+        raise ConfigError(f"--groups: must be between 1 and the {len(groups)} groups of the input, got {n}")
+    kept = set(random.Random(f"bcat-kb-groups:{seed}").sample(sorted(groups), n))
+    return [r for r in records if str(r["group"]) in kept]
+
+
 def make_pairs(records: list[dict], mix: dict[str, float] | None = None, seed: int = 0) -> list[dict]:
     """One preference record per QA record, in input order."""
     mix = dict(DEFAULT_MIX if mix is None else mix)
