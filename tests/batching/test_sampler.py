@@ -211,6 +211,23 @@ def test_shuffled_mixes_groups_with_grouped_sizes():
             assert partial, "shuffled kept every group whole"
 
 
+def test_every_mode_trains_the_same_records_per_epoch():
+    """What lets the study compare batch modes at whole epochs: with a ``languages_per_group`` draw,
+    grouped, shuffled and monolingual cover exactly the same records in each epoch (no_anchor: the
+    same without the anchor), in the same number of steps (monolingual: unless languages outnumber them)."""
+    for seed in SEEDS:
+        keys = random_keys(seed, n_groups=12)
+        for epoch in (0, 1):
+            seen = {}
+            for mode in ("grouped", "shuffled", "monolingual", "no_anchor"):
+                sampler = GroupBatchSampler(keys, 1, mode=mode, languages_per_group=2, seed=seed)
+                records = [i for mb in flat(sampler.epoch_plan(epoch)) for i in mb.records]
+                assert len(records) == len(set(records))
+                seen[mode] = set(records)
+            assert seen["grouped"] == seen["shuffled"] == seen["monolingual"]
+            assert seen["no_anchor"] == {i for i in seen["grouped"] if keys[i][1] != "en"}
+
+
 def test_monolingual_one_language_per_micro_batch():
     for seed in SEEDS:
         keys = random_keys(seed)
