@@ -134,12 +134,18 @@ def main(argv=None) -> int:
 
     rounds = protocol.run_rounds(measure, ["old", "new"], args.rounds, warmup=args.warmup)
     after = protocol.machine_state(args.threads)
+    with protocol.flop_counter() as counter:  # one more, untimed pass: the work the new generator executes
+        runs["new"]()
+    gflop = counter.get_total_flops() / 1e9
     speedup = protocol.ratio_stats([r["old"] for r in rounds], [r["new"] for r in rounds])
     diffs = [{"item": items[chosen[k]].group + "/" + items[chosen[k]].lang, "prompt_tokens": sub_len[k],
               "old": outputs["old"][k], "new": outputs["new"][k]}
              for k in range(len(sub)) if outputs["old"][k] != outputs["new"][k]]
     new_s = statistics.median(r["new"] for r in rounds)
     old_s = statistics.median(r["old"] for r in rounds)
+    matmul = max(before["matmul_gflops"], after["matmul_gflops"])
+    # Prefill dominates the work, so the whole split's is the subset's scaled by prompt tokens.
+    split_gflop = gflop * sum(lengths) / sum(sub_len)
     doc = {
         "meta": {"model": args.model, "items": len(sub), "of": len(prompts), "rounds": len(rounds),
                  "warmup_rounds": args.warmup, "old_batch": args.old_batch, "new_batch": args.new_batch,
@@ -152,6 +158,12 @@ def main(argv=None) -> int:
         "speedup_old_over_new": speedup,
         "median_s": {"old": round(old_s, 2), "new": round(new_s, 2)},
         "median_s_per_item": {"old": round(old_s / len(sub), 3), "new": round(new_s / len(sub), 3)},
+        "executed": {"new_gflop": round(gflop, 1), "matmul_gflops": matmul,
+                     "new_gflops_per_s": protocol.ratio_stats([gflop] * len(rounds), [r["new"] for r in rounds]),
+                     "new_mfu": protocol.ratio_stats([gflop / matmul] * len(rounds), [r["new"] for r in rounds]),
+                     "full_split_gflop": round(split_gflop),
+                     "full_split_compute_floor_s": round(split_gflop / matmul, 1),
+                     "full_split_estimate_s": round(load_s + new_s / len(sub) * len(prompts), 1)},
         "deterministic": deterministic,
         "outputs_identical": not diffs, "different_items": diffs,
         "outputs": {"items": [items[i].group + "/" + items[i].lang for i in chosen], **outputs},
@@ -175,6 +187,13 @@ def markdown(doc: dict) -> str:
              f"| old (`model.generate`, fixed batches) | {doc['median_s']['old']} | {doc['median_s_per_item']['old']} | | |",
              f"| new (continuous batching) | {doc['median_s']['new']} | {doc['median_s_per_item']['new']} | "
              f"{protocol.fmt(s)} | {'identical' if doc['outputs_identical'] else str(len(doc['different_items'])) + ' differ'} |"]
+    e = doc.get("executed")
+    if e:
+        lines += ["", f"New generator: {e['new_gflop']} GFLOP executed on these items, "
+                      f"{protocol.fmt(e['new_gflops_per_s'], 1)} GFLOP/s, MFU {protocol.fmt(e['new_mfu'])} of the "
+                      f"{e['matmul_gflops']} GFLOP/s fp32 matmul rate. Whole split ({m['of']} items): about "
+                      f"{e['full_split_gflop']} GFLOP, so at least {e['full_split_compute_floor_s'] / 60:.1f} min at that "
+                      f"rate; at this subset's speed about {e['full_split_estimate_s'] / 60:.1f} min with the model load."]
     if m.get("note"):
         lines.append(f"\nNote: {m['note']}")
     return "\n".join(lines)

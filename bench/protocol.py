@@ -53,6 +53,25 @@ def matmul_gflops(threads: Optional[int] = None, n: int = 2048, reps: int = 10) 
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def flop_counter():
+    """``FlopCounterMode`` that also counts the CPU flash-attention kernels (torch counts only the GPU ones)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    })
+
+
 def machine_state(threads: Optional[int] = None, matmul: bool = True) -> dict:
     """Uptime, load averages, CPUs, torch threads and (if ``matmul``) the fp32 matmul rate, now."""
     import torch

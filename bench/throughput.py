@@ -3,7 +3,7 @@
 Usage::
 
     python bench/throughput.py --quick                         # tiny random Llama, RAG + chat shapes
-    python bench/throughput.py --model builtin:gemma3-270m --shapes rag     # the built-in model (trimmed)
+    python bench/throughput.py --model builtin:gemma3-270m --shapes rag     # the built-in model (full vocabulary)
     python bench/throughput.py --model builtin:gemma3-270m --shapes rag --configs bcat-dpo,bcat-dpo-noalign \\
         --profile                                              # + where the alignment time goes
     python bench/throughput.py --table bench/results/quick-tiny.json          # print a saved result
@@ -81,10 +81,12 @@ about 150 tokens. The actual token statistics are in the results.
 
 Models: ``tiny`` = a random Llama of about 20M parameters (hidden 384, 8 layers, vocab 8192 BPE
 trained on the synthetic text) built here; ``builtin:gemma3-270m`` = the built-in Gemma 3 270M
-(``bcat.model.builtin``) with its vocabulary trimmed to the ids the data uses (``bcat.model.trim``), the
-same trimmed model and the same remapped token ids for every configuration: the benchmark trims
-once, the same way for TRL and bcat (bcat's own ``model.trim_vocab`` is turned off and its loader
-patched to return the benchmark's trimmed model).
+(``bcat.model.builtin``) with its full 262k vocabulary, as bcat trains it by default (``model.trim_vocab``
+is off since ``bench/results/trim-cost-gemma3-270m.json``). ``--trim`` times the opt-in trimmed
+vocabulary instead (``bcat.model.trim``, the ids the data uses): the same trimmed model and the same
+remapped token ids for every configuration: the benchmark trims once, the same way for TRL and bcat
+(bcat's own ``model.trim_vocab`` is turned off and its loader patched to return the benchmark's
+trimmed model).
 
 Targets (the script prints the measured truth whether or not they are met):
 
@@ -285,25 +287,6 @@ def model_flop_params(model) -> int:
     return total - emb.numel() + (head.numel() if head is emb else 0)
 
 
-def flop_counter():
-    """``FlopCounterMode`` that also counts the CPU flash-attention kernels (torch counts only the GPU ones)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    def forward(query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query, key, value)
-
-    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_backward_flop_count(grad_out, query, key, value)
-
-    return FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: forward,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
-    })
-
-
 ALIGN_LABEL = "bench::alignment::"
 HIDDEN_LABEL = "bench::output_hidden_states"
 
@@ -415,7 +398,7 @@ class Gate:
             return
         self.mode = self.conn.recv()
         if self.mode == "count":
-            self.context = flop_counter()
+            self.context = protocol.flop_counter()
             self.context.__enter__()
         elif self.mode == "profile":
             import torch
@@ -782,7 +765,8 @@ def derive(groups: list[dict], matmul: float) -> dict:
 def markdown(doc: dict) -> str:
     meta = doc["meta"]
     d = doc["derived"]
-    lines = [f"Model {meta['model']} ({meta['flop_params'] / 1e6:.1f}M FLOP-counted params), {meta['pairs_per_step']} "
+    vocab = {True: ", trimmed vocabulary", False: ", full vocabulary"}.get(meta.get("trimmed_vocab"), "")
+    lines = [f"Model {meta['model']}{vocab} ({meta['flop_params'] / 1e6:.1f}M FLOP-counted params), {meta['pairs_per_step']} "
              f"pairs per step, {meta['rounds']} timed rounds after {meta['warmup']} warm-up steps, grouping "
              f"{meta['grouping']}, {meta['threads']} threads; MFU over {meta['matmul_gflops']:.1f} GFLOP/s",
              protocol.state_line(meta["before"], meta["after"]), "",
@@ -859,6 +843,8 @@ def main(argv=None) -> int:
     ap.add_argument("--groups-per-batch", type=int, default=None, help=f"groups per step (x {len(LANGS)} languages)")
     ap.add_argument("--grouping", choices=["all", "pairs"], default=None,
                     help="configurations resident together (default: all for the tiny model, pairs otherwise)")
+    ap.add_argument("--trim", action="store_true",
+                    help="built-in model: time the opt-in trimmed vocabulary (both sides) instead of bcat's default full one")
     ap.add_argument("--profile", action="store_true", help="one more step of each bcat configuration under torch.profiler")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/<mode>-<model>.json)")
@@ -906,8 +892,10 @@ def main(argv=None) -> int:
         from bcat.model.builtin import resolve
 
         model_dir = resolve(args.model)
-        trim = True
+        trim = args.trim
     else:
+        if args.trim:
+            ap.error("--trim is for the built-in model")
         model_dir, trim = Path(args.model), False
 
     # A fresh bcat cache per invocation: bcat computes its reference log-probs like TRL does. The
@@ -938,7 +926,7 @@ def main(argv=None) -> int:
     flop_params = next((w["flop_params"] for g in groups for w in g.get("workers", {}).values() if "flop_params" in w), 0)
     doc = {
         "meta": {"model": args.model, "flop_params": flop_params, "rounds": args.rounds, "warmup": args.warmup,
-                 "grouping": grouping, "pairs_per_step": gpb * len(LANGS), "groups_per_batch": gpb,
+                 "grouping": grouping, "trimmed_vocab": trim, "pairs_per_step": gpb * len(LANGS), "groups_per_batch": gpb,
                  "languages": list(LANGS), "threads": THREADS, "matmul_gflops": matmul, "before": before,
                  "after": after, "torch": torch.__version__, "transformers": transformers.__version__,
                  "trl": trl_version, "quick": args.quick, "profile": args.profile, "note": args.note,
@@ -949,7 +937,7 @@ def main(argv=None) -> int:
     }
     doc["derived"] = derive(groups, matmul)
     out = Path(args.out) if args.out else HERE / "results" / (
-        f"{'quick' if args.quick else 'full'}-{args.model.replace(':', '-').replace('/', '_')}.json")
+        f"{'quick' if args.quick else 'full'}-{args.model.replace(':', '-').replace('/', '_')}{'-trimmed' if trim else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     print()
