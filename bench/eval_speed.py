@@ -193,7 +193,8 @@ def markdown(doc: dict) -> str:
                       f"{protocol.fmt(e['new_gflops_per_s'], 1)} GFLOP/s, MFU {protocol.fmt(e['new_mfu'])} of the "
                       f"{e['matmul_gflops']} GFLOP/s fp32 matmul rate. Whole split ({m['of']} items): about "
                       f"{e['full_split_gflop']} GFLOP, so at least {e['full_split_compute_floor_s'] / 60:.1f} min at that "
-                      f"rate; at this subset's speed about {e['full_split_estimate_s'] / 60:.1f} min with the model load."]
+                      f"rate; at this subset's speed about {e['full_split_estimate_s'] / 60:.1f} min with the model load (an "
+                      f"overestimate: a small subset rarely fills the batch)."]
     if m.get("note"):
         lines.append(f"\nNote: {m['note']}")
     return "\n".join(lines)

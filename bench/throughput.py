@@ -30,8 +30,9 @@ Configurations
 --------------
 - ``bcat-dpo``: ``bcat train`` (the real loop, ``bcat.training.loop.train``) with DPO, the group
   sampler and REAL alignment work: cosine hidden alignment (middle layer, standardised) + output
-  agreement, at bcat's default weights; bcat's defaults otherwise: reference log-probs precomputed
-  (the cache starts empty in every run), prompt-shared packed forward, selective output head.
+  agreement at weights 3.0 and 2.0 (``ALIGN_WEIGHTS``: both terms are off by default); bcat's defaults
+  otherwise: reference log-probs precomputed (the cache starts empty in every run), prompt-shared
+  packed forward, selective output head.
 - ``bcat-dpo-infonce``: InfoNCE hidden alignment (bcat's default, tau 0.1) + output agreement. InfoNCE
   contrasts a translation with the OTHER groups' anchors, so it needs ``--groups-per-batch`` >= 2
   (with one group it is identically zero; the script refuses that).
@@ -150,6 +151,8 @@ COMPARISONS = [
     ("cost", "alignment cost, ORPO (cosine + output)", "bcat-orpo", "bcat-orpo-noalign", 0.03),
     ("info", "packing speed-up (bcat-dpo vs bcat-dpo-unpacked)", "bcat-dpo", "bcat-dpo-unpacked", None),
 ]
+ALIGN_WEIGHTS = {"hidden": 3.0, "output": 2.0}
+"""The "alignment on" weights: bcat's defaults until the study's dev selection turned both terms off."""
 MFU_TARGET = 0.70
 PROFILE_SHARE_TARGET = 0.03
 
@@ -451,10 +454,11 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
     ]
     if conf["align"] is None:
         overrides += ["alignment.hidden_weight=0", "alignment.output_weight=0", "alignment.token_kl_weight=0"]
-    else:  # hidden alignment (middle layer) + output agreement, at bcat's default weights
+    else:  # hidden alignment (middle layer) + output agreement, at the weights the study tested
         if conf["align"] == "infonce" and spec["groups_per_batch"] < 2:
             raise ValueError("InfoNCE needs at least 2 groups per micro-batch (with one it is identically zero)")
-        overrides.append(f"alignment.hidden_loss={conf['align']}")
+        overrides += [f"alignment.hidden_loss={conf['align']}", f"alignment.hidden_weight={ALIGN_WEIGHTS['hidden']}",
+                      f"alignment.output_weight={ALIGN_WEIGHTS['output']}"]
     if spec["trim"]:
         overrides.append("model.trim_vocab=false")  # the benchmark trims (below), the same way for TRL
     cfg = load_config(None, overrides)
@@ -648,11 +652,16 @@ def run_group(configs: list[str], shape: str, base_spec: dict, args, work: Path)
                 "log": str(work / f"log-{config}-{shape}.txt"), "profile": args.profile}
         procs[config] = ctx.Process(target=worker, args=(spec, child), daemon=True)
         procs[config].start()
+        child.close()  # the worker's end lives in the worker only: if it dies (e.g. out of memory), recv() raises
         conns[config] = parent
     group = {"shape": shape, "configs": configs, "rounds": [], "workers": {}}
 
     def receive(config: str) -> dict:
-        kind, payload = conns[config].recv()
+        try:
+            kind, payload = conns[config].recv()
+        except EOFError:
+            raise RuntimeError(f"{config}: the process died (exit code {procs[config].exitcode}; -9 is usually "
+                               f"the out-of-memory killer; log: {work / f'log-{config}-{shape}.txt'})") from None
         if kind == "step":
             reports[config].append(payload)
             return payload
@@ -682,7 +691,7 @@ def run_group(configs: list[str], shape: str, base_spec: dict, args, work: Path)
                     conns[config].send(mode)
                 receive(config)
         for config in configs:
-            kind, payload = conns[config].recv()
+            kind, payload = conns[config].recv()  # a dead worker raises EOFError, caught below
             if kind != "done":
                 raise RuntimeError(f"{config}: {payload}")
             steps = reports[config]

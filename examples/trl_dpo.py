@@ -32,7 +32,8 @@ trainer = BCATDPOTrainer(
     peft_config=LoraConfig(r=model.lora_r, lora_alpha=model.lora_alpha, target_modules=model.lora_target_modules),
     batch=BatchConfig(groups_per_batch=2, languages_per_group=2),  # 2 items x (English + 2 languages)
     # Raw pooled states: standardised ones need the initial model's statistics (hidden_standardization=).
-    alignment=AlignmentConfig(hidden_standardize="none"),  # InfoNCE on the middle layer + output agreement
+    # InfoNCE on the middle layer + output agreement (both are off by default: README, "Defaults").
+    alignment=AlignmentConfig(hidden_weight=3.0, output_weight=2.0, hidden_standardize="none"),
 )
 trainer.train()
 trainer.model.save_pretrained(output)  # the LoRA adapter, safetensors (save_model would also pickle the args)

@@ -1,15 +1,19 @@
 """``bcat demo``: the whole story on the built-in model and data, with the same commands a user runs.
 
-1. ``bcat data pairs``: ORPO preference pairs from the bundled train split (seen languages only);
+1. ``bcat data pairs``: ORPO preference pairs of ``--steps`` groups drawn from the bundled train
+   split (training uses the seen languages only), so that training is exactly one epoch;
 2. ``bcat eval``: the base model on a subset of the bundled test split (all eleven languages);
-3. ``bcat train``: BCAT (ORPO, whole groups per micro-batch, English anchor, alignment terms on);
+3. ``bcat train``: BCAT in the setting the reproduction study selected on dev
+   (:data:`bcat.study.commands.SELECTED_SETTING`: ORPO, one group of English + 3 languages per
+   micro-batch, no alignment terms);
 4. ``bcat eval``: the tuned model on the same items;
 5. ``bcat compare`` and ``bcat report``: per-language verdicts and ``report.html``.
 
-``--baseline`` adds ordinary fine-tuning as a control: the same objective, data, steps and
+``--baseline`` adds ordinary fine-tuning as a control: the same objective, pairs, steps and
 micro-batch size, but records shuffled across groups (``batch.mode=shuffled``, what a stock trainer
-does) and no alignment terms. It is trained and evaluated on the same items, and
-``bcat compare baseline bcat`` (in ``OUTPUT/bcat_vs_baseline``) says what the batch-level alignment
+does) and no alignment terms (the selected BCAT setting has none either, so the two differ only in
+which records share a micro-batch). It is trained and evaluated on the same items, and
+``bcat compare baseline bcat`` (in ``OUTPUT/bcat_vs_baseline``) says what the batch composition
 adds over it.
 
 Every number the demo prints comes from those commands' output files in ``--output``.
@@ -21,19 +25,7 @@ import json
 import time
 from pathlib import Path
 
-from bcat.study.commands import ORDINARY_FINE_TUNING, eval_argv, pairs_argv, resource, train_argv
-
-DEMO_TRAIN_OVERRIDES = [
-    "objective.name=orpo",
-    "batch.mode=grouped",
-    "batch.groups_per_batch=1",
-    "batch.languages_per_group=3",
-    "alignment.hidden_loss=cosine",  # InfoNCE needs other groups in the micro-batch as negatives
-    "data.max_length=384",
-    "training.learning_rate=3e-4",
-    "training.lr_scheduler=constant",
-    "training.warmup_steps=0",
-]
+from bcat.study.commands import ORDINARY_FINE_TUNING, SELECTED_SETTING, eval_argv, pairs_argv, resource, train_argv
 
 BASELINE_OVERRIDES = ORDINARY_FINE_TUNING
 """Ordinary fine-tuning: records shuffled across groups, no alignment terms (all else as BCAT)."""
@@ -43,7 +35,8 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("demo", help="evaluate, train and re-evaluate the built-in model on the bundled data")
     p.add_argument("--output", default="runs/demo", help="directory for every artefact (default runs/demo)")
     p.add_argument("--eval-groups", type=int, default=20, help="test groups evaluated (x 11 languages; default 20)")
-    p.add_argument("--steps", type=int, default=48, help="training steps (default 48)")
+    p.add_argument("--steps", type=int, default=120,
+                   help="training steps = groups of training pairs drawn (one epoch; default 120, as in the study)")
     p.add_argument("--batch-size", type=int, default=12, help="generation batch size (default 12)")
     p.add_argument("--model", default="builtin:gemma3-270m", help="model to tune (default builtin:gemma3-270m)")
     p.add_argument("--baseline", action="store_true",
@@ -61,11 +54,11 @@ def run_demo(args) -> int:
     pairs = out / "train_pairs.jsonl"
 
     def train(run_dir: Path, extra=()) -> list[str]:
-        return train_argv(args.model, pairs, run_dir, args.steps, [*DEMO_TRAIN_OVERRIDES, *args.overrides, *extra])
+        return train_argv(args.model, pairs, run_dir, args.steps, [*SELECTED_SETTING, *args.overrides, *extra])
 
     evals = [out / "eval_base", out / "eval_bcat"]
     steps = [
-        pairs_argv(resource("kb/train.jsonl"), pairs),
+        pairs_argv(resource("kb/train.jsonl"), pairs, groups=args.steps),
         _eval(args.model, evals[0], args),
         train(out / "train"),
         _eval(str(out / "train" / "model"), evals[1], args),

@@ -5,7 +5,8 @@
     from bcat.integrations.trl import BCATDPOTrainer
 
     trainer = BCATDPOTrainer(model=model, args=DPOConfig(...), train_dataset=pairs, processing_class=tokenizer,
-                             batch=BatchConfig(groups_per_batch=2), alignment=AlignmentConfig(hidden_loss="cosine"))
+                             batch=BatchConfig(groups_per_batch=2),
+                             alignment=AlignmentConfig(hidden_weight=3.0, output_weight=2.0))  # default: both 0
     trainer.train()
 
 ``pairs`` is the dataset the plain TRL trainer takes plus two columns: ``group`` (the records of one
@@ -24,7 +25,8 @@ causal-LM records with ``labels``). Against the trainer each one subclasses, thr
   (``dispatch_batches``, ``split_batches``, another ``train_sampling_strategy``) are refused.
 * **Columns.** ``group`` and ``lang`` survive ``remove_unused_columns``; TRL's collator sees each
   record without them and they are put back beside its tensors.
-* **Loss.** TRL's loss, unchanged, plus ``w_h * hidden + w_o * output`` from
+* **Loss.** TRL's loss, unchanged, plus (when their weights are set; both are 0 by default, see
+  :class:`~bcat.config.AlignmentConfig`) ``w_h * hidden + w_o * output`` from
   :func:`bcat.training.objectives.alignment_terms` and :func:`~bcat.training.objectives.agreement_probabilities`
   (what ``bcat train`` uses), computed from TRL's own forward pass: hooks on the model's decoder ask it
   for ``hidden_states`` in that one call and pool them; the scores come from TRL's per-token

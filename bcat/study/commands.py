@@ -18,6 +18,23 @@ TRAINED_LANGUAGES: tuple[str, ...] = (ANCHOR, *SEEN)
 ORDINARY_FINE_TUNING = ["batch.mode=shuffled", "alignment.hidden_weight=0", "alignment.output_weight=0"]
 """Ordinary fine-tuning: records shuffled across groups (what a stock trainer does), no alignment terms."""
 
+SELECTED_SETTING = [
+    "objective.name=orpo",
+    "batch.mode=grouped",
+    "batch.groups_per_batch=1",
+    "batch.languages_per_group=3",
+    "alignment.hidden_weight=0",
+    "alignment.output_weight=0",
+    "data.max_length=384",
+    "training.learning_rate=1e-4",
+    "training.lr_scheduler=constant",
+    "training.warmup_steps=10",
+]
+"""The BCAT setting the reproduction study picked on dev (``results/study/selection.json``: its
+``orpo_grouped`` arm, configs/study/grid.yaml) for ``bcat demo``: ORPO, one group of English + 3
+sampled languages per micro-batch, no alignment terms, 1e-4 constant after 10 warm-up steps, trained
+for one epoch (as many steps as groups). ``tests/study/test_study.py`` checks it against the grid."""
+
 
 def resource(name: str) -> Path:
     """A file bundled with bcat, e.g. ``kb/train.jsonl``."""

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWa
 
 LANGS = ("en", "fr", "de")
 TOL = 1e-5
-ALIGN = AlignmentConfig()  # InfoNCE hidden term on the middle layer (weight 0.3) + output agreement (0.1)
+ALIGN = AlignmentConfig(hidden_weight=3.0, output_weight=2.0)  # InfoNCE on the middle layer + output agreement
 
 
 def _stats(model_dir) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,8 @@ from bcat.data.tokenization import tokenize_records
 from bcat.errors import ConfigError
 from bcat.model.loading import load_tokenizer
 
+HIDDEN_ON = "alignment.hidden_weight=3"  # checks that only matter with the hidden term on (it is off by default)
+
 BAD_OVERRIDES = [
     ("objective.bta=0.2", ["unknown config key 'objective.bta'", "did you mean 'objective.beta'?"]),
     ("trainig.max_steps=3", ["unknown config key 'trainig.max_steps'", "did you mean 'training.max_steps'?"]),
@@ -47,12 +49,12 @@ BAD_OVERRIDES = [
     ("alignment.hidden_standardize=whiten", ["'alignment.hidden_standardize' must be one of"]),
     ("alignment.hidden_stats_records=1", ["'alignment.hidden_stats_records' must be at least 2"]),
     # InfoNCE's negatives are the other groups' anchors: with one group per micro-batch it is always 0
-    ("alignment.hidden_loss=infonce", ["alignment.hidden_loss=infonce with batch.groups_per_batch=1 is identically 0",
+    (f"{HIDDEN_ON} alignment.hidden_loss=infonce", ["alignment.hidden_loss=infonce with batch.groups_per_batch=1 is identically 0",
                                        "set batch.groups_per_batch=2 or more, or alignment.hidden_loss=cosine"]),
     # the tiny model has 4 layers: checked against its config.json before any data or weights are read
-    ("alignment.hidden_layers=[2,5]", ["'alignment.hidden_layers' has [5]", "4 transformer layers",
+    (f"{HIDDEN_ON} alignment.hidden_layers=[2,5]", ["'alignment.hidden_layers' has [5]", "4 transformer layers",
                                        "0 (embeddings) to 4"]),
-    ("alignment.hidden_layers=[0]", ["'alignment.hidden_layers' holds 0, the embedding output"]),
+    (f"{HIDDEN_ON} alignment.hidden_layers=[0]", ["'alignment.hidden_layers' holds 0, the embedding output"]),
     ("alignment.hidden_layers=[-1]", ["'alignment.hidden_layers' must list indices into hidden_states"]),
     ("data.train=", ["config key 'data.train'"]),
     ("justaword", ["override 'justaword' must look like key=value"]),
@@ -67,7 +69,7 @@ def data(tmp_path):
 @pytest.mark.parametrize("override,words", BAD_OVERRIDES, ids=[b[0] for b in BAD_OVERRIDES])
 def test_bad_override_is_refused(tmp_path, train, data, override, words):
     out = tmp_path / "out"
-    assert_clean_failure(train(out, data, override), *words)
+    assert_clean_failure(train(out, data, *override.split()), *words)
     assert not out.exists()
 
 
