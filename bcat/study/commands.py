@@ -33,7 +33,7 @@ SELECTED_SETTING = [
 """The BCAT setting the reproduction study picked on dev (``results/study/selection.json``: its
 ``orpo_grouped`` arm, configs/study/grid.yaml) for ``bcat demo``: ORPO, one group of English + 3
 sampled languages per micro-batch, no alignment terms, 1e-4 constant after 10 warm-up steps, trained
-for one epoch (as many steps as groups). ``tests/study/test_study.py`` checks it against the grid."""
+for one epoch (as many steps as groups). ``tests/study/test_selection.py`` checks it against the grid."""
 
 
 def resource(name: str) -> Path:
