@@ -111,8 +111,9 @@ class Study:
         d = spec.data
         self.pairs = self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, d.train_groups, str(resolve_data(d.train_qa))])}.jsonl"
         self.eval_key = "e" + _digest([dataclasses.asdict(spec.eval), d.dev, d.dev_groups, d.test, d.test_groups,
-                                       spec.curve.groups, str(self.dev), str(self.test)])
-        """Identity of the evaluation settings: a change re-evaluates instead of reusing the cache."""
+                                       spec.curve.groups, _content_digest(self.dev), _content_digest(self.test)])
+        """Identity of the evaluation settings: a change re-evaluates instead of reusing the cache. The
+        data enter by content, not path, so a checkout elsewhere still recognises its finished runs."""
 
     # -- paths ---------------------------------------------------------------------------------------
     def train_dir(self, run: Run) -> Path:
@@ -524,6 +525,10 @@ class CommandFailed(Exception):
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _content_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def git_commit(paths: list[Path], message: str, where: Path) -> None:

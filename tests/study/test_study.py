@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 from bcat.cli import main
 from bcat.study.commands import resource
 from bcat.study.grid import load_study
+from bcat.study import runner
 from bcat.study.runner import Study
 
 TRAINING = ["objective.name=orpo", "batch.groups_per_batch=1", "batch.languages_per_group=1",
@@ -113,6 +115,25 @@ def test_a_lost_cache_costs_nothing_once_runs_are_recorded(finished_study):
     spec.cache = str(tmp / "another-cache")
     calls: list = []
     assert Study(spec, execute=in_process(calls)).run_all() == 0
+    assert calls == []
+
+
+def test_a_checkout_elsewhere_skips_finished_runs(finished_study, tmp_path, monkeypatch):
+    """Results committed in one checkout are finished in another: the evaluation key holds the data's
+    content, not its path (a clone at another path once re-ran every finished run)."""
+    tmp, path, _, _ = finished_study
+    real = runner.resolve_data
+
+    def elsewhere(name):
+        copy = tmp_path / Path(real(name)).name
+        if not copy.exists():
+            shutil.copy(real(name), copy)
+        return copy
+
+    monkeypatch.setattr(runner, "resolve_data", elsewhere)
+    calls: list = []
+    study = Study(load_study(path), execute=in_process(calls))
+    assert str(study.dev).startswith(str(tmp_path)) and study.run_all() == 0
     assert calls == []
 
 
