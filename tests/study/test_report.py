@@ -1,0 +1,46 @@
+"""The study report's plain statement (:func:`bcat.study.report.verdict_line`) on hand-made comparisons."""
+
+from __future__ import annotations
+
+from bcat.study.report import verdict_line
+
+
+def comparison(english, non_english, gap, *, non_english_ci=(-0.05, 0.05)) -> dict:
+    """A two-language comparison (en, de; th unseen): each headline is ``(a, b)`` = (twin, arm)."""
+    def row(a, b, ci=(-0.05, 0.05)):
+        return {"a": a, "b": b, "diff": b - a, "ci": list(ci)}
+
+    per = {lang: {"a_only_correct": 3, "b_only_correct": 2, "mcnemar_p": 1.0, "diff": -0.01} for lang in ("en", "de", "th")}
+    return {"headline": {"english": row(*english), "non_english_mean": row(*non_english, ci=non_english_ci),
+                         "gap": row(*gap)},
+            "languages": {"seen": ["en", "de"], "unseen": ["th"], "anchor": "en"},
+            "per_language": per, "n_groups": 160, "seeds_pooled": 3}
+
+
+def statement(c: dict) -> str:
+    return "\n".join(verdict_line("orpo_best", "orpo_shuffled", "orpo", c, "test", {}, {}))
+
+
+def test_a_closed_gap_is_a_share_of_the_baseline_gap_and_better_needs_non_english_up():
+    text = statement(comparison(english=(0.80, 0.80), non_english=(0.70, 0.75), gap=(0.10, 0.05),
+                                non_english_ci=(0.01, 0.09)))
+    assert "50% of the shuffled baseline's gap closed (paper: 74%, 13.6 -> 3.6 points)" in text
+    assert "**Better** than orpo_shuffled" in text and "3 seeds pooled" in text
+
+
+def test_a_wider_gap_is_called_growth_not_a_negative_share():
+    text = statement(comparison(english=(0.80, 0.78), non_english=(0.76, 0.64), gap=(0.04, 0.14)))
+    assert "the gap grew by 250% of the shuffled baseline's" in text and "closed" not in text
+    assert "**Not better**" in text and "non-English does not rise significantly" in text
+    assert "English falls by 2.0 points (more than 1)" in text
+
+
+def test_a_gap_that_shrinks_because_english_falls_is_called_a_loss():
+    text = statement(comparison(english=(0.80, 0.70), non_english=(0.70, 0.70), gap=(0.10, 0.00)))
+    assert "100% of the shuffled baseline's gap closed" in text
+    assert "The gap shrinks because English falls: a loss, not a gain." in text
+
+
+def test_no_positive_baseline_gap_has_nothing_to_close():
+    text = statement(comparison(english=(0.72, 0.68), non_english=(0.76, 0.64), gap=(-0.04, 0.04)))
+    assert "the shuffled baseline has no positive gap to close" in text
