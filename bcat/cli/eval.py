@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bcat.errors import BcatError
 from bcat.evaluation.compare import run_compare
-from bcat.evaluation.evaluate import run_eval
+from bcat.evaluation.evaluate import RagOptions, run_eval
 from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
 from bcat.evaluation.scoring import rescore
 from bcat.report.render import run_report
@@ -115,7 +115,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                    help="comma-separated languages to evaluate (default: all in the file)")
     _add_language_options(p, "the model's training run (config.yaml next to its model/: data.anchor, "
                              "data.languages), else bcat's defaults")
-    p.add_argument("--batch-size", type=_positive, default=8, help="prompts per generation batch (default 8)")
+    p.add_argument("--batch-size", type=_positive, default=RagOptions.batch_size,
+                   help=f"most prompts decoded together (default {RagOptions.batch_size})")
     p.add_argument("--max-new-tokens", type=_positive, default=32, help="generation budget per answer (default 32)")
     p.add_argument("--shots", type=_non_negative, default=0, help="solved examples in each prompt (default 0)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",

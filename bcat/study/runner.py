@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from bcat.errors import BcatError
+from bcat.evaluation.scoring import file_sha256
 from bcat.study import results as res
 from bcat.study.commands import eval_argv, pairs_argv, train_argv
 from bcat.study.grid import Estimate, Run, StudySpec, count_items, estimate, expand, resolve_data
@@ -111,7 +112,7 @@ class Study:
         d = spec.data
         self.pairs = self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, d.train_groups, str(resolve_data(d.train_qa))])}.jsonl"
         self.eval_key = "e" + _digest([dataclasses.asdict(spec.eval), d.dev, d.dev_groups, d.test, d.test_groups,
-                                       spec.curve.groups, _content_digest(self.dev), _content_digest(self.test)])
+                                       spec.curve.groups, file_sha256(self.dev)[:12], file_sha256(self.test)[:12]])
         """Identity of the evaluation settings: a change re-evaluates instead of reusing the cache. The
         data enter by content, not path, so a checkout elsewhere still recognises its finished runs."""
 
@@ -281,7 +282,6 @@ class Study:
         them first), so adopted and fresh evaluations are comparable; the OOD suite is copied.
         """
         from bcat.evaluation.evaluate import RagOptions
-        from bcat.evaluation.scoring import file_sha256
 
         metrics_file = source / "metrics.json"
         if not metrics_file.is_file():
@@ -525,10 +525,6 @@ class CommandFailed(Exception):
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _content_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def git_commit(paths: list[Path], message: str, where: Path) -> None:
