@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from bcat.cli import main
+from bcat.study import runner
 from bcat.study.commands import resource
 from bcat.study.grid import load_study
-from bcat.study import runner
 from bcat.study.runner import Study
 
 TRAINING = ["objective.name=orpo", "batch.groups_per_batch=1", "batch.languages_per_group=1",
