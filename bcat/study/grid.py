@@ -350,7 +350,8 @@ def seed_overrides(seed: int) -> list[str]:
 
 def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
     """Every run of the study in the order it runs: first the runs the selection waits for (the first
-    seed of each candidate and of the baseline), then the rest, arms in file order, seeds in order.
+    seed of each candidate and of the baseline), then the rest, arms in file order, seeds in order,
+    except that a test arm's runs go seed by seed beside its twin's (:func:`_pairs_seed_by_seed`).
     Arms that come from the selection are left out until ``selected`` (a candidate arm's name) is known."""
     arms = {a.name: a for a in spec.arms}
     runs = []
@@ -374,9 +375,28 @@ def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
             runs.append(Run(f"{arm.name}-s{seed}", arm.name, seed, [*overrides, *seed_overrides(seed)],
                             dev=dev, test=arm.test, ood=arm.test and ood and spec.eval.ood_limit > 0,
                             curve_steps=curve, selected=selected if arm.from_selection else None))
+    runs = _pairs_seed_by_seed(runs, arms)
     feeds = {*spec.selection.candidates, spec.selection.baseline} if spec.selection else set()
     first = {r.arm: r.name for r in reversed(runs) if r.trained}
     return sorted(runs, key=lambda r: r.arm not in feeds or first[r.arm] != r.name)
+
+
+def _pairs_seed_by_seed(runs: list[Run], arms: dict) -> list[Run]:
+    """Each run of a test arm right after its twin's run of the same seed (twin-s0, arm-s0, twin-s1, ...):
+    a study stopped half-way then holds complete pairs, not all of one arm's seeds and none of the other's."""
+    def twin_of(run: Run) -> Optional[str]:
+        arm = arms[run.arm]
+        twin = arms.get(arm.twin) if arm.twin else None
+        return twin.name if twin is not None and arm.test and twin.test and run.seed in twin.seeds else None
+
+    placed = [r for r in runs if twin_of(r) is None or not any(t.arm == twin_of(r) for t in runs)]
+    for run in runs:
+        if run not in placed:
+            at = next(i for i, t in enumerate(placed) if t.arm == twin_of(run) and t.seed == run.seed)
+            while at + 1 < len(placed) and twin_of(placed[at + 1]) == twin_of(run) and placed[at + 1].seed == run.seed:
+                at += 1
+            placed.insert(at + 1, run)
+    return placed
 
 
 def resolve_data(name: str) -> Path:

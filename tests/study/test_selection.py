@@ -103,6 +103,17 @@ def test_seeds_set_the_training_and_the_batch_order(tmp_path):
     assert runs["shuffled-s0"].dev and not runs["shuffled-s1"].dev  # dev: first seed only by default
 
 
+def test_test_pairs_run_seed_by_seed_beside_their_twin(tmp_path):
+    arms = [{"name": "base", "train": False, "test": True},
+            {"name": "dpo_shuffled", "overrides": ["objective.name=dpo"], "seeds": [0, 1], "test": True},
+            {"name": "dpo_best", "overrides": ["objective.name=dpo"], "seeds": [0, 1], "test": True,
+             "twin": "dpo_shuffled"},
+            {"name": "ablation", "seeds": [0], "twin": "dpo_shuffled"}]  # dev only: not a test pair
+    runs = expand(load_study(study_file(tmp_path, arms=arms, selection=None)))
+    assert [r.name for r in runs] == ["base", "dpo_shuffled-s0", "dpo_best-s0", "dpo_shuffled-s1", "dpo_best-s1",
+                                      "ablation-s0"]
+
+
 def test_commit_takes_exactly_the_run_files_and_nothing_staged_beside_them(tmp_path):
     import subprocess
 
