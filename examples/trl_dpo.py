@@ -24,6 +24,8 @@ columns = ("group", "lang", "prompt", "chosen", "rejected")  # TRL's pair column
 pairs = datasets.Dataset.from_list([{c: p[c] for c in columns} for p in make_pairs(qa)])
 
 model = ModelConfig(path="builtin:gemma3-270m")
+# 3e-4 moves the model within these few steps; for a real run take about 2e-5: DPO at 1e-4 collapsed
+# over 120 steps in bcat's study (results/study/README.md, "DPO learning rate").
 trainer = BCATDPOTrainer(
     model=load_model(model), processing_class=load_tokenizer(model.path), train_dataset=pairs,
     args=DPOConfig(output_dir=output, max_steps=steps, learning_rate=3e-4, lr_scheduler_type="constant",
