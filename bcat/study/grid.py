@@ -384,19 +384,15 @@ def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
 def _pairs_seed_by_seed(runs: list[Run], arms: dict) -> list[Run]:
     """Each run of a test arm right after its twin's run of the same seed (twin-s0, arm-s0, twin-s1, ...):
     a study stopped half-way then holds complete pairs, not all of one arm's seeds and none of the other's."""
-    def twin_of(run: Run) -> Optional[str]:
-        arm = arms[run.arm]
-        twin = arms.get(arm.twin) if arm.twin else None
-        return twin.name if twin is not None and arm.test and twin.test and run.seed in twin.seeds else None
+    index = {(r.arm, r.seed): i for i, r in enumerate(runs)}
 
-    placed = [r for r in runs if twin_of(r) is None or not any(t.arm == twin_of(r) for t in runs)]
-    for run in runs:
-        if run not in placed:
-            at = next(i for i, t in enumerate(placed) if t.arm == twin_of(run) and t.seed == run.seed)
-            while at + 1 < len(placed) and twin_of(placed[at + 1]) == twin_of(run) and placed[at + 1].seed == run.seed:
-                at += 1
-            placed.insert(at + 1, run)
-    return placed
+    def place(i: int) -> tuple:
+        arm = arms[runs[i].arm]
+        twin = arms.get(arm.twin) if arm.twin else None
+        lead = index.get((twin.name, runs[i].seed)) if twin is not None and arm.test and twin.test else None
+        return (i, 0, i) if lead is None else (lead, 1, i)
+
+    return [runs[i] for i in sorted(range(len(runs)), key=place)]
 
 
 def resolve_data(name: str) -> Path:
