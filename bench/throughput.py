@@ -36,7 +36,8 @@ Configurations
 - ``bcat-dpo-infonce``: InfoNCE hidden alignment (bcat's default, tau 0.1) + output agreement. InfoNCE
   contrasts a translation with the OTHER groups' anchors, so it needs ``--groups-per-batch`` >= 2
   (with one group it is identically zero; the script refuses that).
-- ``bcat-dpo-noalign``: both alignment weights 0 (the baseline of the alignment cost).
+- ``bcat-dpo-noalign``: both alignment weights 0: bcat's defaults, so also compared with TRL, and the
+  baseline of the alignment cost.
 - ``bcat-dpo-unpacked``: ``bcat-dpo`` with ``training.packed_preference=false`` (what packing brings).
 - ``bcat-orpo``, ``bcat-orpo-noalign``: the same for ORPO (bcat's default completion-only NLL).
 - ``trl-dpo``: ``trl.DPOTrainer``, its standard settings: live reference (LoRA: adapter disabled),
@@ -146,6 +147,10 @@ COMPARISONS = [
     ("speed", "bcat DPO vs TRL DPO (live reference)", "bcat-dpo", "trl-dpo", 2.0),
     ("speed", "bcat DPO vs TRL DPO (precomputed reference)", "bcat-dpo", "trl-dpo-precomputed", 1.3),
     ("speed", "bcat ORPO vs TRL ORPO", "bcat-orpo", "trl-orpo", 1.5),
+    # bcat's defaults (both alignment weights 0 since the study's dev selection): what a user runs
+    ("speed", "bcat DPO, defaults vs TRL DPO (live reference)", "bcat-dpo-noalign", "trl-dpo", 2.0),
+    ("speed", "bcat DPO, defaults vs TRL DPO (precomputed reference)", "bcat-dpo-noalign", "trl-dpo-precomputed", 1.3),
+    ("speed", "bcat ORPO, defaults vs TRL ORPO", "bcat-orpo-noalign", "trl-orpo", 1.5),
     ("cost", "alignment cost, DPO (cosine + output)", "bcat-dpo", "bcat-dpo-noalign", 0.03),
     ("cost", "alignment cost, DPO (InfoNCE + output)", "bcat-dpo-infonce", "bcat-dpo-noalign", 0.03),
     ("cost", "alignment cost, ORPO (cosine + output)", "bcat-orpo", "bcat-orpo-noalign", 0.03),

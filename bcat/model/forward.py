@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,39 @@ def pair_pooled_states(hidden_states: tuple[Tensor, ...], layers: tuple[int, ...
 def _softcap(logits: torch.Tensor, config) -> torch.Tensor:
     cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+HEAD_CHUNK_ELEMENTS = 1 << 27
+"""Most fp32 logits (positions x vocabulary) :func:`head_logps` holds at once: 512 MB, 512 positions of
+a 262k vocabulary. A RAG batch's scored positions fit in one chunk; long chat answers do not."""
+
+
+def _target_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor) -> Tensor:
+    logits = _softcap(head(hidden), config).float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def head_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor, max_elements: int | None = None) -> Tensor:
+    r"""Log-probability of each target under the output head: ``[K, D]`` states, ``[K]`` targets -> ``[K]``.
+
+    .. math:: \log p_k = z_k[t_k] - \log\sum_v \exp z_k[v], \qquad z_k = \mathrm{softcap}(\mathrm{head}(h_k))
+
+    The ``[K, V]`` logits are the largest tensor of a training step once answers are long: 2,400
+    answer tokens under Gemma 3's 262k vocabulary are 2.5 GB in fp32, and the backward of
+    log-softmax and gather holds about three more of that size (a chat-shaped step peaked at 17.9 GB,
+    ``memray``). So where ``K x V`` exceeds ``max_elements`` (default :data:`HEAD_CHUNK_ELEMENTS`), the positions go through in chunks,
+    each under :func:`torch.utils.checkpoint.checkpoint`: its logits are freed after the forward and
+    recomputed in the backward (one more head matmul per chunk), so at most one chunk's logits exist
+    at a time. The values are the same as in one piece (row by row).
+    """
+    vocab = getattr(head, "out_features", None) or config.vocab_size
+    rows = max(1, (max_elements or HEAD_CHUNK_ELEMENTS) // vocab)
+    if hidden.shape[0] <= rows:
+        return _target_logps(head, config, hidden, targets)
+    if not torch.is_grad_enabled():  # nothing is kept for a backward: chunks alone bound the memory
+        return torch.cat([_target_logps(head, config, h, t) for h, t in zip(hidden.split(rows), targets.split(rows))])
+    return torch.cat([torch.utils.checkpoint.checkpoint(_target_logps, head, config, h, t, use_reentrant=False)
+                      for h, t in zip(hidden.split(rows), targets.split(rows))])
 
 
 PACKED_KEYS = ("input_ids", "pairs", "segments", "position_ids", "index", "pool_pairs")
@@ -211,20 +245,23 @@ class PolicyForward(nn.Module):
                                                       packed["position_ids"])
             source = packed["index"][:, :-1][score_mask]  # flat packed index of the state scoring each target
             picked = states.reshape(-1, states.shape[-1])[source]
-        if self.selective_head:
-            picked = _softcap(self.model.get_output_embeddings()(picked), self.model.config)
-        logits = picked.float()
-        logz = torch.logsumexp(logits, dim=-1)
-        picked_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
-        token_logps = torch.zeros(score_mask.shape, dtype=logits.dtype, device=logits.device)
-        token_logps = token_logps.masked_scatter(score_mask, picked_logps)
-        out = {"token_logps": token_logps}
+        out = {}
+        if self.selective_head and not return_full:
+            picked_logps = head_logps(self.model.get_output_embeddings(), self.model.config, picked, targets)
+        else:  # the full log-softmax is wanted (token KL), or ``picked`` already holds the model's logits
+            if self.selective_head:
+                picked = _softcap(self.model.get_output_embeddings()(picked), self.model.config)
+            logits = picked.float()
+            logz = torch.logsumexp(logits, dim=-1)
+            picked_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+            if return_full:
+                out["scored_logps"] = logits - logz[:, None]
+        token_logps = torch.zeros(score_mask.shape, dtype=picked_logps.dtype, device=picked_logps.device)
+        out["token_logps"] = token_logps.masked_scatter(score_mask, picked_logps)
         if hidden_layers and (packed is None or not self.packed_ok):
             out["pooled"] = pooled_states(hidden_states, hidden_layers, pool_mask, pool_rows)
         elif hidden_layers:
             out["pooled"] = pair_pooled_states(hidden_states, hidden_layers, packed["pool_pairs"], pool_rows)
-        if return_full:
-            out["scored_logps"] = logits - logz[:, None]
         if return_hidden:
             out["hidden"] = [hidden_states[layer] for layer in hidden_layers]
         return out
