@@ -837,7 +837,7 @@ def groups_for(configs: list[str], grouping: str) -> list[list[str]]:
     """``all``: one group; ``pairs``: one group per comparison whose two configurations are both requested.
 
     >>> groups_for(["bcat-dpo", "trl-dpo", "bcat-dpo-noalign"], "pairs")
-    [['bcat-dpo', 'trl-dpo'], ['bcat-dpo', 'bcat-dpo-noalign']]
+    [['bcat-dpo', 'trl-dpo'], ['bcat-dpo-noalign', 'trl-dpo'], ['bcat-dpo', 'bcat-dpo-noalign']]
     """
     if grouping == "all":
         return [list(configs)]
