@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
@@ -95,6 +96,45 @@ def _target_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor) -> T
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+class _FrozenHeadLogps(torch.autograd.Function):
+    r""":func:`head_logps` through a frozen linear head, its backward computed in the forward.
+
+    With the head's weights frozen (LoRA, or any run that does not train them), the only gradient
+    the head passes on is the one to the states, and it does not depend on the loss above it:
+
+    .. math:: \frac{\partial \log p_k}{\partial h_k} = W^\top\big((e_{t_k} - \mathrm{softmax}(z_k))
+              \odot \mathrm{softcap}'(W h_k + b)\big) =: J_k \in \mathbb{R}^D
+
+    so each chunk computes its ``J`` while its logits exist and keeps only that (``[K, D]``); the
+    backward is ``grad_k * J_k``. Same matmuls as autograd's forward + backward (one logits product,
+    one ``[K, V] x [V, D]``), none repeated, and at most one chunk's logits held at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, cap: float | None,
+                rows: int) -> Tensor:
+        logps, jacobians = [], []
+        for h, t in zip(hidden.split(rows), targets.split(rows)):
+            raw = F.linear(h, weight, bias)
+            squashed = torch.tanh(raw / cap) if cap else None
+            logits = (squashed * cap if cap else raw).float()
+            logz = torch.logsumexp(logits, dim=-1, keepdim=True)
+            logps.append((logits.gather(-1, t[:, None]) - logz).squeeze(-1))
+            grad = logits.sub_(logz).exp_().neg_()  # -softmax, in place: the logits are not needed again
+            grad.scatter_add_(-1, t[:, None], torch.ones(t.shape[0], 1, dtype=grad.dtype, device=grad.device))
+            if cap:
+                grad.mul_(1 - squashed.float().square())
+            jacobians.append(grad.to(weight.dtype) @ weight)
+        ctx.save_for_backward(torch.cat(jacobians))
+        ctx.hidden_dtype = hidden.dtype
+        return torch.cat(logps)
+
+    @staticmethod
+    def backward(ctx, grad_logps: Tensor):
+        (jacobians,) = ctx.saved_tensors
+        return (grad_logps[:, None] * jacobians).to(ctx.hidden_dtype), None, None, None, None, None
+
+
 def head_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor, max_elements: int | None = None) -> Tensor:
     r"""Log-probability of each target under the output head: ``[K, D]`` states, ``[K]`` targets -> ``[K]``.
 
@@ -103,17 +143,27 @@ def head_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor, max_ele
     The ``[K, V]`` logits are the largest tensor of a training step once answers are long: 2,400
     answer tokens under Gemma 3's 262k vocabulary are 2.5 GB in fp32, and the backward of
     log-softmax and gather holds about three more of that size (a chat-shaped step peaked at 17.9 GB,
-    ``memray``). So where ``K x V`` exceeds ``max_elements`` (default :data:`HEAD_CHUNK_ELEMENTS`), the positions go through in chunks,
-    each under :func:`torch.utils.checkpoint.checkpoint`: its logits are freed after the forward and
-    recomputed in the backward (one more head matmul per chunk), so at most one chunk's logits exist
-    at a time. The values are the same as in one piece (row by row).
+    ``memray``). So the positions go through in chunks of at most ``max_elements`` logits (default
+    :data:`HEAD_CHUNK_ELEMENTS`), and no chunk's logits are kept for the backward:
+
+    - a frozen linear head (the usual case: LoRA) computes each chunk's gradient with respect to its
+      states right away (:class:`_FrozenHeadLogps`): no extra matmul;
+    - a head being trained runs each chunk under :func:`torch.utils.checkpoint.checkpoint`: its
+      logits are recomputed in the backward (one more head matmul per chunk);
+    - without gradients, the chunks alone bound the memory.
+
+    The values are the same as in one piece (row by row), the gradients up to fp32 rounding.
     """
     vocab = getattr(head, "out_features", None) or config.vocab_size
     rows = max(1, (max_elements or HEAD_CHUNK_ELEMENTS) // vocab)
+    head_trains = any(p.requires_grad for p in head.parameters())
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or head_trains)):
+        return torch.cat([_target_logps(head, config, h, t) for h, t in zip(hidden.split(rows), targets.split(rows))])
+    if isinstance(head, nn.Linear) and not head_trains:
+        cap = getattr(config, "final_logit_softcapping", None)
+        return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, cap, rows)
     if hidden.shape[0] <= rows:
         return _target_logps(head, config, hidden, targets)
-    if not torch.is_grad_enabled():  # nothing is kept for a backward: chunks alone bound the memory
-        return torch.cat([_target_logps(head, config, h, t) for h, t in zip(hidden.split(rows), targets.split(rows))])
     return torch.cat([torch.utils.checkpoint.checkpoint(_target_logps, head, config, h, t, use_reentrant=False)
                       for h, t in zip(hidden.split(rows), targets.split(rows))])
 

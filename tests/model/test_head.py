@@ -1,5 +1,6 @@
 """The output head in chunks (:func:`bcat.model.forward.head_logps`): same values and gradients as in one
-piece, and the chunked path really does not keep the ``[K, V]`` logits for the backward."""
+piece, with the head trained (checkpointed chunks) or frozen (gradient computed in the forward), and
+neither path keeps the ``[K, V]`` logits for the backward."""
 
 from __future__ import annotations
 
@@ -28,21 +29,44 @@ def test_hand_computed():
         assert torch.allclose(head_logps(head, config, hidden, targets, max_elements), want, atol=1e-6)
 
 
+def _plain_logps(head, config, hidden, targets):
+    """The one-piece computation through autograd: the reference every path must match."""
+    return forward._target_logps(head, config, hidden, targets)
+
+
+def test_frozen_head_gradient_hand_computed():
+    # D = 1, V = 2, W = [[1], [-1]], h = 0: logits (0, 0), p = (1/2, 1/2); target 0:
+    # d log p_0 / dh = W^T (e_0 - p) = 1 * (1 - 1/2) + (-1) * (0 - 1/2) = 1.
+    head = nn.Linear(1, 2, bias=False).requires_grad_(False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    hidden = torch.zeros(1, 1, requires_grad=True)
+    logp = head_logps(head, SimpleNamespace(final_logit_softcapping=None), hidden, torch.tensor([0]))
+    (3.0 * logp).sum().backward()
+    assert logp.item() == pytest.approx(math.log(0.5))
+    assert hidden.grad.item() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("cap", [None, 5.0])
-def test_chunks_equal_one_piece(cap):
+def test_chunks_equal_one_piece(cap, frozen):
     torch.manual_seed(0)
     config = SimpleNamespace(final_logit_softcapping=cap)
-    head = nn.Linear(8, 50)
+    head = nn.Linear(8, 50).requires_grad_(not frozen)
     hidden, targets = torch.randn(23, 8), torch.randint(0, 50, (23,))
+    weights = torch.linspace(-1, 2, 23)  # uneven weights: each row's gradient counts
     results = []
-    for max_elements in (None, 4 * 50):  # one piece; 4 positions per chunk (6 chunks, the last of 3)
+    for compute, max_elements in ((_plain_logps, None), (head_logps, None), (head_logps, 4 * 50)):
         head.zero_grad()
         h = hidden.clone().requires_grad_()
-        logps = head_logps(head, config, h, targets, max_elements)
-        (logps * torch.linspace(-1, 2, 23)).sum().backward()  # uneven weights: each row's gradient counts
-        results.append((logps.detach(), h.grad, head.weight.grad.clone(), head.bias.grad.clone()))
-    for one, chunked in zip(*results):
-        assert torch.allclose(one, chunked, atol=1e-6)
+        logps = compute(head, config, h, targets) if max_elements is None else compute(head, config, h, targets,
+                                                                                        max_elements)
+        (logps * weights).sum().backward()
+        grads = [] if frozen else [head.weight.grad.clone(), head.bias.grad.clone()]
+        results.append((logps.detach(), h.grad, *grads))
+    for plain, *others in zip(*results):
+        for other in others:
+            assert torch.allclose(plain, other, atol=1e-6)
     with torch.no_grad():
         assert torch.allclose(head_logps(head, config, hidden, targets, 4 * 50), results[0][0], atol=1e-6)
 
@@ -69,10 +93,25 @@ def test_chunked_path_keeps_no_logits():
     logits = 64 * 1000
     assert _saved_elements(lambda: head_logps(head, config, hidden, targets)) >= logits
     assert _saved_elements(lambda: head_logps(head, config, hidden, targets, 8 * 1000)) < logits / 10
+    head.requires_grad_(False)  # frozen: only the [K, D] gradients are kept, in one piece or in chunks
+    for max_elements in (None, 8 * 1000):
+        assert _saved_elements(lambda: head_logps(head, config, hidden, targets, max_elements)) <= 64 * 8
 
 
-def test_policy_forward_in_chunks_equals_one_piece(tiny_model_dir, monkeypatch):
+def test_head_trained_alone_gets_its_gradient():
+    # States that need no gradient (a frozen base) must not hide the gradient of a trained head.
+    head = nn.Linear(4, 10)
+    logps = head_logps(head, SimpleNamespace(final_logit_softcapping=None), torch.randn(5, 4),
+                       torch.randint(0, 10, (5,)), 2 * 10)
+    logps.sum().backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_policy_forward_in_chunks_equals_one_piece(tiny_model_dir, monkeypatch, frozen_head):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if frozen_head:  # as under LoRA (the tiny model ties the head to the input embeddings)
+        model.get_output_embeddings().requires_grad_(False)
     policy = PolicyForward(model)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (3, 17), generator=gen)
@@ -80,14 +119,17 @@ def test_policy_forward_in_chunks_equals_one_piece(tiny_model_dir, monkeypatch):
     score = torch.zeros(3, 16, dtype=torch.bool)
     score[:, 5:] = True  # 33 scored positions
     results = []
-    for chunk in (None, 5 * model.config.vocab_size):
+    # the model's own full logits through autograd; the selective head in one piece; in chunks of 5 positions
+    for selective, chunk in ((False, None), (True, None), (True, 5 * model.config.vocab_size)):
+        policy.selective_head = selective
         if chunk:
             monkeypatch.setattr(forward, "HEAD_CHUNK_ELEMENTS", chunk)
         model.zero_grad()
         logps = policy(ids, mask, score)["token_logps"]
         logps.sum().backward()
         results.append((logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (one, g_one), (chunked, g_chunked) = results
-    assert torch.allclose(one, chunked, atol=1e-5)
-    assert g_one.keys() == g_chunked.keys() and g_one
-    assert max((g_one[k] - g_chunked[k]).abs().max().item() for k in g_one) < 1e-5
+    (plain, g_plain), *others = results
+    for logps, grads in others:
+        assert torch.allclose(plain, logps, atol=1e-5)
+        assert g_plain.keys() == grads.keys() and g_plain
+        assert max((g_plain[k] - grads[k]).abs().max().item() for k in g_plain) < 1e-5
