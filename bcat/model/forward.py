@@ -25,6 +25,7 @@ start and turns packing off (saying so once) where a model does not honour such 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -86,9 +87,11 @@ def _softcap(logits: torch.Tensor, config) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-HEAD_CHUNK_ELEMENTS = 1 << 27
+HEAD_CHUNK_ELEMENTS = int(os.environ.get("BCAT_HEAD_CHUNK_ELEMENTS", 1 << 27))
 """Most fp32 logits (positions x vocabulary) :func:`head_logps` holds at once: 512 MB, 512 positions of
-a 262k vocabulary. A RAG batch's scored positions fit in one chunk; long chat answers do not."""
+a 262k vocabulary. A RAG batch's scored positions fit in one chunk; long chat answers do not. The
+environment variable ``BCAT_HEAD_CHUNK_ELEMENTS`` sets it (also in processes that ``accelerate
+launch`` starts): lower on a small machine, and tiny in the distributed tests."""
 
 
 def _target_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor) -> Tensor:

@@ -5,6 +5,9 @@ neither path keeps the ``[K, V]`` logits for the backward."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -133,3 +136,11 @@ def test_policy_forward_in_chunks_equals_one_piece(tiny_model_dir, monkeypatch, 
         assert torch.allclose(plain, logps, atol=1e-5)
         assert g_plain.keys() == grads.keys() and g_plain
         assert max((g_plain[k] - grads[k]).abs().max().item() for k in g_plain) < 1e-5
+
+
+def test_chunk_size_from_the_environment():
+    # How launched processes (accelerate launch) get a chunk size: tests/training/test_fsdp.py relies on it.
+    code = "import bcat.model.forward as f; print(f.HEAD_CHUNK_ELEMENTS)"
+    env = {**os.environ, "BCAT_HEAD_CHUNK_ELEMENTS": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "12345"
