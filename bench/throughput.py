@@ -782,7 +782,8 @@ def markdown(doc: dict) -> str:
     vocab = {True: ", trimmed vocabulary", False: ", full vocabulary"}.get(meta.get("trimmed_vocab"), "")
     lines = [f"Model {meta['model']}{vocab} ({meta['flop_params'] / 1e6:.1f}M FLOP-counted params), {meta['pairs_per_step']} "
              f"pairs per step, {meta['rounds']} timed rounds after {meta['warmup']} warm-up steps, grouping "
-             f"{meta['grouping']}, {meta['threads']} threads; MFU over {meta['matmul_gflops']:.1f} GFLOP/s",
+             f"{meta['grouping']}, {meta['threads']} threads; MFU over {meta['matmul_gflops']:.1f} GFLOP/s"
+             + "".join(f"; {k}={v}" for k, v in meta.get("allocator_env", {}).items()),
              protocol.state_line(meta["before"], meta["after"]), "",
              "| shape | config | s/step median [95% CI] | unpacked tok/s | computed tok/s | executed GFLOP/step "
              "| MFU median [95% CI] | nominal 6N MFU | peak RSS MB | setup s |",
@@ -945,6 +946,7 @@ def main(argv=None) -> int:
                  "after": after, "torch": torch.__version__, "transformers": transformers.__version__,
                  "trl": trl_version, "quick": args.quick, "profile": args.profile, "note": args.note,
                  "data": {s: token_stats(str(model_dir), str(data[s])) for s in shapes},
+                 "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "LD_PRELOAD"))},
                  "wall_s": round(time.time() - t_all, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "argv": sys.argv[1:] if argv is None else list(argv)},
         "groups": groups,
