@@ -167,6 +167,11 @@ def head_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor, max_ele
         return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, cap, rows)
     if hidden.shape[0] <= rows:
         return _target_logps(head, config, hidden, targets)
+    return _checkpointed_logps(head, config, hidden, targets, rows)
+
+
+def _checkpointed_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor, rows: int) -> Tensor:
+    """:func:`_target_logps` in chunks of ``rows`` positions, each recomputed in the backward."""
     return torch.cat([torch.utils.checkpoint.checkpoint(_target_logps, head, config, h, t, use_reentrant=False)
                       for h, t in zip(hidden.split(rows), targets.split(rows))])
 

@@ -192,6 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     world = accelerator.num_processes
     probes = {"count": 0, "seconds": 0.0}
     while step < tc.max_steps:
+        t_step = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         lang_sum = torch.zeros(len(languages), device=accelerator.device)
         lang_count = torch.zeros(len(languages), device=accelerator.device)
@@ -247,7 +248,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         items = gather_object([step_items]) if tc.log_batch_items else None  # every rank must take part
         if is_main and (step % tc.logging_steps == 0 or step == tc.max_steps or ratios):
             entry = {"step": step, "epoch": round(step * ga / len(sampler), 4), "lr": scheduler.get_last_lr()[0],
-                     "tokens": tokens, **terms,
+                     "tokens": tokens, "step_s": round(time.perf_counter() - t_step, 3), **terms,
                      "main_per_language": {lang: float(lang_sum[i] / lang_count[i])
                                            for i, lang in enumerate(languages) if lang_count[i] > 0}}
             if items is not None:
