@@ -96,3 +96,9 @@ def qa_records(n_groups: int = 3) -> list[dict]:
     return [{"group": f"g{g}", "lang": lang, "question": q, "passages": [p.format(n=12 * (g + 1)),
              p.format(n=12 * (g + 1) + 5)], "answers": [a.format(n=12 * (g + 1))], "answer_neutral": g == 2}
             for g in range(n_groups) for lang, (q, p, a) in QA.items()]
+
+
+def train_log_without_times(out: Path) -> list[dict]:
+    """``out/train_log.jsonl`` without the step times: what two runs of the same steps must share bit for bit."""
+    return [{k: v for k, v in json.loads(line).items() if k != "step_s"}
+            for line in (out / "train_log.jsonl").read_text().splitlines()]

@@ -3,7 +3,6 @@ usable last checkpoint, and ``bcat train --resume`` finishes BITWISE like an uni
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -13,7 +12,7 @@ import sys
 import time
 
 import torch
-from helpers import parallel_records, write_jsonl
+from helpers import parallel_records, train_log_without_times, write_jsonl
 from reliability.support import assert_clean_failure
 from safetensors.torch import load_file
 
@@ -37,9 +36,7 @@ def assert_bitwise_equal(a_out, b_out):
 
 
 def log(out):
-    """The log without the step times (the only thing two identical runs do not share)."""
-    return [{k: v for k, v in json.loads(line).items() if k != "step_s"}
-            for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return train_log_without_times(out)
 
 
 def checkpoint_steps(out):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import parallel_records, write_jsonl
+from helpers import parallel_records, train_log_without_times, write_jsonl
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def one_process(args) -> None:
 
 
 def log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return train_log_without_times(out)
 
 
 def summary(out: Path) -> dict:
