@@ -107,7 +107,9 @@ def main(argv=None) -> int:
         return [x[key] for x in sorted(runs, key=lambda x: x["round"]) if x["variant"] == variant]
 
     doc = {"command": "python bench/head_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "variants": variants, "steps": args.steps, "machine_before": before, "machine_after": after, "runs": runs}
+           "variants": variants, "steps": args.steps, "machine_before": before, "machine_after": after,
+           "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "LD_PRELOAD"))},
+           "runs": runs}
     base = variants[0]
     for variant in variants[1:]:  # ratios only where both sides finished every round
         if all(x["rc"] == 0 for x in runs if x["variant"] in (base, variant)):
