@@ -32,8 +32,8 @@ def test_hand_computed():
         assert torch.allclose(head_logps(head, config, hidden, targets, max_elements), want, atol=1e-6)
 
 
-def _plain_logps(head, config, hidden, targets):
-    """The one-piece computation through autograd: the reference every path must match."""
+def _plain_logps(head, config, hidden, targets, max_elements=None):
+    """The one-piece computation through autograd (no chunks): the reference every path must match."""
     return forward._target_logps(head, config, hidden, targets)
 
 
@@ -62,8 +62,7 @@ def test_chunks_equal_one_piece(cap, frozen):
     for compute, max_elements in ((_plain_logps, None), (head_logps, None), (head_logps, 4 * 50)):
         head.zero_grad()
         h = hidden.clone().requires_grad_()
-        logps = compute(head, config, h, targets) if max_elements is None else compute(head, config, h, targets,
-                                                                                        max_elements)
+        logps = compute(head, config, h, targets, max_elements)
         (logps * weights).sum().backward()
         grads = [] if frozen else [head.weight.grad.clone(), head.bias.grad.clone()]
         results.append((logps.detach(), h.grad, *grads))
