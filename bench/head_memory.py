@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
     doc = {"command": "python bench/head_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "variants": variants, "steps": args.steps, "machine_before": before, "machine_after": after,
-           "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "LD_PRELOAD"))},
+           "allocator_env": protocol.allocator_env(),
            "runs": runs}
     base = variants[0]
     for variant in variants[1:]:  # ratios only where both sides finished every round

@@ -72,6 +72,11 @@ def flop_counter():
     })
 
 
+def allocator_env() -> dict:
+    """The allocator's environment variables (``MALLOC_*``, ``LD_PRELOAD``): resident memory depends on them."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "LD_PRELOAD"))}
+
+
 def machine_state(threads: Optional[int] = None, matmul: bool = True) -> dict:
     """Uptime, load averages, CPUs, torch threads and (if ``matmul``) the fp32 matmul rate, now."""
     import torch

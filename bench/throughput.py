@@ -953,7 +953,7 @@ def main(argv=None) -> int:
                  "after": after, "torch": torch.__version__, "transformers": transformers.__version__,
                  "trl": trl_version, "quick": args.quick, "profile": args.profile, "note": args.note,
                  "data": {s: token_stats(str(model_dir), str(data[s])) for s in shapes},
-                 "allocator_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "LD_PRELOAD"))},
+                 "allocator_env": protocol.allocator_env(),
                  "wall_s": round(time.time() - t_all, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "argv": sys.argv[1:] if argv is None else list(argv)},
         "groups": groups,
