@@ -266,6 +266,25 @@ def test_exactness_tolerance():
     assert exactness_tolerance(torch.float16, torch.tensor([0.5])) == pytest.approx(8 * 2 ** -10)
 
 
+def test_rounding_of_large_logits_is_not_a_mismatch(model_dirs, monkeypatch):
+    """A head off by a few fp32 ulps of its logits passes: a log-prob's rounding follows the logits' size
+    (the built-in model's random-id logits reach 120, where two matmul shapes differ by 8 ulps), and a
+    tolerance scaled by the log-probs alone refused such heads now and then."""
+    model = AutoModelForCausalLM.from_pretrained(model_dirs["llama"], dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3000)  # logits in the thousands
+    policy = PolicyForward(model)
+    ulps = 8 * torch.finfo(torch.float32).eps
+    monkeypatch.setattr(forward, "_softcap", lambda logits, config: logits * (1 + ulps))
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))  # the check's ids
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1]
+        reference = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])
+        ours = (logits * (1 + ulps)).log_softmax(-1).gather(-1, ids[:, 1:, None])
+    assert (ours - reference).abs().max() > exactness_tolerance(torch.float32, reference)  # the old rule refuses
+    assert check_selective_head(policy, 500, torch.device("cpu")) and policy.checks == {}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_a_head_that_is_not_reproduced_is_refused_with_its_reason(model_dirs, monkeypatch, caplog, dtype):
     model = AutoModelForCausalLM.from_pretrained(model_dirs["llama"], dtype=dtype)
