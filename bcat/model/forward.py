@@ -82,8 +82,13 @@ def pair_pooled_states(hidden_states: tuple[Tensor, ...], layers: tuple[int, ...
     return torch.stack(pooled)
 
 
+def _softcap_value(config) -> float | None:
+    """The final logit soft-cap of the model's config (Gemma), ``None`` without one."""
+    return getattr(config, "final_logit_softcapping", None)
+
+
 def _softcap(logits: torch.Tensor, config) -> torch.Tensor:
-    cap = getattr(config, "final_logit_softcapping", None)
+    cap = _softcap_value(config)
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
@@ -163,8 +168,7 @@ def head_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor, max_ele
     if not (torch.is_grad_enabled() and (hidden.requires_grad or head_trains)):
         return torch.cat([_target_logps(head, config, h, t) for h, t in zip(hidden.split(rows), targets.split(rows))])
     if isinstance(head, nn.Linear) and not head_trains:
-        cap = getattr(config, "final_logit_softcapping", None)
-        return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, cap, rows)
+        return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, _softcap_value(config), rows)
     if hidden.shape[0] <= rows:
         return _target_logps(head, config, hidden, targets)
     return _checkpointed_logps(head, config, hidden, targets, rows)
