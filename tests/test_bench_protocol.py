@@ -63,3 +63,22 @@ def test_throughput_groups():
     throughput = _load("throughput")
     assert throughput.groups_for(["bcat-dpo", "trl-dpo", "trl-orpo"], "pairs") == [["bcat-dpo", "trl-dpo"], ["trl-orpo"]]
     assert throughput.groups_for(["bcat-dpo", "trl-dpo"], "all") == [["bcat-dpo", "trl-dpo"]]
+
+
+def test_alignment_ab_times_the_same_pairs_with_the_terms_on_and_off(tmp_path):
+    """``bench/alignment_cost.py`` on the tiny model: every round trains the same pairs twice, the "on"
+    step logs both alignment terms and the "off" step none, and the ratio comes with a CI."""
+    import json
+
+    ab = _load("alignment_cost")
+    out = tmp_path / "ab.json"
+    assert ab.main(["--model", "tiny", "--rounds", "2", "--warmup", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["alignment_work_checked"] is True
+    assert [r["order"] for r in doc["rounds"]] == [["off", "on"], ["on", "off"]]
+    for r in doc["rounds"]:
+        assert r["on"]["tokens"] == r["off"]["tokens"] > 0
+        assert r["on"]["hidden"] > 0 and r["off"]["hidden"] is None and r["off"]["output"] is None
+    stats = doc["on_over_off_seconds"]
+    assert stats["rounds"] == 2 and stats["ci95"][0] <= stats["median"] <= stats["ci95"][1]
+    assert doc["verdict"] == "not shown"  # 2 rounds < protocol.MIN_ROUNDS
