@@ -70,9 +70,6 @@ class Twice:
     def __len__(self):
         return 2 * len(self.inner)
 
-    def state_dict(self):
-        return self.inner.state_dict()
-
 
 def run(args, model_dir: Path, data: Path, work: Path) -> dict:
     import torch
