@@ -159,12 +159,20 @@ def add_cli(sub) -> None:
     add_eval_parser(sub)
     add_score_parser(sub)
 
-    p = sub.add_parser("compare", help="compare two eval runs per language (paired bootstrap + McNemar)",
+    p = sub.add_parser("compare", help="compare two eval runs per language (paired bootstrap; seeds counted)",
                        description="Compare run B against baseline A on the same items. Verdict per language: "
-                                   "better/worse when the paired bootstrap 95% CI of B - A excludes 0 AND the "
-                                   "exact McNemar p < alpha; otherwise no significant change.")
-    p.add_argument("run_a", metavar="DIR_A", help="baseline eval directory")
-    p.add_argument("run_b", metavar="DIR_B", help="eval directory to judge against the baseline")
+                                   "better/worse when the paired 95%% CI of B - A excludes 0 AND the Holm-adjusted "
+                                   "p < alpha (over the languages); otherwise no significant change. With one seed "
+                                   "per side the interval resamples groups (training noise left out) and p is exact "
+                                   "McNemar; with several (comma-separated, paired by position) both come from a "
+                                   "bootstrap over seeds and groups.")
+    p.add_argument("run_a", metavar="DIR_A", help="baseline eval directory, or several separated by commas (one per "
+                                                  "training seed)")
+    p.add_argument("run_b", metavar="DIR_B", help="eval directory to judge against the baseline, or several "
+                                                  "separated by commas (paired with DIR_A's by position)")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="the evaluated data file, for the breakdown by the records' 'kind' field (default: the "
+                        "file named in DIR_A's metrics.json, if it is there unchanged)")
     p.add_argument("--output", default=None, help="directory for comparison.json (default DIR_B)")
     _add_stats_options(p, with_alpha=True)
     p.set_defaults(func=cmd_compare)

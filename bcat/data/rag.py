@@ -211,6 +211,20 @@ def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,
     return items
 
 
+def group_kinds(path: str | Path) -> dict[str, str]:
+    """``{group: kind}`` from the records' optional ``kind`` field (the bundled data: article, which_model,
+    compare, name, number); groups without one are left out. A group whose records disagree is an error."""
+    kinds: dict[str, str] = {}
+    for line_no, rec in read_rows(Path(path)):
+        kind = rec.get("kind") if isinstance(rec, dict) else None
+        if kind is None:
+            continue
+        group = rec.get("group")
+        if kinds.setdefault(group, str(kind)) != str(kind):
+            raise DataError(path, line_no, "kind", f"group '{group}' has records of kinds '{kinds[group]}' and '{kind}'")
+    return kinds
+
+
 # --- prompt --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -3,22 +3,26 @@
 Both runs must hold exactly the same (group, language) items; otherwise the comparison is refused.
 Everything is measured in STRICT accuracy (the headline metric: the first line names an accepted
 answer and no other candidate value of the item). Per language: the difference ``B - A`` with a
-PAIRED bootstrap 95% interval (the same groups are drawn for both runs), and the exact McNemar
-test on the discordant items.
+PAIRED bootstrap 95% interval (the same groups are drawn for both runs) and a p-value; the headline
+differences (English, seen non-English mean, gap, unseen mean) get paired intervals too.
+
+One seed per side: the interval resamples groups and the p-value is the exact McNemar test on the
+discordant items. Such an interval treats the two trained models as fixed: it leaves training noise
+(another seed, another model) out, and the output says so.
+
+Several seeds per side (:func:`compare_runs` given one run per training seed on each side, paired by
+position): the interval and the p-value come from a hierarchical bootstrap that resamples seed pairs,
+and the groups (:func:`bcat.evaluation.stats.hierarchical_paired_differences`),
+so they count training noise. Each seed pair's own differences are listed too, and the seeds-pooled
+group-bootstrap interval is kept beside it (``ci_groups_only``) to show how much the seeds add.
 
 Verdict rule, per language, at ``alpha`` (default 0.05): **better** when the interval lies entirely
-above 0 AND McNemar p < alpha; **worse** when it lies entirely below 0 AND p < alpha; otherwise
-**no significant change**. Requiring both guards against the bootstrap's optimism on few groups.
-The headline differences (English, seen non-English mean, gap, unseen mean) get paired intervals;
-their verdict uses the interval alone (McNemar has no counterpart for a difference of means).
+above 0 AND the Holm-adjusted p-value (over the languages compared) is below ``alpha``; **worse**
+when it lies entirely below 0 AND the adjusted p is below ``alpha``; otherwise **no significant
+change**. The headline rows are judged by their interval alone (each is one pre-stated question).
 
-Seeds pooled (:func:`compare_runs` given one run per seed on each side, paired by position): an
-item's correctness becomes its mean over the seeds (a value in [0, 1]), the bootstrap still draws
-GROUPS (all seeds and languages of a drawn group go together, so the interval counts items, not
-item-seed pairs, as the independent units), and McNemar counts the discordant (item, seed pair)
-outcomes over all seed pairs. Those pairs are not independent (one item appears once per seed), so
-the pooled McNemar p is optimistic; the verdict's second condition, the group-bootstrap interval,
-is not.
+With the data's ``kind`` field (``kinds``: group -> kind), the headline differences are also given per
+kind of item, so that a difference carried by one kind of question shows.
 """
 
 from __future__ import annotations
@@ -26,19 +30,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from bcat.data.rag import group_kinds
 from bcat.errors import BcatError
 from bcat.evaluation.metrics import HEADLINE_METRIC
+from bcat.evaluation.scoring import file_sha256
 from bcat.evaluation.stats import (
     GroupMatrix,
+    bootstrap_p_value,
     gap_statistic,
+    hierarchical_paired_differences,
+    holm,
     language_accuracy,
     mcnemar_exact,
     mean_of_columns,
     paired_bootstrap_ci,
+    percentile_interval,
 )
 from bcat.languages import ANCHOR
 
@@ -116,15 +126,17 @@ def verdict(ci: Optional[list[float]], p: Optional[float], alpha: float = 0.05) 
 
 
 def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, n_resamples: int = 2000,
-                 seed: int = 0, alpha: float = 0.05, level: float = 0.95) -> dict:
+                 seed: int = 0, alpha: float = 0.05, level: float = 0.95,
+                 kinds: Optional[dict[str, str]] = None, groups: Optional[set[str]] = None) -> dict:
     """The comparison of run ``b`` against baseline ``a`` (same items), as a JSON-ready dict.
 
-    ``a`` and ``b`` may each be a list of runs, one per training seed, paired by position: the seeds
-    are then pooled as the module docstring says.
+    ``a`` and ``b`` may each be a list of runs, one per training seed, paired by position (the module
+    docstring says what changes then). ``kinds`` maps groups to their kind of item (adds ``by_kind``);
+    ``groups`` restricts the comparison to those groups.
     """
     runs_a, runs_b = ([a] if isinstance(a, Run) else list(a)), ([b] if isinstance(b, Run) else list(b))
     if not runs_a or len(runs_a) != len(runs_b):
-        raise BcatError(f"compare: pooling seeds needs the same number of runs on both sides "
+        raise BcatError(f"compare: pairing seeds needs the same number of runs on both sides "
                         f"({len(runs_a)} and {len(runs_b)})")
     for other in runs_a[1:] + runs_b:
         check_same_items(runs_a[0], other)
@@ -134,7 +146,8 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
     seen = list(langs_info.get("seen", []))
     unseen = list(langs_info.get("unseen", []))
     langs = seen + unseen or sorted({l for _, l in first_a.correct})
-    keys = sorted(first_a.correct)
+    keys = sorted(k for k in first_a.correct if groups is None or k[0] in groups)
+    n_seeds = len(runs_a)
 
     def matrices(runs: list[Run]) -> list[GroupMatrix]:
         return [GroupMatrix.from_items([(g, l, r.correct[(g, l)]) for g, l in keys], langs) for r in runs]
@@ -143,8 +156,15 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
     ma = GroupMatrix(per_seed_a[0].groups, langs, np.mean([m.values for m in per_seed_a], axis=0))
     mb = GroupMatrix(per_seed_b[0].groups, langs, np.mean([m.values for m in per_seed_b], axis=0))
 
-    def paired(stat):
-        return paired_bootstrap_ci(ma.values, mb.values, stat, n_resamples=n_resamples, seed=seed, level=level)
+    def interval(stat) -> tuple[Optional[list[float]], Optional[float], Optional[list[float]]]:
+        """(the interval, its bootstrap p-value or None, the groups-only interval or None)."""
+        if n_seeds == 1:
+            return paired_bootstrap_ci(ma.values, mb.values, stat, n_resamples=n_resamples, seed=seed, level=level), \
+                None, None
+        samples = hierarchical_paired_differences([m.values for m in per_seed_a], [m.values for m in per_seed_b],
+                                                  stat, n_resamples=n_resamples, seed=seed)
+        groups_only = paired_bootstrap_ci(ma.values, mb.values, stat, n_resamples=n_resamples, seed=seed, level=level)
+        return percentile_interval(samples, level), bootstrap_p_value(samples), groups_only
 
     def point(matrix: GroupMatrix, stat) -> float:
         return float(stat(language_accuracy(matrix.values)[None, :])[0])
@@ -159,51 +179,95 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
             b_only_a += int(((xa == 1) & (xb == 0)).sum())  # right in A, wrong in B
             c_only_b += int(((xa == 0) & (xb == 1)).sum())
         pa, pb = float(ma.values[present, col].mean()), float(mb.values[present, col].mean())
-        ci = paired(lambda acc, c=col: acc[:, c])
-        p = mcnemar_exact(b_only_a, c_only_b)
+        ci, p_boot, ci_groups = interval(lambda acc, c=col: acc[:, c])
+        mcnemar = mcnemar_exact(b_only_a, c_only_b)
         per_lang[lang] = {
             "a": pa, "b": pb, "diff": pb - pa, "ci": ci,
-            "a_only_correct": b_only_a, "b_only_correct": c_only_b, "mcnemar_p": p, "n": int(present.sum()),
-            "seen": lang not in unseen, "verdict": verdict(ci, p, alpha),
+            "a_only_correct": b_only_a, "b_only_correct": c_only_b, "mcnemar_p": mcnemar,
+            "p": mcnemar if n_seeds == 1 else p_boot, "n": int(present.sum()), "seen": lang not in unseen,
         }
+        if n_seeds > 1:
+            per_lang[lang]["ci_groups_only"] = ci_groups
+    for lang, p_adj in zip(per_lang, holm([r["p"] for r in per_lang.values()])):
+        per_lang[lang]["p_holm"] = p_adj
+        per_lang[lang]["verdict"] = verdict(per_lang[lang]["ci"], p_adj, alpha)
 
-    others = [ma.col(l) for l in seen if l != anchor]
+    stats = headline_statistics(langs, anchor, seen, unseen)
     headline = {}
-    stats = {"english": (lambda acc: acc[:, ma.col(anchor)]) if anchor in langs else None,
-             "non_english_mean": mean_of_columns(others) if others else None,
-             "gap": gap_statistic(ma.col(anchor), others) if anchor in langs and others else None,
-             "unseen_mean": mean_of_columns([ma.col(l) for l in unseen]) if unseen else None}
     for name, stat in stats.items():
-        if stat is None:
-            continue
         va, vb = point(ma, stat), point(mb, stat)
-        ci = paired(stat)
+        ci, _, ci_groups = interval(stat)
         v = verdict(ci, None, alpha)
         if name == "gap":  # the signed gap (English minus the rest): lower is the goal
             v = {BETTER: GAP_UP, WORSE: GAP_DOWN}.get(v, SAME)
         headline[name] = {"a": va, "b": vb, "diff": vb - va, "ci": ci, "verdict": v}
+        if n_seeds > 1:
+            headline[name]["ci_groups_only"] = ci_groups
+
+    per_seed = [{"a": str(ra.path), "b": str(rb.path),
+                 "diff": {name: point(GroupMatrix(mb_.groups, langs, mb_.values), stat)
+                          - point(GroupMatrix(ma_.groups, langs, ma_.values), stat) for name, stat in stats.items()}}
+                for ra, rb, ma_, mb_ in zip(runs_a, runs_b, per_seed_a, per_seed_b)]
 
     def side(runs: list[Run]) -> dict:
         return {"path": ", ".join(str(r.path) for r in runs), "model": runs[0].metrics.get("model"),
                 "data_fingerprint": runs[0].metrics.get("data_fingerprint"), "runs": len(runs)}
 
     fingerprints = {r.metrics.get("data_fingerprint") for r in runs_a + runs_b}
-    return {
+    out = {
         "metric": HEADLINE_METRIC,
         "a": side(runs_a), "b": side(runs_b),
         "same_data_file": len(fingerprints) == 1,
         "option_differences": option_differences(first_a, first_b),
-        "n_items": len(keys), "n_groups": len(ma.groups), "seeds_pooled": len(runs_a),
-        "rule": (f"better/worse: the paired bootstrap {level:.0%} interval of B - A excludes 0 AND the exact "
-                 f"McNemar p < {alpha}; headline rows: the interval alone"
-                 + ("; seeds pooled: mean correctness over seeds, McNemar over all seed pairs"
-                    if len(runs_a) > 1 else "")),
-        "alpha": alpha, "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "group", "level": level},
+        "n_items": len(keys), "n_groups": len(ma.groups), "seeds_pooled": n_seeds,
+        "interval": (f"hierarchical bootstrap: the {n_seeds} seed pairs resampled, and the groups (one draw "
+                     "shared by the drawn seeds, which were all evaluated on the same groups)"
+                     if n_seeds > 1 else SINGLE_SEED_NOTE),
+        "rule": (f"better/worse: the paired {level:.0%} interval of B - A excludes 0 AND the Holm-adjusted p "
+                 f"(over the {len(per_lang)} languages) < {alpha}; p: "
+                 + ("the hierarchical bootstrap's" if n_seeds > 1 else "exact McNemar")
+                 + "; headline rows: the interval alone"),
+        "alpha": alpha, "bootstrap": {"resamples": n_resamples, "seed": seed, "level": level,
+                                      "unit": "seed pair and group" if n_seeds > 1 else "group"},
         "languages": {"anchor": anchor, "seen": seen, "unseen": unseen},
         "language_split_differs": _split(first_a) != _split(first_b),
         "per_language": per_lang,
         "headline": headline,
+        "per_seed": per_seed,
     }
+    if kinds:
+        out["by_kind"] = {}
+        for kind in sorted(set(kinds[g] for g, _ in keys if g in kinds)):
+            part = compare_runs(runs_a, runs_b, n_resamples=n_resamples, seed=seed, alpha=alpha, level=level,
+                                groups={g for g, _ in keys if kinds.get(g) == kind})
+            out["by_kind"][kind] = {"n_groups": part["n_groups"], "headline": part["headline"]}
+    return out
+
+
+SINGLE_SEED_NOTE = ("paired bootstrap over groups, one seed per side: it treats the trained models as fixed and "
+                    "leaves training noise out (compare several seeds per side to count it)")
+"""What a one-seed interval does not cover; printed under every one-seed comparison."""
+
+
+def headline_statistics(langs: Sequence[str], anchor: str, seen: Sequence[str], unseen: Sequence[str], *,
+                        all_non_english: bool = False) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The headline numbers that are defined for these languages, as statistics of an accuracy matrix
+    (``all_non_english``: also the mean over every non-anchor language, seen and unseen)."""
+    col = {l: i for i, l in enumerate(langs)}
+    others = [col[l] for l in seen if l != anchor and l in col]
+    unseen_cols = [col[l] for l in unseen if l in col]
+    stats: dict = {}
+    if anchor in col:
+        stats["english"] = lambda acc: acc[:, col[anchor]]
+    if others:
+        stats["non_english_mean"] = mean_of_columns(others)
+    if anchor in col and others:
+        stats["gap"] = gap_statistic(col[anchor], others)
+    if unseen_cols:
+        stats["unseen_mean"] = mean_of_columns(unseen_cols)
+    if all_non_english and others + unseen_cols:
+        stats["all_non_english_mean"] = mean_of_columns(others + unseen_cols)
+    return stats
 
 
 def _split(run: Run) -> tuple:
@@ -230,21 +294,37 @@ def _ci(ci: Optional[list[float]]) -> str:
 
 
 def format_table(comparison: dict) -> str:
-    """A plain-text table of a comparison, one row per language, then the headline rows."""
-    head = f"{'':<18}{'A':>7}{'B':>7}{'B-A':>8}  {'95% CI':<18}{'McNemar p':>10}  verdict"
+    """A plain-text table of a comparison: one row per language, the headline rows, then the seed pairs
+    and the kinds of item when there are several."""
+    head = f"{'':<18}{'A':>7}{'B':>7}{'B-A':>8}  {'95% CI':<18}{'p':>8}{'p Holm':>8}  verdict"
     lines = [f"A = {comparison['a']['path']}", f"B = {comparison['b']['path']}",
              f"metric: {comparison['metric']} (the headline: an accepted answer and no other candidate value "
-             f"in the first line)", head, "-" * len(head)]
+             f"in the first line)", f"interval: {comparison['interval']}", head, "-" * len(head)]
     for lang, r in comparison["per_language"].items():
         tag = lang + ("" if r["seen"] else "*")
         lines.append(f"{tag:<18}{r['a']:>7.3f}{r['b']:>7.3f}{r['diff']:>+8.3f}  {_ci(r['ci']):<18}"
-                     f"{r['mcnemar_p']:>10.4f}  {r['verdict']}")
+                     f"{_p(r['p']):>8}{_p(r['p_holm']):>8}  {r['verdict']}")
     lines.append("-" * len(head))
     for name, r in comparison["headline"].items():
         lines.append(f"{name:<18}{r['a']:>7.3f}{r['b']:>7.3f}{r['diff']:>+8.3f}  {_ci(r['ci']):<18}"
-                     f"{'':>10}  {r['verdict']}")
+                     f"{'':>16}  {r['verdict']}")
+    lines.append(f"verdicts: {comparison['rule']}")
     if comparison["languages"]["unseen"]:
         lines.append("* unseen in training")
+    if len(comparison.get("per_seed", [])) > 1:
+        names = list(comparison["headline"])
+        lines += ["", "B - A per seed pair:", f"{'seed pair':<12}" + "".join(f"{n:>18}" for n in names)]
+        for i, pair in enumerate(comparison["per_seed"]):
+            lines.append(f"{i:<12}" + "".join(f"{pair['diff'][n]:>+18.3f}" for n in names))
+        lines.append(f"{'groups only':<12}" + "".join(f"{_ci(comparison['headline'][n]['ci_groups_only']):>18}"
+                                                      for n in names) + "   (seeds pooled, training noise left out)")
+    if comparison.get("by_kind"):
+        names = [n for n in ("english", "non_english_mean", "unseen_mean") if n in comparison["headline"]]
+        lines += ["", "B - A by kind of item (95% CI):", f"{'kind':<14}{'groups':>7}" + "".join(f"{n:>26}" for n in names)]
+        for kind, part in comparison["by_kind"].items():
+            cells = "".join(f"{part['headline'][n]['diff']:>+8.3f} {_ci(part['headline'][n]['ci']):>17}"
+                            if n in part["headline"] else f"{'n/a':>26}" for n in names)
+            lines.append(f"{kind:<14}{part['n_groups']:>7}{cells}")
     if comparison.get("language_split_differs"):
         lines.append("note: the runs split seen/unseen languages differently; B's split is used")
     if not comparison["same_data_file"]:
@@ -254,11 +334,29 @@ def format_table(comparison: dict) -> str:
     return "\n".join(lines)
 
 
+def _p(p: Optional[float]) -> str:
+    return "n/a" if p is None else f"{p:.4f}"
+
+
+def kinds_for(run: Run, data: Optional[str | Path] = None) -> Optional[dict[str, str]]:
+    """The ``kind`` of each group, from ``data`` or else from the data file the run was evaluated on
+    (when it is still there with the same content); ``None`` when neither is available."""
+    path = Path(data) if data else Path(run.metrics.get("data") or "")
+    if not data and (not path.is_file() or file_sha256(path) != run.metrics.get("data_fingerprint")):
+        return None
+    return group_kinds(path) or None
+
+
 def run_compare(args) -> dict:
-    """Everything ``bcat compare`` does: compare, write ``comparison.json``, print the table."""
-    a, b = load_run(args.run_a), load_run(args.run_b)
-    comparison = compare_runs(a, b, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha)
-    out_dir = Path(args.output) if args.output else b.path
+    """Everything ``bcat compare`` does: compare, write ``comparison.json``, print the table.
+
+    ``args.run_a`` and ``args.run_b`` are eval directories, or comma-separated lists of them (one per
+    training seed, paired by position)."""
+    runs_a = [load_run(p) for p in str(args.run_a).split(",")]
+    runs_b = [load_run(p) for p in str(args.run_b).split(",")]
+    comparison = compare_runs(runs_a, runs_b, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha,
+                              kinds=kinds_for(runs_a[0], getattr(args, "data", None)))
+    out_dir = Path(args.output) if args.output else runs_b[0].path
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(comparison, ensure_ascii=False, indent=2) + "\n",
                                              encoding="utf-8")

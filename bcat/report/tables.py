@@ -265,12 +265,37 @@ def verdict_table(comparison: dict, names: Sequence[str]) -> Table:
     rows = []
     for lang, r in comparison["per_language"].items():
         rows.append([lang + ("" if r["seen"] else " (unseen)"), fmt(r["a"]), fmt(r["b"]), fmt(r["diff"], signed=True),
-                     fmt_ci(r["ci"], signed=True), f"{r['mcnemar_p']:.4f}", r["verdict"]])
+                     fmt_ci(r["ci"], signed=True), fmt(r["p"], 4), fmt(r["p_holm"], 4), r["verdict"]])
     for key, r in comparison["headline"].items():
         rows.append([key.replace("_", " "), fmt(r["a"]), fmt(r["b"]), fmt(r["diff"], signed=True),
-                     fmt_ci(r["ci"], signed=True), "", r["verdict"]])
-    return Table(["", names[0], names[1], "diff", "95% CI (paired)", "McNemar p", "verdict"], rows,
-                 f"Metric: {comparison.get('metric', 'strict_accuracy')} (the headline). Rule: {comparison['rule']}.")
+                     fmt_ci(r["ci"], signed=True), "", "", r["verdict"]])
+    return Table(["", names[0], names[1], "diff", "95% CI (paired)", "p", "p (Holm)", "verdict"], rows,
+                 f"Metric: {comparison.get('metric', 'strict_accuracy')} (the headline). Interval: "
+                 f"{comparison['interval']}. Rule: {comparison['rule']}.")
+
+
+def seed_pairs_table(comparison: dict, names: Sequence[str]) -> Table:
+    """B - A for each seed pair, and the seeds-pooled groups-only interval under them."""
+    keys = list(comparison["headline"])
+    rows = [[f"seed pair {i}"] + [fmt(pair["diff"][k], signed=True) for k in keys]
+            for i, pair in enumerate(comparison["per_seed"])]
+    rows.append(["seed-aware 95% CI"] + [fmt_ci(comparison["headline"][k]["ci"], signed=True) for k in keys])
+    rows.append(["groups-only 95% CI"] + [fmt_ci(comparison["headline"][k].get("ci_groups_only"), signed=True)
+                                          for k in keys])
+    return Table([f"{names[1]} - {names[0]}"] + [k.replace("_", " ") for k in keys], rows,
+                 "Each seed pair's own difference; the seed-aware interval resamples seed pairs, then groups; the "
+                 "groups-only interval pools the seeds and treats the trained models as fixed.")
+
+
+def kind_table(comparison: dict, names: Sequence[str]) -> Table:
+    """B - A per kind of item (the data's ``kind`` field), with the comparison's intervals."""
+    keys = [k for k in ("english", "non_english_mean", "unseen_mean") if k in comparison["headline"]]
+    rows = [[kind, str(part["n_groups"])]
+            + [(fmt(part["headline"][k]["diff"], signed=True) + " " + fmt_ci(part["headline"][k]["ci"], signed=True))
+               if k in part["headline"] else "-" for k in keys]
+            for kind, part in comparison["by_kind"].items()]
+    return Table(["kind", "groups"] + [f"{k.replace('_', ' ')}\n{names[1]} - {names[0]}" for k in keys], rows,
+                 "Per kind of item: the difference and its 95% interval (as in the table above).")
 
 
 def _is_number(x) -> bool:

@@ -162,7 +162,9 @@ class StudySpec:
     selection: Optional[SelectionSpec] = None
     timing: TimingSpec = field(default_factory=TimingSpec)
     bootstrap: int = 2000
-    """Bootstrap resamples (over groups) of the report's intervals."""
+    """Bootstrap resamples of the report's intervals (over seed pairs and groups where arms have several seeds)."""
+    english_tolerance: float = 0.01
+    """Largest English drop (accuracy: 0.01 = 1 point) with which an arm still counts as better than its twin."""
     arms: list[ArmSpec] = field(default_factory=list)
 
     source: str = ""

@@ -8,7 +8,8 @@ learning curves; the OOD suite; answer language and consistency; and every run w
 machine and wall time.
 
 A setting counts as **better** than its twin only when the non-English (seen) mean rises (its
-paired 95% interval lies above 0) AND English falls by at most one point (:data:`ENGLISH_TOLERANCE`).
+paired 95% interval lies above 0: seed-aware when the arms have several seeds, see
+:mod:`bcat.evaluation.compare`) AND English falls by at most the study's ``english_tolerance``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Optional
 from bcat.config import load_config
 from bcat.evaluation.compare import Run, compare_runs, load_run
 from bcat.evaluation.metrics import HEADLINE_METRIC
+from bcat.data.rag import group_kinds
 from bcat.evaluation.stats import mcnemar_exact
 from bcat.report.charts import headline_chart, per_language_chart
 from bcat.report.render import write_document
@@ -31,14 +33,13 @@ from bcat.report.tables import (
     agreement_table,
     fmt,
     headline_table,
+    kind_table,
+    seed_pairs_table,
     verdict_table,
 )
 from bcat.study import grid
 from bcat.study.charts import curve_chart, ood_chart
 from bcat.study.results import ood_means, pooled_metrics, pooled_ood
-
-ENGLISH_TOLERANCE = 0.01
-"""Largest English drop (1 point) with which a setting can still count as better."""
 
 PAPER_GAP = {"orpo": (13.6, 3.6), "dpo": (13.9, 4.1)}
 """English minus non-English gap (points) before -> after batch-level alignment, as secondary summaries
@@ -109,7 +110,8 @@ class StudyResults:
             if seeds:
                 a = [theirs[s].split(split) for s in seeds]
                 b = [mine[s].split(split) for s in seeds]
-                return split, compare_runs(a, b, n_resamples=self.spec.bootstrap)
+                kinds = group_kinds(grid.resolve_data(getattr(self.spec.data, split))) or None
+                return split, compare_runs(a, b, n_resamples=self.spec.bootstrap, kinds=kinds)
         return None
 
 
@@ -123,37 +125,51 @@ def pooled_mcnemar(comparison: dict, langs: list[str]) -> Optional[float]:
     return mcnemar_exact(sum(r["a_only_correct"] for r in rows), sum(r["b_only_correct"] for r in rows))
 
 
-def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: str, ood_a: dict, ood_b: dict) -> list[str]:
+def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: str, ood_a: dict, ood_b: dict,
+                 english_tolerance: float) -> list[str]:
     """The plain statement for one arm against its twin."""
     h, langs = comparison["headline"], comparison["languages"]
     seen_other = [l for l in langs["seen"] if l != langs["anchor"]]
     seeds = comparison.get("seeds_pooled", 1)
     lines = [f"### {arm} against {twin} ({objective.upper()}, {split} split, {comparison['n_groups']} groups, "
-             f"{seeds} seed{'s' if seeds > 1 else ''} pooled)"]
+             f"{seeds} seed{'s' if seeds > 1 else ''} per arm)",
+             f"- Intervals: {comparison['interval']}."]
+
+    def per_seed(name: str) -> str:
+        if seeds < 2:
+            return ""
+        return "; per seed pair " + ", ".join(f"{p['diff'][name] * 100:+.1f}" for p in comparison["per_seed"])
+
+    def pooled_p(langs_: list[str]) -> str:  # pooled McNemar counts items as independent: one seed only
+        return f", pooled McNemar p = {pooled_mcnemar(comparison, langs_):.3g}" if seeds == 1 else ""
+
     gap = h.get("gap")
     if gap:
         closed = (gap["a"] - gap["b"]) / gap["a"] * 100 if gap["a"] > 0 else None
         paper = PAPER_GAP.get(objective)
         paper_text = f" (paper: {(paper[0] - paper[1]) / paper[0] * 100:.0f}%, {paper[0]} -> {paper[1]} points)" if paper else ""
         lines.append(f"- Gap (English minus seen non-English mean): {gap['a'] * 100:+.1f} -> {gap['b'] * 100:+.1f} points, "
-                     f"change {gap['diff'] * 100:+.1f} (95% CI {_pts(gap['ci'])}); "
+                     f"change {gap['diff'] * 100:+.1f} (95% CI {_pts(gap['ci'])}{per_seed('gap')}); "
                      + (f"the shuffled baseline has no positive gap to close{paper_text}." if closed is None
                         else f"{closed:.0f}% of the shuffled baseline's gap closed{paper_text}." if closed >= 0
                         else f"the gap grew by {-closed:.0f}% of the shuffled baseline's{paper_text}."))
     en, non = h.get("english"), h.get("non_english_mean")
     if en:
         lines.append(f"- English: {en['a'] * 100:.1f} -> {en['b'] * 100:.1f} ({en['diff'] * 100:+.1f} points, 95% CI "
-                     f"{_pts(en['ci'])}, McNemar p = {comparison['per_language'][langs['anchor']]['mcnemar_p']:.3g}).")
+                     f"{_pts(en['ci'])}, p = {comparison['per_language'][langs['anchor']]['p']:.3g}{per_seed('english')}).")
     if non:
         lines.append(f"- Seen non-English mean: {non['a'] * 100:.1f} -> {non['b'] * 100:.1f} ({non['diff'] * 100:+.1f} "
-                     f"points, 95% CI {_pts(non['ci'])}, pooled McNemar p = {pooled_mcnemar(comparison, seen_other):.3g}).")
+                     f"points, 95% CI {_pts(non['ci'])}{pooled_p(seen_other)}{per_seed('non_english_mean')}).")
     un = h.get("unseen_mean")
     if un:
-        per = ", ".join(f"{l} {comparison['per_language'][l]['diff'] * 100:+.1f} (p = {comparison['per_language'][l]['mcnemar_p']:.3g})"
+        per = ", ".join(f"{l} {comparison['per_language'][l]['diff'] * 100:+.1f} (p = {comparison['per_language'][l]['p']:.3g})"
                         for l in langs["unseen"])
         lines.append(f"- Unseen languages mean: {un['a'] * 100:.1f} -> {un['b'] * 100:.1f} ({un['diff'] * 100:+.1f} points, "
-                     f"95% CI {_pts(un['ci'])}, pooled McNemar p = {pooled_mcnemar(comparison, langs['unseen']):.3g}); "
+                     f"95% CI {_pts(un['ci'])}{pooled_p(langs['unseen'])}{per_seed('unseen_mean')}); "
                      f"per language: {per}.")
+    significant = [f"{l} {r['verdict']}" for l, r in comparison["per_language"].items() if r["verdict"] != "no significant change"]
+    lines.append(f"- Per language (Holm-adjusted over {len(comparison['per_language'])} languages): "
+                 + (", ".join(significant) if significant else "no significant change in any language") + ".")
     ood_changes = [f"{task} {OOD_HEADLINE[task]} {(ood_b[task][OOD_HEADLINE[task]] - ood_a[task][OOD_HEADLINE[task]]) * 100:+.1f}"
                    for task in OOD_HEADLINE if task in ood_a and task in ood_b
                    and ood_a[task].get(OOD_HEADLINE[task]) is not None and ood_b[task].get(OOD_HEADLINE[task]) is not None]
@@ -161,13 +177,13 @@ def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: s
         lines.append(f"- OOD change (points, mean over languages): {'; '.join(ood_changes)}.")
     if en and non:
         rises = non["ci"] is not None and non["ci"][0] > 0
-        keeps = en["diff"] >= -ENGLISH_TOLERANCE
+        keeps = en["diff"] >= -english_tolerance
         if rises and keeps:
             lines.append(f"- **Better** than {twin}: non-English rises (interval above 0) and English falls by at most "
-                         f"{ENGLISH_TOLERANCE * 100:g} point.")
+                         f"{english_tolerance * 100:g} points.")
         else:
             why = [] if rises else ["non-English does not rise significantly"]
-            why += [] if keeps else [f"English falls by {-en['diff'] * 100:.1f} points (more than {ENGLISH_TOLERANCE * 100:g})"]
+            why += [] if keeps else [f"English falls by {-en['diff'] * 100:.1f} points (more than {english_tolerance * 100:g})"]
             shrink = " The gap shrinks because English falls: a loss, not a gain." if (
                 gap and gap["diff"] < 0 and not keeps) else ""
             lines.append(f"- **Not better** than {twin}: {'; '.join(why)}.{shrink}")
@@ -205,7 +221,7 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
         a_run, b_run = sr.pooled(twin, "ood"), sr.pooled(arm, "ood")
         ood_a = ood_means(a_run.metrics.get("ood", {})) if a_run else {}
         ood_b = ood_means(b_run.metrics.get("ood", {})) if b_run else {}
-        lines = verdict_line(arm, twin, objective, comparison, split, ood_a, ood_b)
+        lines = verdict_line(arm, twin, objective, comparison, split, ood_a, ood_b, spec.english_tolerance)
         statement += [lines[0], "\n".join(lines[1:])]
     sections.append(("Against the paper", statement or [
         "Not yet: no arm with a shuffled twin has finished on the test split."]))
@@ -246,11 +262,16 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
         split, comparison = found
         parts += [f"### {arm} vs {twin} ({split}, {comparison.get('seeds_pooled', 1)} seed(s) paired)",
                   verdict_table(comparison, [twin, arm])]
+        if len(comparison["per_seed"]) > 1:
+            parts.append(seed_pairs_table(comparison, [twin, arm]))
+        if comparison.get("by_kind"):
+            parts.append(kind_table(comparison, [twin, arm]))
     if parts:
         sections.append(("Each arm against its shuffled twin", [
-            "Paired bootstrap over groups and exact McNemar; with several seeds, correctness is averaged over the "
-            "seeds both arms have (paired by seed) and McNemar counts every seed pair (see bcat.evaluation.compare). "
-            "On test when both arms have test runs, else on dev."] + parts))
+            "One seed per arm: paired bootstrap over groups and exact McNemar, which treat the trained models as "
+            "fixed (training noise left out). Several seeds: the seeds both arms have, paired by seed; interval and "
+            "p from a bootstrap over seed pairs and groups (bcat.evaluation.compare). Per-language verdicts use "
+            "Holm's correction over the languages. On test when both arms have test runs, else on dev."] + parts))
 
     # dev ablations: first seeds
     first = {a.name: {a.seeds[0]} if a.train else None for a in spec.arms}

@@ -14,15 +14,9 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from bcat.evaluation.compare import Run, load_run
+from bcat.evaluation.compare import Run, headline_statistics, load_run
 from bcat.evaluation.metrics import HEADLINE_METRIC
-from bcat.evaluation.stats import (
-    GroupMatrix,
-    bootstrap_ci,
-    gap_statistic,
-    language_accuracy,
-    mean_of_columns,
-)
+from bcat.evaluation.stats import GroupMatrix, bootstrap_ci, language_accuracy
 from bcat.languages import ANCHOR
 
 HEADLINE = ("english", "non_english_mean", "gap", "unseen_mean", "all_non_english_mean")
@@ -54,17 +48,9 @@ def language_split(metrics: dict) -> tuple[str, list[str], list[str]]:
 
 
 def headline_stats(langs: Sequence[str], anchor: str, seen: Sequence[str], unseen: Sequence[str]) -> dict:
-    """The headline statistics as functions of a ``resamples x languages`` accuracy matrix (None if undefined)."""
-    col = {l: i for i, l in enumerate(langs)}
-    others = [col[l] for l in seen if l != anchor and l in col]
-    unseen_cols = [col[l] for l in unseen if l in col]
-    return {
-        "english": (lambda acc: acc[:, col[anchor]]) if anchor in col else None,
-        "non_english_mean": mean_of_columns(others) if others else None,
-        "gap": gap_statistic(col[anchor], others) if anchor in col and others else None,
-        "unseen_mean": mean_of_columns(unseen_cols) if unseen_cols else None,
-        "all_non_english_mean": mean_of_columns(others + unseen_cols) if others + unseen_cols else None,
-    }
+    """The :data:`HEADLINE` statistics of a ``resamples x languages`` accuracy matrix (None if undefined)."""
+    stats = headline_statistics(langs, anchor, seen, unseen, all_non_english=True)
+    return {name: stats.get(name) for name in HEADLINE}
 
 
 def summarize_matrix(matrix: GroupMatrix, anchor: str, seen: Sequence[str], unseen: Sequence[str], *,

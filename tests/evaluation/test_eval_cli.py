@@ -98,7 +98,7 @@ def test_first_line_stop(tiny_model_dir):
 def test_compare_same_items(runs, capsys):
     assert main(["compare", str(runs["plain"]), str(runs["chat"]), "--bootstrap", "200"]) == 0
     printed = capsys.readouterr().out
-    assert "McNemar p" in printed and "th*" in printed
+    assert "p Holm" in printed and "th*" in printed and "leaves training noise out" in printed
     comparison = json.loads((runs["chat"] / "comparison.json").read_text(encoding="utf-8"))
     assert set(comparison["per_language"]) == set(QA) and comparison["n_items"] == 15
     for r in comparison["per_language"].values():
@@ -107,6 +107,16 @@ def test_compare_same_items(runs, capsys):
     # the chat run used other prompts: said under the table and recorded
     assert comparison["option_differences"] == {"chat_template": ["off", "on"], "shots": [0, 1]}
     assert "note: evaluated with different --shots: A 0, B 1" in printed
+
+
+def test_compare_pairs_seeds_given_as_comma_separated_lists(runs, capsys, tmp_path):
+    seeds_a, seeds_b = f"{runs['plain']},{runs['plain']}", f"{runs['chat']},{runs['chat']}"
+    assert main(["compare", seeds_a, seeds_b, "--bootstrap", "200", "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "hierarchical bootstrap" in printed and "B - A per seed pair" in printed
+    comparison = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
+    assert comparison["seeds_pooled"] == 2 and len(comparison["per_seed"]) == 2
+    assert "ci_groups_only" in comparison["headline"]["english"]
 
 
 def test_compare_refuses_different_items(runs, capsys, tmp_path):
@@ -131,7 +141,7 @@ def test_report_renders(runs, tmp_path):
     assert page.count('<img src="data:image/png;base64,') == 4
     for lang in ("en English", "fr French", "hi Hindi", "ja Japanese", "th Thai (unseen)"):
         assert lang in page and lang in md
-    assert "McNemar p" in page and "no significant change" in page  # the two-run verdict table
+    assert "p (Holm)" in page and "no significant change" in page  # the two-run verdict table
     assert "Metric: strict_accuracy (the headline)" in md and "Headline: strict accuracy" in md
     assert "strict accuracy (headline)" in md and "contains" in md  # every scorer, the headline named
     assert "arith" in page and "retrieval" in md and "0.125" in page and "layer: 2" in page

@@ -10,22 +10,26 @@ def comparison(english, non_english, gap, *, non_english_ci=(-0.05, 0.05)) -> di
     def row(a, b, ci=(-0.05, 0.05)):
         return {"a": a, "b": b, "diff": b - a, "ci": list(ci)}
 
-    per = {lang: {"a_only_correct": 3, "b_only_correct": 2, "mcnemar_p": 1.0, "diff": -0.01} for lang in ("en", "de", "th")}
-    return {"headline": {"english": row(*english), "non_english_mean": row(*non_english, ci=non_english_ci),
-                         "gap": row(*gap)},
-            "languages": {"seen": ["en", "de"], "unseen": ["th"], "anchor": "en"},
-            "per_language": per, "n_groups": 160, "seeds_pooled": 3}
+    per = {lang: {"a_only_correct": 3, "b_only_correct": 2, "mcnemar_p": 1.0, "p": 0.4, "diff": -0.01,
+                  "verdict": "no significant change"} for lang in ("en", "de", "th")}
+    headline = {"english": row(*english), "non_english_mean": row(*non_english, ci=non_english_ci), "gap": row(*gap)}
+    per_seed = [{"diff": {k: v["diff"] + d for k, v in headline.items()}} for d in (-0.01, 0.0, 0.01)]
+    return {"headline": headline, "languages": {"seen": ["en", "de"], "unseen": ["th"], "anchor": "en"},
+            "per_language": per, "n_groups": 160, "seeds_pooled": 3, "per_seed": per_seed,
+            "interval": "hierarchical bootstrap: the 3 seed pairs resampled, and the groups"}
 
 
-def statement(c: dict) -> str:
-    return "\n".join(verdict_line("orpo_best", "orpo_shuffled", "orpo", c, "test", {}, {}))
+def statement(c: dict, english_tolerance: float = 0.01) -> str:
+    return "\n".join(verdict_line("orpo_best", "orpo_shuffled", "orpo", c, "test", {}, {}, english_tolerance))
 
 
 def test_a_closed_gap_is_a_share_of_the_baseline_gap_and_better_needs_non_english_up():
     text = statement(comparison(english=(0.80, 0.80), non_english=(0.70, 0.75), gap=(0.10, 0.05),
                                 non_english_ci=(0.01, 0.09)))
     assert "50% of the shuffled baseline's gap closed (paper: 74%, 13.6 -> 3.6 points)" in text
-    assert "**Better** than orpo_shuffled" in text and "3 seeds pooled" in text
+    assert "**Better** than orpo_shuffled" in text and "3 seeds per arm" in text
+    assert "Intervals: hierarchical bootstrap" in text and "per seed pair +4.0, +5.0, +6.0" in text
+    assert "no significant change in any language" in text
 
 
 def test_a_wider_gap_is_called_growth_not_a_negative_share():
@@ -33,6 +37,8 @@ def test_a_wider_gap_is_called_growth_not_a_negative_share():
     assert "the gap grew by 250% of the shuffled baseline's" in text and "closed" not in text
     assert "**Not better**" in text and "non-English does not rise significantly" in text
     assert "English falls by 2.0 points (more than 1)" in text
+    assert "**Not better**" not in statement(comparison(english=(0.80, 0.785), non_english=(0.70, 0.75),
+                                                        gap=(0.10, 0.035), non_english_ci=(0.01, 0.09)), 0.02)
 
 
 def test_a_gap_that_shrinks_because_english_falls_is_called_a_loss():
