@@ -3,9 +3,10 @@
 A study YAML file (see ``configs/study/``) names the model, the data, the evaluation options, the
 training overrides every arm shares, and the arms. Each arm is a training setting (``overrides``
 on top of the shared ones) run once per seed, or the base model (``train: false``). An arm with
-``from_selection: true`` takes the setting that the ``selection`` block picks ON DEV among its
-candidates (plus the arm's own overrides, e.g. ``objective.name=dpo``): it can only run once the
-candidates' first seeds have finished.
+``from_selection: NAME`` (``true`` when the study has one selection) takes the setting that selection
+picks ON DEV among its candidates (plus the arm's own overrides, e.g. ``objective.name=dpo``): it can
+only run once the candidates' first seeds have finished. A study may hold several selections, e.g.
+one learning rate picked per arm.
 
 Every run gets the same pairs, steps, learning-rate schedule and micro-batch size unless its arm
 overrides them. A run's training seed sets both ``training.seed`` (LoRA initialisation) and
@@ -86,10 +87,14 @@ class CurveSpec:
 
 @dataclass
 class SelectionSpec:
+    name: str = ""
+    """What arms' ``from_selection`` calls it (needed when the study has several selections); the pick is
+    written to ``RESULTS/selection-NAME.json`` (an unnamed selection: ``selection.json``)."""
     candidates: list[str] = field(default_factory=list)
     """Arms among which the best setting is picked (their first seed, on dev)."""
     baseline: str = ""
-    """The arm whose English accuracy on dev a candidate may not fall below by more than ``english_tolerance``."""
+    """The arm whose English accuracy on dev a candidate may not fall below by more than ``english_tolerance``;
+    empty: the best English among the candidates themselves (e.g. when picking one arm's learning rate)."""
     metric: str = "non_english_mean"
     """Dev metric to maximise: ``non_english_mean`` (seen), ``unseen_mean`` or ``all_non_english_mean``."""
     english_tolerance: float = 0.01
@@ -123,8 +128,9 @@ class ArmSpec:
     """``False``: the base model itself (no seeds)."""
     overrides: list[str] = field(default_factory=list)
     """``bcat train`` overrides on top of the study's ``training`` list."""
-    from_selection: bool = False
-    """Start from the setting that ``selection`` picks on dev, then apply ``overrides``."""
+    from_selection: Optional[str] = None
+    """The selection (by name; ``true`` in YAML: the study's only selection) whose pick on dev this arm starts
+    from, then applies ``overrides``."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Training seeds (``training.seed`` and ``batch.seed``)."""
     dev: str = "first"
@@ -159,7 +165,8 @@ class StudySpec:
     curve: CurveSpec = field(default_factory=CurveSpec)
     training: list[str] = field(default_factory=list)
     """``bcat train`` overrides shared by every arm (objective, schedule, micro-batch size, steps...)."""
-    selection: Optional[SelectionSpec] = None
+    selection: list[SelectionSpec] = field(default_factory=list)
+    """Settings picked on dev: one mapping, or a list of named ones."""
     timing: TimingSpec = field(default_factory=TimingSpec)
     bootstrap: int = 2000
     """Bootstrap resamples of the report's intervals (over seed pairs and groups where arms have several seeds)."""
@@ -172,6 +179,8 @@ class StudySpec:
 
 
 SEED_CHOICES = ("first", "all", "none")
+ONLY_SELECTION = ""
+"""``from_selection`` of an arm that wrote ``from_selection: true``: the study's only selection."""
 SELECTION_METRICS = ("non_english_mean", "unseen_mean", "all_non_english_mean")
 
 
@@ -188,6 +197,8 @@ def _build(cls, raw: Any, where: str, source: str):
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             raise ConfigError(f"{source}: unknown key '{path}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+        if cls is ArmSpec and key == "from_selection" and isinstance(value, bool):
+            value = ONLY_SELECTION if value else None
         kwargs[key] = _value(fields[key].type, value, path, source)
     return cls(**kwargs)
 
@@ -198,12 +209,20 @@ _SECTIONS = {"DataSpec": DataSpec, "EvalSpec": EvalSpec, "CurveSpec": CurveSpec,
 
 def _value(type_text: str, value: Any, path: str, source: str):
     t = type_text[len("Optional["):-1] if type_text.startswith("Optional[") else type_text
+    if t == "list[SelectionSpec]" and value is None:
+        return []
     if value is None:
         if type_text.startswith("Optional["):
             return None
         raise ConfigError(f"{source}: '{path}' may not be empty")
     if t in _SECTIONS:
         return _build(_SECTIONS[t], value, path, source)
+    if t == "list[SelectionSpec]":
+        items = [value] if isinstance(value, dict) else value
+        if not isinstance(items, list):
+            raise ConfigError(f"{source}: '{path}' must be a selection (a mapping) or a list of them")
+        return [_build(SelectionSpec, v, f"{path}[{i}]" if isinstance(value, list) else path, source)
+                for i, v in enumerate(items)]
     if t == "list[ArmSpec]":
         if not isinstance(value, list):
             raise ConfigError(f"{source}: '{path}' must be a list of arms")
@@ -263,27 +282,36 @@ def validate(spec: StudySpec) -> StudySpec:
                 raise bad(f"{key}.seeds", "must list distinct seeds, 0 or more")
             if arm.adopt:
                 raise bad(f"{key}.adopt", "is for the base model (train: false) only")
-        elif arm.overrides or arm.from_selection:
+        elif arm.overrides or arm.from_selection is not None:
             raise bad(f"{key}", "the base model (train: false) takes no overrides and no selection")
         bad_splits = set(arm.adopt) - {"dev", "test", "ood"}
         if bad_splits:
             raise bad(f"{key}.adopt", f"unknown split {sorted(bad_splits)[0]!r} (dev, test or ood)")
         if arm.twin is not None and arm.twin not in names:
             raise bad(f"{key}.twin", f"names no arm: {arm.twin!r}")
-        if arm.from_selection and spec.selection is None:
-            raise bad(f"{key}.from_selection", "needs a 'selection' block")
-    if spec.selection is not None:
-        sel = spec.selection
-        arms = {a.name: a for a in spec.arms}
-        for c in sel.candidates + [sel.baseline]:
-            if c not in arms or not arms[c].train or arms[c].from_selection:
-                raise bad("selection", f"'{c}' must name a trained arm that does not itself come from the selection")
+    selection_names = [sel.name for sel in spec.selection]
+    arms = {a.name: a for a in spec.arms}
+    for i, sel in enumerate(spec.selection):
+        key = "selection" if len(spec.selection) == 1 else f"selection[{i}]"
+        if len(spec.selection) > 1 and not sel.name:
+            raise bad(f"{key}.name", "must name each of several selections")
+        if selection_names.count(sel.name) > 1:
+            raise bad(f"{key}.name", f"'{sel.name}' names two selections")
+        for c in sel.candidates + ([sel.baseline] if sel.baseline else []):
+            if c not in arms or not arms[c].train or arms[c].from_selection is not None:
+                raise bad(key, f"'{c}' must name a trained arm that does not itself come from a selection")
             if arms[c].dev == "none":
-                raise bad("selection", f"arm '{c}' is not evaluated on dev (dev: none): it cannot be selected on dev")
+                raise bad(key, f"arm '{c}' is not evaluated on dev (dev: none): it cannot be selected on dev")
         if not sel.candidates:
-            raise bad("selection.candidates", "must list at least one arm")
+            raise bad(f"{key}.candidates", "must list at least one arm")
         if sel.metric not in SELECTION_METRICS:
-            raise bad("selection.metric", f"must be one of {', '.join(SELECTION_METRICS)}")
+            raise bad(f"{key}.metric", f"must be one of {', '.join(SELECTION_METRICS)}")
+    for i, arm in enumerate(spec.arms):
+        if arm.from_selection is not None:
+            try:
+                selection_of(spec, arm)
+            except KeyError as e:
+                raise bad(f"arms[{i}].from_selection", str(e.args[0])) from None
     for lang in spec.data.train_languages:
         if lang not in LANGUAGES:
             raise bad("data.train_languages", f"has an unknown language {lang!r}")
@@ -312,6 +340,18 @@ def validate(spec: StudySpec) -> StudySpec:
                           f"{per_epoch} steps per epoch; arm {arm.name}'s training.max_steps={cfg.training.max_steps} "
                           "must be a whole number of epochs, or the arms see different records")
     return spec
+
+
+def selection_of(spec: StudySpec, arm: "ArmSpec") -> SelectionSpec:
+    """The selection an arm's ``from_selection`` names (``KeyError`` with the reason when none)."""
+    if arm.from_selection == ONLY_SELECTION:
+        if len(spec.selection) != 1:
+            raise KeyError("'true' needs exactly one selection in the study; name the selection instead")
+        return spec.selection[0]
+    for sel in spec.selection:
+        if sel.name == arm.from_selection:
+            return sel
+    raise KeyError(f"names no selection: {arm.from_selection!r}")
 
 
 # --- runs --------------------------------------------------------------------------------------------
@@ -350,12 +390,14 @@ def seed_overrides(seed: int) -> list[str]:
     return [f"training.seed={seed}", f"batch.seed={seed}"]
 
 
-def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
-    """Every run of the study in the order it runs: first the runs the selection waits for (the first
-    seed of each candidate and of the baseline), then the rest, arms in file order, seeds in order,
+def expand(spec: StudySpec, selected: Optional[dict[str, str]] = None) -> list[Run]:
+    """Every run of the study in the order it runs: first the runs the selections wait for (the first
+    seed of each candidate and of each baseline), then the rest, arms in file order, seeds in order,
     except that a test arm's runs go seed by seed beside its twin's (:func:`_pairs_seed_by_seed`).
-    Arms that come from the selection are left out until ``selected`` (a candidate arm's name) is known."""
+    An arm that comes from a selection is left out until ``selected`` (selection name -> the candidate
+    arm it picked) has that selection's pick."""
     arms = {a.name: a for a in spec.arms}
+    selected = selected or {}
     runs = []
     for arm in spec.arms:
         if not arm.train:
@@ -363,10 +405,12 @@ def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
                             ood=arm.test and arm.ood != "none", curve_steps=[]))
             continue
         base = list(spec.training)
-        if arm.from_selection:
-            if selected is None:
+        pick = None
+        if arm.from_selection is not None:
+            pick = selected.get(selection_of(spec, arm).name)
+            if pick is None:
                 continue
-            base += arms[selected].overrides
+            base += arms[pick].overrides
         overrides = [*base, *arm.overrides]
         if spec.curve.steps:  # every trained run keeps its snapshots, so any seed's curve can be evaluated
             overrides.insert(len(spec.training), f"training.snapshot_steps=[{','.join(map(str, spec.curve.steps))}]")
@@ -376,9 +420,9 @@ def expand(spec: StudySpec, selected: Optional[str] = None) -> list[Run]:
             curve = [s for s in spec.curve.steps if s < max_steps] if arm.curve and dev else []
             runs.append(Run(f"{arm.name}-s{seed}", arm.name, seed, [*overrides, *seed_overrides(seed)],
                             dev=dev, test=arm.test, ood=arm.test and ood and spec.eval.ood_limit > 0,
-                            curve_steps=curve, selected=selected if arm.from_selection else None))
+                            curve_steps=curve, selected=pick))
     runs = _pairs_seed_by_seed(runs, arms)
-    feeds = {*spec.selection.candidates, spec.selection.baseline} if spec.selection else set()
+    feeds = {a for sel in spec.selection for a in [*sel.candidates, sel.baseline] if a}
     first = {r.arm: r.name for r in reversed(runs) if r.trained}
     return sorted(runs, key=lambda r: r.arm not in feeds or first[r.arm] != r.name)
 
@@ -388,11 +432,16 @@ def _pairs_seed_by_seed(runs: list[Run], arms: dict) -> list[Run]:
     a study stopped half-way then holds complete pairs, not all of one arm's seeds and none of the other's."""
     index = {(r.arm, r.seed): i for i, r in enumerate(runs)}
 
-    def place(i: int) -> tuple:
+    def lead(i: int) -> Optional[int]:
         arm = arms[runs[i].arm]
         twin = arms.get(arm.twin) if arm.twin else None
-        lead = index.get((twin.name, runs[i].seed)) if twin is not None and arm.test and twin.test else None
-        return (i, 0, i) if lead is None else (lead, 1, i)
+        return index.get((twin.name, runs[i].seed)) if twin is not None and arm.test and twin.test else None
+
+    def place(i: int) -> tuple:
+        first = lead(i)
+        # A twin that itself follows its own twin (a chain: no_anchor -> grouped -> shuffled) leaves this run
+        # in file order, so that the main pairs of every seed come before the runs compared with them.
+        return (i, 0, i) if first is None or lead(first) is not None else (first, 1, i)
 
     return [runs[i] for i in sorted(range(len(runs)), key=place)]
 

@@ -71,9 +71,12 @@ class StudyResults:
 
     def __init__(self, spec: grid.StudySpec, results: Path):
         self.spec, self.results = spec, results
-        selection_file = results / "selection.json"
-        self.selection = json.loads(selection_file.read_text()) if selection_file.is_file() else None
-        planned = grid.expand(spec, self.selection["selected"] if self.selection else None)
+        self.selections = []
+        for sel in spec.selection:
+            path = results / (f"selection-{sel.name}.json" if sel.name else "selection.json")
+            if path.is_file():
+                self.selections.append(json.loads(path.read_text(encoding="utf-8")))
+        planned = grid.expand(spec, {s["name"]: s["selected"] for s in self.selections})
         self.planned = planned
         self.finished: list[Finished] = []
         for run in planned:
@@ -226,14 +229,18 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
     sections.append(("Against the paper", statement or [
         "Not yet: no arm with a shuffled twin has finished on the test split."]))
 
-    if sr.selection:
-        sel = sr.selection
-        rows = [[arm, fmt(v[sel["metric"]]), fmt(v["english"]), fmt(v["english_vs_baseline"], signed=True),
+    tables = []
+    for sel in sr.selections:
+        reference = sel["reference"]
+        rows = [[arm, fmt(v[sel["metric"]]), fmt(v["english"]), fmt(v["english_vs_reference"], signed=True),
                  "yes" if v["eligible"] else "no"] for arm, v in sel["candidates"].items()]
         note = (f"Selected: {sel['selected']}. Rule: {sel['rule']}." + ("" if sel["english_constraint_met"] else
                 " No candidate kept English within the tolerance, so the pick rests on the metric alone."))
-        sections.append(("Selection on dev", [Table(["candidate", sel["metric"], "English", "English vs "
-                                                     + sel["baseline"]["arm"], "eligible"], rows, note)]))
+        tables += ([f"### {sel['name']}"] if sel["name"] else []) + [
+            Table(["candidate", sel["metric"], "English", "English vs " + (reference["arm"] or "the best candidate"),
+                   "eligible"], rows, note)]
+    if tables:
+        sections.append(("Selection on dev", tables))
 
     # test, seeds pooled
     test_runs = [r for r in (sr.pooled(a, "test") for a in sr.arms) if r is not None and r.metrics.get("per_language")]

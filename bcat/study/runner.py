@@ -1,7 +1,8 @@
 """Run a study grid: every arm x seed through the real ``bcat`` commands, resumable at every step.
 
-Order: the training pairs (``bcat data pairs``), then the runs in file order, then the selection on
-dev (``selection.json``), then the arms that come from the selection, then the report. Each run:
+Order: the training pairs (``bcat data pairs``), then the runs in file order, then each selection on
+dev (``selection.json``, or ``selection-NAME.json`` for named ones), then the arms that come from a
+selection, then the report. Each run:
 
 1. ``bcat train ... --resume`` into ``CACHE/train/KEY`` (checkpoints every ``training.save_steps``,
    snapshots at the curve steps); skipped once ``training_summary.json`` is there;
@@ -43,7 +44,8 @@ from bcat.errors import BcatError
 from bcat.evaluation.scoring import file_sha256
 from bcat.study import results as res
 from bcat.study.commands import eval_argv, pairs_argv, train_argv
-from bcat.study.grid import Estimate, Run, StudySpec, count_items, estimate, expand, resolve_data
+from bcat.study import grid
+from bcat.study.grid import Estimate, Run, SelectionSpec, StudySpec, count_items, estimate, expand, resolve_data
 
 Execute = Callable[[list, Path], int]
 """Runs one ``bcat`` argv with its output going to a log file; returns the exit code."""
@@ -148,8 +150,12 @@ class Study:
     # -- the grid ------------------------------------------------------------------------------------
     def runs(self) -> list[Run]:
         """Every run known now: those from the selection only once it can be made."""
-        selected = self.selection()
-        return expand(self.spec, selected["selected"] if selected else None)
+        return expand(self.spec, self.picks())
+
+    def picks(self) -> dict[str, str]:
+        """Selection name -> the candidate arm it picked, for the selections that can be made now."""
+        made = ((sel.name, self.selection(sel)) for sel in self.spec.selection)
+        return {name: result["selected"] for name, result in made if result is not None}
 
     def run_all(self, max_runs: Optional[int] = None) -> int:
         """Run what is missing; 0 when the grid is complete, 3 when something waits, else the failing exit code."""
@@ -189,10 +195,10 @@ class Study:
         return 0
 
     def pending_selection(self) -> list[str]:
-        """Arms that come from the selection while it cannot be made yet."""
-        if self.spec.selection is None or self.selection() is not None:
-            return []
-        return [a.name for a in self.spec.arms if a.from_selection]
+        """Arms that come from a selection that cannot be made yet."""
+        picks = self.picks()
+        return [a.name for a in self.spec.arms
+                if a.from_selection is not None and grid.selection_of(self.spec, a).name not in picks]
 
     # -- one run -------------------------------------------------------------------------------------
     def _command(self, argv: list, output: Path, run: Run) -> None:
@@ -398,50 +404,56 @@ class Study:
         return points
 
     # -- selection -----------------------------------------------------------------------------------
-    def selection(self) -> Optional[dict]:
-        """The setting picked on dev among the candidates (their first seeds), once they have finished.
+    def selection_file(self, sel: SelectionSpec) -> Path:
+        return self.results / (f"selection-{sel.name}.json" if sel.name else "selection.json")
 
-        Rule: candidates whose dev English is at most ``english_tolerance`` below the baseline arm's
-        are eligible; the eligible one with the highest dev ``metric`` wins. If none is eligible,
-        the highest ``metric`` wins and ``english_constraint_met`` is false (the report says so).
-        Written to ``RESULTS/selection.json``.
+    def selection(self, sel: SelectionSpec) -> Optional[dict]:
+        """The setting ``sel`` picks on dev among its candidates (their first seeds), once they have finished.
+
+        Rule: candidates whose dev English is at most ``english_tolerance`` below the reference are
+        eligible (the reference: the baseline arm's dev English, or without a baseline the best dev
+        English among the candidates); the eligible one with the highest dev ``metric`` wins. If none is
+        eligible, the highest ``metric`` wins and ``english_constraint_met`` is false (the report says
+        so). Written to :meth:`selection_file`.
         """
-        sel = self.spec.selection
-        if sel is None:
-            return None
-        first = {r.arm: r for r in expand(self.spec) if r.trained and r.arm in {*sel.candidates, sel.baseline}
+        feeding = [*sel.candidates, *([sel.baseline] if sel.baseline else [])]
+        first = {r.arm: r for r in expand(self.spec) if r.trained and r.arm in feeding
                  and r.name == f"{r.arm}-s{self.spec_arm_by_name(r.arm).seeds[0]}"}
-        if not all(self.finished(first[a]) for a in {*sel.candidates, sel.baseline}):
+        if not all(self.finished(first[a]) for a in feeding):
             return None
 
         def dev(arm: str) -> dict:
             return json.loads(self.result_json(first[arm]).read_text())["splits"]["dev"]
 
-        base_en = dev(sel.baseline)["english"]
+        if sel.baseline:
+            reference_en, reference = dev(sel.baseline)["english"], f"{sel.baseline}'s"
+        else:
+            reference_en, reference = max(dev(a)["english"] for a in sel.candidates), "the best candidate's"
         table = {}
         for arm in sel.candidates:
             d = dev(arm)
             table[arm] = {"run": first[arm].name, sel.metric: d[sel.metric], "english": d["english"],
-                          "english_vs_baseline": d["english"] - base_en,
-                          "eligible": d["english"] >= base_en - sel.english_tolerance - 1e-12}
+                          "english_vs_reference": d["english"] - reference_en,
+                          "eligible": d["english"] >= reference_en - sel.english_tolerance - 1e-12}
         eligible = [a for a in sel.candidates if table[a]["eligible"]]
         pool = eligible or list(sel.candidates)
         best = max(pool, key=lambda a: (table[a][sel.metric], -sel.candidates.index(a)))
-        out = {"split": "dev", "metric": sel.metric, "english_tolerance": sel.english_tolerance,
-               "baseline": {"arm": sel.baseline, "run": first[sel.baseline].name, "english": base_en,
-                            sel.metric: dev(sel.baseline)[sel.metric]},
+        out = {"name": sel.name, "split": "dev", "metric": sel.metric, "english_tolerance": sel.english_tolerance,
+               "reference": ({"arm": sel.baseline, "run": first[sel.baseline].name, "english": reference_en,
+                              sel.metric: dev(sel.baseline)[sel.metric]} if sel.baseline
+                             else {"arm": None, "english": reference_en}),
                "candidates": table, "selected": best, "english_constraint_met": bool(eligible),
                "rule": (f"highest dev {sel.metric} among the candidates whose dev English is at most "
-                        f"{sel.english_tolerance:g} below {sel.baseline}'s; ties: the earlier candidate")}
-        path = self.results / "selection.json"
+                        f"{sel.english_tolerance:g} below {reference} ; ties: the earlier candidate").replace(" ;", ";")}
+        path = self.selection_file(sel)
         text = json.dumps(out, indent=1) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-            self.echo(f"bcat study: selected on dev: {best}" + ("" if eligible else
-                      " (no candidate kept English within the tolerance: picked on the metric alone)"))
+            self.echo(f"bcat study: selected on dev{' (' + sel.name + ')' if sel.name else ''}: {best}"
+                      + ("" if eligible else " (no candidate kept English within the tolerance: picked on the metric alone)"))
             if self.commit:
-                git_commit([path], "study: selection on dev", self.results)
+                git_commit([path], f"study: selection on dev{' (' + sel.name + ')' if sel.name else ''}", self.results)
         return out
 
     def spec_arm_by_name(self, name: str):
@@ -455,9 +467,10 @@ class Study:
                   "curve": count_items(self.dev, spec.curve.groups)}
         runs = self.runs()
         estimated_as = {}
-        if self.pending_selection():  # stand in the first candidate's setting, in the order they will run
-            runs = expand(spec, spec.selection.candidates[0])
-            estimated_as = {r.name: r.selected for r in runs if r.selected}
+        if self.pending_selection():  # stand in each pending selection's first candidate, in the order they will run
+            picks = self.picks()
+            runs = expand(spec, {sel.name: picks.get(sel.name, sel.candidates[0]) for sel in spec.selection})
+            estimated_as = {r.name: r.selected for r in runs if r.selected and r.selected not in picks.values()}
         rows, seen_keys, seen_evals = [], set(), set()
         for run in runs:
             est: Estimate = estimate(spec, run, counts)

@@ -44,9 +44,9 @@ def test_selection_waits_for_the_candidates_then_keeps_english_within_a_point(tm
     assert [r.name for r in study.runs()] == ["shuffled-s0", "grouped-s0", "both-s0", "shuffled-s1"]
     finish(study, "shuffled-s0", 0.60, 0.40)
     finish(study, "grouped-s0", 0.55, 0.50)  # higher non-English, but English 5 points lower: not eligible
-    assert study.selection() is None  # "both" has not finished
+    assert study.selection(study.spec.selection[0]) is None  # "both" has not finished
     finish(study, "both-s0", 0.595, 0.45)  # within the 1-point tolerance
-    sel = study.selection()
+    sel = study.selection(study.spec.selection[0])
     assert sel["selected"] == "both" and sel["english_constraint_met"]
     assert sel["candidates"]["grouped"]["eligible"] is False
     assert json.loads((study.results / "selection.json").read_text())["selected"] == "both"
@@ -63,11 +63,51 @@ def test_without_an_eligible_candidate_the_metric_decides_and_says_so(tmp_path):
     finish(study, "shuffled-s0", 0.60, 0.40)
     finish(study, "grouped-s0", 0.50, 0.50)
     finish(study, "both-s0", 0.40, 0.45)
-    sel = study.selection()
+    sel = study.selection(study.spec.selection[0])
     assert sel["selected"] == "grouped" and sel["english_constraint_met"] is False
 
 
+PER_ARM = [{"name": f"{mode}_lr{lr}", "overrides": [f"batch.mode={mode}", f"training.learning_rate={lr}"]}
+           for lr in ("0.0001", "0.0004") for mode in ("grouped", "shuffled")] + [
+    {"name": "grouped", "from_selection": "grouped", "seeds": [0, 1], "test": True, "twin": "shuffled"},
+    {"name": "shuffled", "from_selection": "shuffled", "seeds": [0, 1], "test": True},
+    {"name": "no_anchor", "from_selection": "grouped", "overrides": ["batch.mode=no_anchor"], "test": True,
+     "twin": "grouped"}]
+PER_ARM_SELECTIONS = [{"name": mode, "candidates": [f"{mode}_lr0.0001", f"{mode}_lr0.0004"]}
+                      for mode in ("grouped", "shuffled")]
+
+
+def test_each_arm_keeps_its_own_learning_rate_with_english_within_a_point_of_its_best(tmp_path):
+    study = Study(load_study(study_file(tmp_path, arms=PER_ARM, selection=PER_ARM_SELECTIONS)))
+    assert [r.name for r in study.runs()] == ["grouped_lr0.0001-s0", "shuffled_lr0.0001-s0", "grouped_lr0.0004-s0",
+                                              "shuffled_lr0.0004-s0"]
+    assert study.pending_selection() == ["grouped", "shuffled", "no_anchor"]
+    plan = {r["run"]: r for r in study.plan()[0]}
+    assert plan["grouped-s1"]["estimated_as"] == "grouped_lr0.0001"  # stands in until the pick is made
+    finish(study, "grouped_lr0.0001-s0", 0.60, 0.50)
+    finish(study, "grouped_lr0.0004-s0", 0.585, 0.55)  # English 1.5 points below this arm's best: not eligible
+    finish(study, "shuffled_lr0.0001-s0", 0.60, 0.50)
+    finish(study, "shuffled_lr0.0004-s0", 0.595, 0.52)  # within a point of the best English
+    assert study.picks() == {"grouped": "grouped_lr0.0001", "shuffled": "shuffled_lr0.0004"}
+    grouped = json.loads((study.results / "selection-grouped.json").read_text())
+    assert grouped["reference"] == {"arm": None, "english": 0.60} and "the best candidate's" in grouped["rule"]
+    assert grouped["candidates"]["grouped_lr0.0004"]["eligible"] is False
+    runs = {r.name: r for r in study.runs()}
+    assert runs["grouped-s0"].key(study.spec) == runs["grouped_lr0.0001-s0"].key(study.spec)  # shared training
+    assert "training.learning_rate=0.0004" in runs["shuffled-s1"].overrides
+    assert runs["no_anchor-s0"].overrides[-3:] == ["batch.mode=no_anchor", "training.seed=0", "batch.seed=0"]
+    assert "training.learning_rate=0.0001" in runs["no_anchor-s0"].overrides
+    assert [n for n in runs if not n.endswith("lr0.0001-s0") and "lr0.0004" not in n] == [
+        "shuffled-s0", "grouped-s0", "shuffled-s1", "grouped-s1", "no_anchor-s0"]
+
+
 @pytest.mark.parametrize("change, message", [
+    ({"arms": PER_ARM, "selection": [{"candidates": ["grouped_lr0.0001"]}, {"candidates": ["shuffled_lr0.0001"]}]},
+     "selection[0].name' must name each of several selections"),
+    ({"arms": PER_ARM, "selection": [{"name": "grouped", "candidates": ["grouped_lr0.0001"]}]},
+     "arms[5].from_selection' names no selection: 'shuffled'"),
+    ({"arms": [*PER_ARM[:4], {"name": "x", "from_selection": True}], "selection": PER_ARM_SELECTIONS},
+     "'true' needs exactly one selection"),
     ({"arms": [{"name": "a", "overrides": ["batch.mdoe=grouped"]}], "selection": None},
      "unknown config key 'batch.mdoe'"),
     ({"arms": [{"name": "a", "seeds": [0, 0]}], "selection": None}, "arms[0].seeds"),
@@ -170,7 +210,7 @@ def test_the_demo_trains_the_setting_the_study_selected_on_dev():
     root = Path(__file__).resolve().parents[2]
     spec = load_study(root / "configs/study/grid.yaml")
     selected = json.loads((root / "results/study/selection.json").read_text())["selected"]
-    best = next(r for r in expand(spec, selected) if r.arm == "orpo_best" and r.seed == 0)
+    best = next(r for r in expand(spec, {"": selected}) if r.arm == "orpo_best" and r.seed == 0)
     study, demo = (load_config(None, o) for o in (best.overrides, SELECTED_SETTING))
     for cfg in (study, demo):  # what differs by design: steps, checkpoints, seeds, the (unused) hidden loss
         cfg.training.max_steps, cfg.training.save_steps, cfg.training.snapshot_steps = 0, 0, []
