@@ -32,7 +32,14 @@ class ModelConfig:
     trust_remote_code: bool = False
     """Run Python code shipped with the model. Off unless you trust the model's author."""
     dtype: str = "auto"
-    """``auto`` (fp32 on CPU, bf16 on GPUs that support it), ``float32``, ``bfloat16`` or ``float16``."""
+    """Compute dtype: ``auto`` (fp32 on CPU, bf16 on GPUs that support it), ``float32``, ``bfloat16`` or
+    ``float16`` (evaluation only). Training in bf16 is mixed precision: the trained weights stay fp32,
+    the matmuls run under ``torch.autocast``, a LoRA run's frozen base is stored in bf16
+    (``bcat.model.loading.training_precision``)."""
+    attn_implementation: str = "auto"
+    """Attention kernel: ``auto`` (transformers' choice: ``sdpa`` where the model supports it), ``sdpa``,
+    ``eager`` or ``flex_attention`` (the packed preference rows as a block mask that skips the masked
+    tiles; compiled, for GPUs). Why not flash-attention: ``bcat.model.forward``'s module docstring."""
     lora: bool = True
     """Train a LoRA adapter (``True``) or all weights (``False``)."""
     lora_r: int = 16
@@ -197,6 +204,8 @@ class TrainConfig:
         checks = [
             ("objective.name", self.objective.name in OBJECTIVES, f"one of {OBJECTIVES}"),
             ("batch.mode", self.batch.mode in BATCH_MODES, f"one of {BATCH_MODES}"),
+            ("model.attn_implementation", self.model.attn_implementation in ATTENTION_IMPLEMENTATIONS,
+             f"one of {ATTENTION_IMPLEMENTATIONS}"),
             ("alignment.hidden_loss", self.alignment.hidden_loss in HIDDEN_LOSSES, f"one of {HIDDEN_LOSSES}"),
             ("alignment.hidden_standardize", self.alignment.hidden_standardize in HIDDEN_STANDARDIZATIONS,
              f"one of {HIDDEN_STANDARDIZATIONS}"),
@@ -247,6 +256,7 @@ class TrainConfig:
 
 OBJECTIVES = ("sft", "dpo", "orpo")
 BATCH_MODES = ("grouped", "shuffled", "monolingual", "no_anchor")
+ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flex_attention")
 HIDDEN_LOSSES = ("cosine", "mse", "infonce")
 HIDDEN_STANDARDIZATIONS = ("standardize", "center", "none")
 SCHEDULERS = ("cosine", "linear", "constant")

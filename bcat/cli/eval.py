@@ -34,6 +34,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_or_auto(text: str) -> int | None:
+    return None if text == "auto" else _positive(text)
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -115,8 +119,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                    help="comma-separated languages to evaluate (default: all in the file)")
     _add_language_options(p, "the model's training run (config.yaml next to its model/: data.anchor, "
                              "data.languages), else bcat's defaults")
-    p.add_argument("--batch-size", type=_positive, default=RagOptions.batch_size,
-                   help=f"most prompts decoded together (default {RagOptions.batch_size})")
+    p.add_argument("--batch-size", type=_positive_or_auto, default=None,
+                   help=f"most prompts decoded together, or auto (default: {RagOptions.batch_size} on the CPU, "
+                        "sized to the free memory on a GPU)")
     p.add_argument("--max-new-tokens", type=_positive, default=32, help="generation budget per answer (default 32)")
     p.add_argument("--shots", type=_non_negative, default=0, help="solved examples in each prompt (default 0)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
@@ -128,7 +133,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--trim-vocab", action="store_true",
                    help="generate with the vocabulary restricted to the ids of the prompts (faster with a large "
                         "vocabulary; the model can then only answer with those ids)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu; evaluation runs in fp32)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="weights and compute: auto (default) is fp32 on the CPU and bf16 on a GPU that has it")
     p.add_argument("--trust-remote-code", action="store_true", help="run Python code shipped with the model")
     _add_stats_options(p, with_alpha=False)
     p.set_defaults(func=cmd_eval)

@@ -87,6 +87,22 @@ def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions
     return summary, predictions
 
 
+def resolve_batch_size(requested: int | None, model, tokens_per_row: int) -> int:
+    """``requested``, or for ``None`` (``--batch-size auto``): :attr:`RagOptions.batch_size` on the CPU, and on
+    a GPU the rows that fit its free memory (:func:`bcat.evaluation.generation.decode_batch_size`)."""
+    import torch
+
+    from bcat.evaluation.generation import decode_batch_size
+
+    if requested is not None:
+        return requested
+    weights = next(model.parameters())
+    if weights.device.type != "cuda":
+        return RagOptions.batch_size
+    free, _ = torch.cuda.mem_get_info(weights.device)
+    return decode_batch_size(model.config, free, tokens_per_row, weights.element_size())
+
+
 def trim_to_prompts(model, tokenizer, prompts: Sequence[str]):
     """Trim ``model`` in place to the ids of ``prompts`` plus the margin; returns the :class:`TrimmedVocab`.
 
@@ -175,12 +191,15 @@ def run_eval(args) -> dict:
     started = time.time()
     try:
         model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code,
-                                         device=process_device(args.device))
+                                         device=process_device(args.device), dtype=getattr(args, "dtype", "auto"))
     except BcatError:
         if created:  # a model that does not load leaves nothing behind
             output.rmdir()
         raise
-    metrics: dict = {"bcat_version": __version__, "model": args.model, "suites": suites}
+    # the longest row a RAG prompt makes (data.max_length's default) plus the answer budget
+    args.batch_size = resolve_batch_size(args.batch_size, model, 2048 + args.max_new_tokens)
+    metrics: dict = {"bcat_version": __version__, "model": args.model, "suites": suites,
+                     "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     if ood is not None:  # before any trimming: perplexities are over the full vocabulary
         metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, args))
     if items is not None:

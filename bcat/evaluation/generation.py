@@ -99,6 +99,33 @@ def decode(tokenizer, ids: torch.Tensor, vocab: Optional[TrimmedVocab] = None) -
     return tokenizer.batch_decode(ids if vocab is None else vocab.decode_ids(ids), skip_special_tokens=True)
 
 
+MEMORY_FRACTION = 0.5
+"""Share of the device's free memory a decode batch's cache and logits may take (the rest: the
+prefill's activations, the allocator's slack)."""
+
+
+def decode_batch_size(config, free_bytes: int, tokens_per_row: int, dtype_bytes: int = 2, cap: int = 512) -> int:
+    """Most rows whose key/value cache (``tokens_per_row`` tokens each) and fp32 logits fit in
+    :data:`MEMORY_FRACTION` of ``free_bytes``, at least 1, at most ``cap``.
+
+    A row costs ``2 x layers x kv_heads x head_dim x dtype_bytes`` per cached token (keys and values)
+    plus two fp32 ``vocab``-wide logit rows (the logits and the processors' copy).
+
+    >>> from types import SimpleNamespace
+    >>> c = SimpleNamespace(num_hidden_layers=18, num_key_value_heads=1, head_dim=256, hidden_size=640,
+    ...                     num_attention_heads=4, vocab_size=262144)
+    >>> decode_batch_size(c, free_bytes=70 * 2**30, tokens_per_row=2048)
+    512
+    >>> decode_batch_size(c, free_bytes=2**30, tokens_per_row=2048)
+    13
+    """
+    config = getattr(config, "text_config", config)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_row = 2 * config.num_hidden_layers * heads * head_dim * dtype_bytes * tokens_per_row + 2 * 4 * config.vocab_size
+    return max(1, min(cap, int(MEMORY_FRACTION * free_bytes) // per_row))
+
+
 def _eos_ids(model, tokenizer, vocab: Optional[TrimmedVocab]) -> list[int]:
     """Stop ids in the model's id space: its generation config's (already mapped by a trim) and the tokenizer's."""
     eos = getattr(model.generation_config, "eos_token_id", None)

@@ -20,12 +20,36 @@ Models with sliding-window layers (Gemma 3, windowed Qwen2) get a dict
 ``{"full_attention": mask, "sliding_attention": windowed mask}``, the window measured in
 positions as in the plain forward. :func:`check_packed_forward` compares the two paths once at the
 start and turns packing off (saying so once) where a model does not honour such a mask.
+
+Which attention kernel takes that block structure (``model.attn_implementation``), from what
+transformers 5.x does with each on a CUDA device:
+
+- ``sdpa`` (the default): the boolean ``[B, 1, T, T]`` mask goes to
+  ``F.scaled_dot_product_attention``; with an arbitrary mask PyTorch cannot use its flash kernel and
+  runs the memory-efficient (or cuDNN) kernel over every ``T x T`` tile, the masked ones included,
+  plus the ``B x T x T`` mask in memory. Works on every device and needs no compilation.
+- ``flex_attention``: the same rule as a ``mask_mod`` (:func:`packed_mask_mod`) compiled into a
+  ``BlockMask``, which transformers hands straight to ``flex_attention``; tiles that no query of a
+  block may see (another pair of the row, padding) are skipped. Costs a ``torch.compile`` at the
+  first batch of each new shape.
+- flash-attention "varlen" (``flash_attention_2/3``, packed rows found from ``position_ids`` that
+  restart at 0): every segment is an independent causal sequence, so it cannot express "rejected
+  sees the prompt but not chosen"; it fits only a padding-free layout WITHOUT prompt sharing (TRL's
+  ``padding_free``), and needs the ``flash_attn`` package. Not offered for the packed layout.
+
+``bench/gpu_check.py`` times ``sdpa`` against ``flex_attention`` on the packed rows of RAG- and
+chat-shaped pairs; the default follows those numbers.
+
+Mixed precision (:class:`bcat.model.loading.Precision`): a :class:`PolicyForward` built with
+``autocast_dtype`` runs the model and the output head under ``torch.autocast``; what it returns
+(log-probs, pooled states) is fp32, so the losses above it are reduced in fp32.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -251,6 +275,39 @@ def packed_attention_mask(pairs: torch.Tensor, segments: torch.Tensor, position_
     return masks if per_type else masks["full_attention"]
 
 
+def packed_mask_mod(pairs: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor, window: int | None):
+    """The rule of :func:`packed_attention_mask` as a flex-attention ``mask_mod(b, h, q, k) -> bool``
+    (one sliding window, or ``None``)."""
+
+    def mask_mod(b, h, q, k):
+        allowed = (k <= q) & (pairs[b, q] == pairs[b, k]) & (pairs[b, k] != -1)
+        allowed = allowed & ~((segments[b, q] == 2) & (segments[b, k] == 1))
+        if window is not None:
+            allowed = allowed & (position_ids[b, q] - position_ids[b, k] < window)
+        return allowed | (q == k)
+
+    return mask_mod
+
+
+def packed_block_masks(pairs: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor, config):
+    """:func:`packed_attention_mask` as flex-attention ``BlockMask`` (s), for ``flex_attention`` models.
+
+    Compiled on CUDA (the mask is built block by block on the device); eager elsewhere.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, width = segments.shape
+    window, per_type = _sliding_window(config)
+
+    def block(w):
+        return create_block_mask(packed_mask_mod(pairs, segments, position_ids, w), batch, None, width, width,
+                                 device=segments.device, _compile=segments.device.type == "cuda")
+
+    if per_type:
+        return {"full_attention": block(None), "sliding_attention": block(window)}
+    return block(window)
+
+
 class PolicyForward(nn.Module):
     """``forward(input_ids, attention_mask, score_mask, ...)`` -> dict of tensors.
 
@@ -265,11 +322,16 @@ class PolicyForward(nn.Module):
     With ``packed`` (see :func:`packed_inputs`) the model runs on the prompt-shared layout instead
     of ``input_ids``; the outputs keep the same shapes and meaning (``pool_rows`` must be at most
     the number of pairs: only chosen rows are pooled).
+
+    ``autocast_dtype``: run the model and the head under ``torch.autocast`` in this dtype (bf16
+    mixed precision, :func:`bcat.model.loading.training_precision`); ``None`` runs as loaded.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.model = model
+        self.autocast_dtype = autocast_dtype
+        """Dtype of ``torch.autocast`` around the forward (``None``: none)."""
         self.selective_head = True
         """Whether the output head runs at the scored positions only (set by :func:`check_selective_head`)."""
         self.packed_ok = True
@@ -279,6 +341,18 @@ class PolicyForward(nn.Module):
 
     def _config(self):
         return self.model.config
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Dtype the matmuls run in: the autocast dtype, else the weights'."""
+        return self.autocast_dtype or self.model.get_input_embeddings().weight.dtype
+
+    def amp(self):
+        """The forward's autocast context (a no-op without ``autocast_dtype``); also for calling ``self.model``
+        directly in the same precision."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.model.get_input_embeddings().weight.device.type, dtype=self.autocast_dtype)
 
     def _head_inputs(self, input_ids, attention_mask, want_hidden: bool, position_ids=None):
         kwargs = {"position_ids": position_ids} if position_ids is not None else {}
@@ -295,14 +369,22 @@ class PolicyForward(nn.Module):
     def forward(self, input_ids, attention_mask, score_mask, hidden_layers: tuple[int, ...] = (),
                 pool_mask=None, pool_rows: int = 0, return_full: bool = False, packed: dict | None = None,
                 return_hidden: bool = False) -> dict:
+        with self.amp():
+            return self._forward(input_ids, attention_mask, score_mask, hidden_layers, pool_mask, pool_rows,
+                                 return_full, packed, return_hidden)
+
+    def _forward(self, input_ids, attention_mask, score_mask, hidden_layers, pool_mask, pool_rows, return_full,
+                 packed, return_hidden) -> dict:
         targets = input_ids[:, 1:][score_mask]
         if packed is None or not self.packed_ok:
             states, hidden_states = self._head_inputs(input_ids, attention_mask, bool(hidden_layers))
             picked = states[:, :-1][score_mask]  # [K, D] hidden states (or logits on the fallback path)
         else:
-            dtype = self.model.get_input_embeddings().weight.dtype
-            mask = packed_attention_mask(packed["pairs"], packed["segments"], packed["position_ids"], self._config(),
-                                         dtype)
+            if getattr(self._config(), "_attn_implementation", None) == "flex_attention":
+                mask = packed_block_masks(packed["pairs"], packed["segments"], packed["position_ids"], self._config())
+            else:
+                mask = packed_attention_mask(packed["pairs"], packed["segments"], packed["position_ids"],
+                                             self._config(), self.compute_dtype)
             states, hidden_states = self._head_inputs(packed["input_ids"], mask, bool(hidden_layers),
                                                       packed["position_ids"])
             source = packed["index"][:, :-1][score_mask]  # flat packed index of the state scoring each target
@@ -372,14 +454,14 @@ def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.d
     altered = [Example(e.index, e.group, e.lang, e.prompt_ids, (rand(len(e.completions[0])), e.completions[1]))
                for e in examples]
     collator = GroupCollator(pad_token_id=0, anchor="en", bos_token_id=bos_token_id, pack=True)
-    dtype = policy.model.get_input_embeddings().weight.dtype
+    dtype = policy.compute_dtype
     was_training = policy.training
     policy.eval()
     policy.packed_ok = True  # so that the packed path really runs below
     reason = ""
     impl = getattr(policy.model.config, "_attn_implementation", None) or "eager"
     try:
-        if impl not in ("sdpa", "eager"):
+        if impl not in ("sdpa", "eager", "flex_attention"):
             raise NotImplementedError(f"attention implementation {impl!r} takes no 4D mask")
         with torch.no_grad():
             outs = []
@@ -388,8 +470,9 @@ def check_packed_forward(policy: PolicyForward, vocab_size: int, device: torch.d
                 outs.append(policy(b["input_ids"], b["attention_mask"], b["target_mask"], hidden_layers=hidden_layers,
                                    pool_mask=b["pool_mask"], pool_rows=3, packed=packed_inputs(b) if pack else None))
                 if not pack:
-                    logits = policy.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                          use_cache=False).logits
+                    with policy.amp():
+                        logits = policy.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                              use_cache=False).logits
         plain, packed, moved = outs
         tol = exactness_tolerance(dtype, plain["token_logps"], logits)
         diff = (plain["token_logps"] - packed["token_logps"]).abs().max().item()
@@ -426,10 +509,11 @@ def check_selective_head(policy: PolicyForward, vocab_size: int, device: torch.d
     ids = torch.randint(0, vocab_size, (2, 12), generator=gen).to(device)
     mask = torch.ones_like(ids)
     score = torch.ones(2, 11, dtype=torch.bool, device=device)
-    dtype = policy.model.get_input_embeddings().weight.dtype
+    dtype = policy.compute_dtype
     reason = ""
     with torch.no_grad():
-        logits = policy.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        with policy.amp():
+            logits = policy.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         reference = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         policy.selective_head = True
         try:

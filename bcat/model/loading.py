@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -115,17 +116,73 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
 
 
-def load_model(cfg: ModelConfig, device: torch.device | None = None, option: str = "model.path"):
-    """Base model (safetensors only) from ``cfg.path``; a saved LoRA adapter is loaded on its base."""
+@dataclass(frozen=True)
+class Precision:
+    """How a training run stores and computes: ``compute`` is the dtype of the matmuls (``torch.autocast``
+    when it is not fp32), ``storage`` the dtype the model's weights are loaded in.
+
+    What the field does for bf16 training (Hugging Face ``Trainer(bf16=True)`` with TRL and peft,
+    LitGPT's ``bf16-mixed``): every weight that is TRAINED stays fp32 (the "master weights": an AdamW
+    update of a few 1e-5 is below half a bf16 ulp of a weight near 1 and would round away), the
+    matmuls run in bf16 under ``torch.autocast`` (what accelerate's ``mixed_precision="bf16"`` turns
+    on), and the losses are reduced in fp32. With LoRA the frozen base is also STORED in bf16 (half
+    the weight memory, no cast per forward) while peft keeps the adapters in fp32
+    (``autocast_adapter_dtype``); both together, since bf16 storage alone would leave full
+    fine-tuning without fp32 master weights and autocast alone would keep a frozen fp32 base.
+    ``bcat`` applies the autocast inside :class:`bcat.model.forward.PolicyForward` rather than through
+    accelerate's model wrapper, so the DPO reference, the start-up checks and the hidden-state
+    statistics run in the same precision as the policy, and the losses (computed outside the forward)
+    stay fp32.
+
+    >>> Precision(torch.float32, torch.float32).autocast, Precision(torch.bfloat16, torch.float32).autocast
+    (False, True)
+    """
+
+    compute: torch.dtype
+    """Dtype of the forward's matmuls."""
+    storage: torch.dtype
+    """Dtype the weights are loaded in."""
+
+    @property
+    def autocast(self) -> bool:
+        """Whether the forward runs under ``torch.autocast(dtype=compute)``."""
+        return self.compute != torch.float32
+
+
+def training_precision(cfg: ModelConfig, device: torch.device) -> Precision:
+    """The :class:`Precision` of a training run: fp32 throughout when ``model.dtype`` resolves to fp32 (the
+    CPU default: nothing changes there); else bf16 compute with fp32 trained weights and, with LoRA, a
+    bf16 frozen base. fp16 is refused: it needs loss scaling, which bcat's loop does not do.
+
+    >>> training_precision(ModelConfig(dtype="auto"), torch.device("cpu"))
+    Precision(compute=torch.float32, storage=torch.float32)
+    >>> training_precision(ModelConfig(dtype="bfloat16", lora=False), torch.device("cpu"))
+    Precision(compute=torch.bfloat16, storage=torch.float32)
+    >>> training_precision(ModelConfig(dtype="bfloat16", lora=True), torch.device("cpu"))
+    Precision(compute=torch.bfloat16, storage=torch.bfloat16)
+    """
+    compute = pick_dtype(cfg.dtype, device)
+    if compute == torch.float16:
+        raise ConfigError("model.dtype=float16 is not supported for training (fp16 gradients need loss scaling, "
+                          "which bcat train does not do); use bfloat16 or float32")
+    return Precision(compute, compute if cfg.lora else torch.float32)
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None, option: str = "model.path",
+               dtype: torch.dtype | None = None):
+    """Base model (safetensors only) from ``cfg.path``; a saved LoRA adapter is loaded on its base.
+
+    ``dtype``: the weights' dtype (default: ``cfg.dtype`` resolved by :func:`pick_dtype`)."""
     from transformers import AutoModelForCausalLM
 
     device = device or torch.device("cpu")
     path = resolve_model_dir(cfg.path, option)
-    dtype = pick_dtype(cfg.dtype, device)
+    dtype = dtype or pick_dtype(cfg.dtype, device)
     base_path = base_model_dir(path, option)
     try:
+        attention = {} if cfg.attn_implementation == "auto" else {"attn_implementation": cfg.attn_implementation}
         model = AutoModelForCausalLM.from_pretrained(
-            base_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, use_safetensors=True
+            base_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, use_safetensors=True, **attention
         )
     except OSError as e:
         raise ConfigError(f"{option}: cannot load safetensors weights from {base_path} ({e})") from None
@@ -140,10 +197,14 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None, option: str
     return model.to(device)
 
 
-def load_for_eval(path: str, trust_remote_code: bool = False, device: str = "cpu"):
-    """``(model, tokenizer)`` for evaluation: fp32 (bf16 matmuls are two orders of magnitude slower on
-    CPUs without AVX-512 BF16), an adapter merged into its base for speed, eval mode."""
-    cfg = ModelConfig(path=path, dtype="float32", trust_remote_code=trust_remote_code)
+def load_for_eval(path: str, trust_remote_code: bool = False, device: str = "cpu", dtype: str = "auto"):
+    """``(model, tokenizer)`` for evaluation, an adapter merged into its base for speed, eval mode.
+
+    ``dtype`` as ``model.dtype``: ``auto`` is fp32 on the CPU (bf16 matmuls are two orders of
+    magnitude slower on CPUs without AVX-512 BF16) and bf16 on a GPU that has it (half the bytes read
+    per decode step; greedy answers can differ from fp32's where the top two logits are within bf16
+    rounding, which ``bench/gpu_check.py`` measures)."""
+    cfg = ModelConfig(path=path, dtype=dtype, trust_remote_code=trust_remote_code)
     model = load_model(cfg, torch.device(device), option="--model")
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

@@ -4,7 +4,8 @@ Why a plain Accelerate loop and not ``transformers.Trainer``: the method lives i
 composition. Trainer builds its own sampler and dataloader, drops unknown columns, and shards
 batches across ranks itself; keeping whole groups together would mean overriding most of it. Here
 the group sampler deals micro-batches to ranks directly, and ``accelerate`` still provides device
-placement, DDP/FSDP2 through ``accelerate launch`` (:mod:`bcat.training.distributed`), and mixed precision.
+placement and DDP/FSDP2 through ``accelerate launch`` (:mod:`bcat.training.distributed`); bf16 mixed
+precision is an autocast inside the forward (:class:`bcat.model.loading.Precision`).
 
 Order of work: validate config, data, aligned layers and output directory (nothing is written
 before that), load the model, check its fast forward paths, fit the hidden-state standardisation,
@@ -48,6 +49,7 @@ from bcat.model.loading import (
     load_tokenizer,
     resolve_hidden_layers,
     resolve_model_dir,
+    training_precision,
 )
 from bcat.model.trim import special_id, trim_vocabulary
 from bcat.training.checkpoint import load_checkpoint, resume_point, save_checkpoint
@@ -90,6 +92,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # -- 1. validate everything before spending compute or writing a byte -------------------------
     if not cfg.data.train:
         raise ConfigError("data.train is not set: give a JSONL/Parquet file of parallel records")
+    precision = training_precision(cfg.model, accelerator.device)
     hidden_layers = resolve_hidden_layers(cfg.model.path, cfg.alignment.hidden_layers,
                                           trust_remote_code=cfg.model.trust_remote_code)
     records, report = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
@@ -104,7 +107,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     # -- 2. model -----------------------------------------------------------------------------------
     torch.manual_seed(tc.seed)
-    model = load_model(cfg.model, accelerator.device)
+    model = load_model(cfg.model, accelerator.device, dtype=precision.storage)
     vocab = None
     if cfg.model.trim_vocab:
         vocab, examples = trim_vocabulary(model, tokenizer, examples)
@@ -118,7 +121,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if cfg.model.lora:
             model.enable_input_require_grads()
     model.train()
-    policy = PolicyForward(model)
+    policy = PolicyForward(model, precision.compute if precision.autocast else None)
     vocab_size = model.get_input_embeddings().num_embeddings
     check_selective_head(policy, vocab_size, accelerator.device)
     want_pack = tc.packed_preference and cfg.objective.name in ("dpo", "orpo")
@@ -152,7 +155,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 with model.disable_adapter():
                     return reference_logps(policy, batch)
         else:
-            frozen = PolicyForward(copy.deepcopy(model).eval().requires_grad_(False))
+            # frozen: stored in the compute dtype (no master weights to keep)
+            frozen = PolicyForward(copy.deepcopy(model).to(precision.compute).eval().requires_grad_(False),
+                                   policy.autocast_dtype)
             frozen.selective_head = policy.selective_head
             reference = lambda batch: reference_logps(frozen, batch)  # noqa: E731
 
@@ -280,6 +285,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "parallelism": parallelism(accelerator, model),
         "prompt_tokens_trimmed": sum(e.prompt_trimmed for e in examples),
         "forward_path": path, "hidden_layers": list(hidden_layers),
+        "precision": {"compute": str(precision.compute).removeprefix("torch."),
+                      "storage": str(precision.storage).removeprefix("torch."),
+                      "attention": getattr(model.config, "_attn_implementation", None)},
         "hidden_standardization": stats.summary() if stats is not None else None,
         "grad_ratio_probes": {"count": probes["count"], "seconds": round(probes["seconds"], 3)},
     }

@@ -40,6 +40,8 @@ BAD_OVERRIDES = [
     ("data.max_length=4", ["'data.max_length' must be greater than 8"]),
     ("model.lora_dropout=1.5", ["'model.lora_dropout'"]),
     ("model.dtype=float8", ["model.dtype must be auto, float32, bfloat16 or float16"]),
+    ("model.attn_implementation=flash", ["'model.attn_implementation' must be one of"]),
+    ("model.dtype=float16", ["model.dtype=float16 is not supported for training"]),
     ("model.lora_target_modules=[foo_proj]", ["model.lora_target_modules", "match no linear layer"]),
     # one unmatched name among matched ones is an error too, never silently dropped
     ("model.lora_target_modules=[q_proj,foo_proj]", ["model.lora_target_modules: ['foo_proj'] match no linear layer"]),
