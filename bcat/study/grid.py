@@ -31,6 +31,7 @@ import yaml
 
 from bcat.config import load_config
 from bcat.errors import ConfigError
+from bcat.evaluation.scoring import file_sha256
 from bcat.languages import LANGUAGES
 from bcat.study.commands import TRAINED_LANGUAGES, resource
 
@@ -43,6 +44,9 @@ BUILTIN_DATA = {"builtin-train": "kb/train.jsonl", "builtin-dev": "kb/dev.jsonl"
 class DataSpec:
     train_qa: str = "builtin-train"
     """RAG QA records that ``bcat data pairs`` turns into the training pairs (a path or ``builtin-train``)."""
+    train: str = ""
+    """Training records used as they are (``bcat train``'s ``data.train``: your own preference pairs or SFT
+    records), instead of pairs made from ``train_qa``. Its content enters each run's identity."""
     pairs_seed: int = 0
     """``bcat data pairs --seed``."""
     train_groups: Optional[int] = None
@@ -319,6 +323,8 @@ def validate(spec: StudySpec) -> StudySpec:
         raise bad("bootstrap", "must be at least 100")
     if spec.curve.groups < 1 or any(s < 1 for s in spec.curve.steps):
         raise bad("curve", "steps and groups must be positive")
+    if spec.data.train and not Path(spec.data.train).is_file():
+        raise bad("data.train", f"names no file: {spec.data.train}")
     for key in ("dev_groups", "test_groups", "train_groups"):
         if (getattr(spec.data, key) or 1) < 1:
             raise bad(f"data.{key}", "must be positive or null")
@@ -382,6 +388,8 @@ class Run:
         e.g. the selected arm's first seed and the candidate it came from."""
         d = spec.data
         training = [d.train_qa, d.pairs_seed, d.train_languages, d.train_groups] if self.trained else []
+        if self.trained and d.train:
+            training.append(file_sha256(Path(d.train)))
         text = json.dumps({"model": spec.model, "data": training, "overrides": self.overrides}, sort_keys=True)
         return ("base" if not self.trained else "t") + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -112,7 +112,8 @@ class Study:
         self.dev = resolve_data(spec.data.dev)
         self.test = resolve_data(spec.data.test)
         d = spec.data
-        self.pairs = self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, d.train_groups, str(resolve_data(d.train_qa))])}.jsonl"
+        self.pairs = Path(d.train) if d.train else \
+            self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, d.train_groups, str(resolve_data(d.train_qa))])}.jsonl"
         self.eval_key = "e" + _digest([dataclasses.asdict(spec.eval), d.dev, d.dev_groups, d.test, d.test_groups,
                                        spec.curve.groups, file_sha256(self.dev)[:12], file_sha256(self.test)[:12]])
         """Identity of the evaluation settings: a change re-evaluates instead of reusing the cache. The
