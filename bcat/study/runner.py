@@ -31,7 +31,6 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -42,17 +41,14 @@ from typing import Callable, Optional
 
 from bcat.errors import BcatError
 from bcat.evaluation.scoring import file_sha256
-from bcat.study import results as res
+from bcat.study import planning, recording, selection
 from bcat.study.commands import eval_argv, pairs_argv, train_argv
 from bcat.study import grid
-from bcat.study.grid import Estimate, Run, SelectionSpec, StudySpec, count_items, estimate, expand, resolve_data
+from bcat.study.grid import Run, SelectionSpec, StudySpec, expand, resolve_data
+from bcat.study.recording import git_commit
 
 Execute = Callable[[list, Path], int]
 """Runs one ``bcat`` argv with its output going to a log file; returns the exit code."""
-
-TRAIN_FILES = ("config.yaml", "training_summary.json", "train_log.jsonl")
-"""A training run's small outputs kept in the results (never weights or checkpoints)."""
-
 
 def subprocess_execute(argv: list, log: Path) -> int:
     """``python -m bcat.cli ARGV`` in a child process (its memory is freed when it ends), output to ``log``."""
@@ -77,24 +73,6 @@ class EvalStep:
 
 class Waiting(Exception):
     """A step waits for something outside the runner (an adopted evaluation still being written)."""
-
-
-def machine_info() -> dict:
-    """Where a run ran: enough to tell CPU from GPU numbers and a busy machine from a quiet one."""
-    import torch
-
-    from bcat import __version__
-
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "bcat": __version__,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                            cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        info["git_commit"] = None
-    return info
 
 
 class Study:
@@ -276,7 +254,7 @@ class Study:
         except CommandFailed as e:
             self.echo(f"bcat study: {run.name} failed (exit {e.code}); the last lines of its log:\n{e.tail}")
             return e.code
-        self.record(run)
+        recording.record(self, run)
         return 0
 
     def spec_arm(self, run: Run):
@@ -329,130 +307,25 @@ class Study:
         tmp.rename(out)
         self.echo(f"  adopted {source} as {out}")
 
-    # -- recording -----------------------------------------------------------------------------------
-    def commands_for(self, outputs: list[Path]) -> list[dict]:
-        wanted = {str(p) for p in outputs}
-        path = self.cache / "commands.jsonl"
-        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        return [e for e in map(json.loads, lines) if e["output"] in wanted]
-
-    def record(self, run: Run) -> None:
-        """Copy the run's small outputs into the results and write ``RUN.json`` (last)."""
-        dest = self.result_dir(run)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        outputs: list[Path] = []
-        result: dict = {"run": run.name, "arm": run.arm, "seed": run.seed, "key": run.key(self.spec),
-                        "eval_key": self.eval_key,
-                        "selected_from": run.selected, "overrides": run.overrides, "splits": {}}
-        if run.trained:
-            tdir = self.train_dir(run)
-            outputs.append(tdir)
-            (tmp / "train").mkdir()
-            for name in TRAIN_FILES:
-                shutil.copy2(tdir / name, tmp / "train" / name)
-            result["training"] = res.train_summary(tmp / "train")
-            sharing = [r.name for r in self.runs() if r.key(self.spec) == run.key(self.spec) and r.name != run.name]
-            if sharing:
-                result["same_training_as"] = sharing
-        for step in self.eval_steps(run):
-            split, out = step.split, step.output
-            outputs.append(out)
-            (tmp / split).mkdir()
-            shutil.copy2(out / "metrics.json", tmp / split / "metrics.json")
-            if (out / "predictions.jsonl").is_file():
-                res.copy_predictions(out / "predictions.jsonl", tmp / split / "predictions.jsonl")
-            if (out / "ADOPTED_FROM").is_file():
-                shutil.copy2(out / "ADOPTED_FROM", tmp / split / "ADOPTED_FROM")
-            if not split.startswith("curve-"):
-                result["splits"][split] = res.split_summary(tmp / split)
-        if run.curve_steps:
-            result["curve"] = self.curve(run, tmp)
-        commands = self.commands_for(outputs)
-        result["commands"] = commands
-        result["wall_time_s"] = {"total": round(sum(c["seconds"] for c in commands), 1),
-                                 "train": round(sum(c["seconds"] for c in commands if c["argv"][1] == "train"), 1),
-                                 "eval": round(sum(c["seconds"] for c in commands if c["argv"][1] == "eval"), 1)}
-        result["machine"] = machine_info()
-        result["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(dest)
-        final = self.result_json(run)
-        final.with_suffix(".json.tmp").write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n",
-                                                  encoding="utf-8")
-        final.with_suffix(".json.tmp").replace(final)
-        self.echo(f"bcat study: {run.name} finished -> {final}")
-        if self.commit:
-            git_commit([final, dest], f"study: {run.name}", self.results)
-
-    def curve(self, run: Run, copied: Path) -> list[dict]:
-        """Dev learning curve on the first ``curve.groups`` groups: step 0 (the base model's dev run,
-        when the study has one), the snapshots, the final step (the run's own dev run)."""
-        from bcat.data.rag import load_items
-
-        groups = list(dict.fromkeys(i.group for i in load_items(self.dev, limit_groups=self.spec.curve.groups)))
-        points = []
-        base = next((r for r in expand(self.spec) if not r.trained and r.dev), None)
-        if base is not None:  # the base run may still wait for an adopted test evaluation: its dev one is enough
-            found = [d for d in (self.result_dir(base) / "dev", self.eval_dir(base, "dev")) if (d / "metrics.json").is_file()]
-            if found:
-                points.append(res.curve_point(found[0], 0, groups))
-        points += [res.curve_point(copied / f"curve-{s}", s, groups) for s in run.curve_steps]
-        steps = json.loads((copied / "train" / "training_summary.json").read_text())["steps"]
-        points.append(res.curve_point(copied / "dev", steps, groups))
-        return points
-
     # -- selection -----------------------------------------------------------------------------------
-    def selection_file(self, sel: SelectionSpec) -> Path:
-        return self.results / (f"selection-{sel.name}.json" if sel.name else "selection.json")
-
     def selection(self, sel: SelectionSpec) -> Optional[dict]:
-        """The setting ``sel`` picks on dev among its candidates (their first seeds), once they have finished.
-
-        Rule: candidates whose dev English is at most ``english_tolerance`` below the reference are
-        eligible (the reference: the baseline arm's dev English, or without a baseline the best dev
-        English among the candidates); the eligible one with the highest dev ``metric`` wins. If none is
-        eligible, the highest ``metric`` wins and ``english_constraint_met`` is false (the report says
-        so). Written to :meth:`selection_file`.
-        """
+        """The pick of ``sel`` (:func:`bcat.study.selection.pick`) once its candidates' first seeds have
+        finished, written to :func:`~bcat.study.selection.selection_file`; ``None`` before."""
         feeding = [*sel.candidates, *([sel.baseline] if sel.baseline else [])]
         first = {r.arm: r for r in expand(self.spec) if r.trained and r.arm in feeding
                  and r.name == f"{r.arm}-s{self.spec_arm_by_name(r.arm).seeds[0]}"}
         if not all(self.finished(first[a]) for a in feeding):
             return None
-
-        def dev(arm: str) -> dict:
-            return json.loads(self.result_json(first[arm]).read_text())["splits"]["dev"]
-
-        if sel.baseline:
-            reference_en, reference = dev(sel.baseline)["english"], f"{sel.baseline}'s"
-        else:
-            reference_en, reference = max(dev(a)["english"] for a in sel.candidates), "the best candidate's"
-        table = {}
-        for arm in sel.candidates:
-            d = dev(arm)
-            table[arm] = {"run": first[arm].name, sel.metric: d[sel.metric], "english": d["english"],
-                          "english_vs_reference": d["english"] - reference_en,
-                          "eligible": d["english"] >= reference_en - sel.english_tolerance - 1e-12}
-        eligible = [a for a in sel.candidates if table[a]["eligible"]]
-        pool = eligible or list(sel.candidates)
-        best = max(pool, key=lambda a: (table[a][sel.metric], -sel.candidates.index(a)))
-        out = {"name": sel.name, "split": "dev", "metric": sel.metric, "english_tolerance": sel.english_tolerance,
-               "reference": ({"arm": sel.baseline, "run": first[sel.baseline].name, "english": reference_en,
-                              sel.metric: dev(sel.baseline)[sel.metric]} if sel.baseline
-                             else {"arm": None, "english": reference_en}),
-               "candidates": table, "selected": best, "english_constraint_met": bool(eligible),
-               "rule": (f"highest dev {sel.metric} among the candidates whose dev English is at most "
-                        f"{sel.english_tolerance:g} below {reference} ; ties: the earlier candidate").replace(" ;", ";")}
-        path = self.selection_file(sel)
+        dev = {arm: json.loads(self.result_json(run).read_text())["splits"]["dev"] for arm, run in first.items()}
+        out = selection.pick(sel, dev, {arm: run.name for arm, run in first.items()})
+        path = selection.selection_file(self.results, sel)
         text = json.dumps(out, indent=1) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-            self.echo(f"bcat study: selected on dev{' (' + sel.name + ')' if sel.name else ''}: {best}"
-                      + ("" if eligible else " (no candidate kept English within the tolerance: picked on the metric alone)"))
+            self.echo(f"bcat study: selected on dev{' (' + sel.name + ')' if sel.name else ''}: {out['selected']}"
+                      + ("" if out["english_constraint_met"] else
+                         " (no candidate kept English within the tolerance: picked on the metric alone)"))
             if self.commit:
                 git_commit([path], f"study: selection on dev{' (' + sel.name + ')' if sel.name else ''}", self.results)
         return out
@@ -460,65 +333,9 @@ class Study:
     def spec_arm_by_name(self, name: str):
         return next(a for a in self.spec.arms if a.name == name)
 
-    # -- plan ------------------------------------------------------------------------------------------
     def plan(self) -> tuple[list[dict], str]:
-        """Every run with its status and estimated CPU time; the text prints it, arithmetic included."""
-        spec = self.spec
-        counts = {"dev": count_items(self.dev, spec.data.dev_groups), "test": count_items(self.test, spec.data.test_groups),
-                  "curve": count_items(self.dev, spec.curve.groups)}
-        runs = self.runs()
-        estimated_as = {}
-        if self.pending_selection():  # stand in each pending selection's first candidate, in the order they will run
-            picks = self.picks()
-            runs = expand(spec, {sel.name: picks.get(sel.name, sel.candidates[0]) for sel in spec.selection})
-            estimated_as = {r.name: r.selected for r in runs if r.selected and r.selected not in picks.values()}
-        rows, seen_keys, seen_evals = [], set(), set()
-        for run in runs:
-            est: Estimate = estimate(spec, run, counts)
-            key = run.key(spec)
-            status = "done" if self.finished(run) else "to do"
-            if status != "done" and any(Path(d).is_dir() and not (Path(d) / "metrics.json").is_file()
-                                        for d in self.spec_arm(run).adopt.values()):
-                status = "waits"  # for an adopted evaluation still being written
-            cost = 0.0
-            if status != "done":
-                if run.trained and key not in seen_keys and not (self.train_dir(run) / "training_summary.json").is_file():
-                    cost += est.train_s
-                for split, s in est.eval_s.items():
-                    out = self.eval_dir(run, split)
-                    adopted = self.spec_arm(run).adopt.get(split) if not run.trained else None
-                    adopted = adopted if adopted and Path(adopted).exists() else None
-                    if (key, split) in seen_evals or (out / "metrics.json").is_file() or adopted:
-                        continue
-                    cost += s
-            if run.trained:
-                seen_keys.add(key)
-            seen_evals.update((key, s) for s in est.eval_s)
-            rows.append({"run": run.name, "status": status, "estimate_s": est.total_s, "remaining_s": cost,
-                         "train_s": est.train_s, "eval_s": est.eval_s, "estimated_as": estimated_as.get(run.name),
-                         "shared": [r["run"] for r in rows if r.get("key") == key], "key": key})
-        return rows, self._plan_text(rows, counts)
-
-    def _plan_text(self, rows: list[dict], counts: dict) -> str:
-        t, spec = self.spec.timing, self.spec
-        lines = [f"bcat study plan: {spec.source} ({len(rows)} runs)", "",
-                 f"{'run':<28}{'status':<8}{'train min':>10}{'eval min':>10}{'left min':>10}  evaluations"]
-        for r in rows:
-            evals = ", ".join(f"{k} {v / 60:.0f}" for k, v in r["eval_s"].items())
-            note = f"  (as {r['estimated_as']}: selection pending)" if r["estimated_as"] else ""
-            note += f"  (shares training with {', '.join(r['shared'])})" if r["shared"] else ""
-            lines.append(f"{r['run']:<28}{r['status']:<8}{r['train_s'] / 60:>10.1f}{sum(r['eval_s'].values()) / 60:>10.1f}"
-                         f"{r['remaining_s'] / 60:>10.1f}  {evals}{note}")
-        left = sum(r["remaining_s"] for r in rows)
-        lines += ["", f"remaining: {left / 3600:.2f} CPU-hours (shared trainings and evaluations counted once; "
-                      "done, cached or adopted steps not counted)", "",
-                  "arithmetic: train = max_steps x step_s[batch.mode] x records per step / "
-                  f"{t.reference_records} x objective factor + {t.command_s:g} s start-up;",
-                  f"  step_s = {json.dumps(t.step_s)}, objective factor = {json.dumps(t.objective_factor)};",
-                  f"  eval = items x {t.eval_item_s:g} s (+{t.command_s:g} s): dev {counts['dev']} items, test "
-                  f"{counts['test']}, one curve point {counts['curve']};",
-                  f"  OOD = {spec.eval.ood_limit} items x 11 languages x 3 x {t.ood_item_s:g} s."]
-        return "\n".join(lines)
+        """Every run with its status and estimated CPU time (:func:`bcat.study.planning.plan`)."""
+        return planning.plan(self)
 
     # -- report ----------------------------------------------------------------------------------------
     def write_report(self) -> None:
@@ -539,16 +356,3 @@ class CommandFailed(Exception):
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def git_commit(paths: list[Path], message: str, where: Path) -> None:
-    """Commit exactly ``paths`` (nothing else that may be staged) in the repository holding ``where``."""
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                         cwd=where).stdout.strip()
-    if not top:
-        raise BcatError(f"--commit: {where} is not inside a git repository")
-    rel = [str(Path(p).resolve().relative_to(Path(top).resolve())) for p in paths if Path(p).exists()]
-    subprocess.run(["git", "add", "--", *rel], cwd=top, check=True)
-    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel], cwd=top).returncode == 0:
-        return  # nothing new
-    subprocess.run(["git", "commit", "-q", "-m", message, "--only", "--", *rel], cwd=top, check=True)
