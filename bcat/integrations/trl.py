@@ -262,8 +262,9 @@ class GroupAlignmentMixin:
 
     def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
         """Whether Trainer leaves this loss undivided by the accumulation steps (its own rule, ``training_step``)."""
-        if self.loss_is_scaled_for_ga is not None:
-            return bool(self.loss_is_scaled_for_ga)
+        declared = getattr(self, "loss_is_scaled_for_ga", None)  # not an attribute of every transformers 5.x Trainer
+        if declared is not None:
+            return bool(declared)
         return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
                     or self.compute_loss_func is not None)
 
