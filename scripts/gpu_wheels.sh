@@ -6,7 +6,9 @@
 # Neither the built-in model's packages (bcat[builtin], 240 MB) nor lingua (bcat[langid], 96 MB) travel.
 #
 # There, from the repository root, bcat installs on top of the machine's own versions plus these wheels:
-#   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl . && export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+#   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl . && export PYTHONPATH=$PWD:/tmp/site PATH=/tmp/site/bin:$PATH
+# (the checkout's own bcat comes first on the path, as with `pip install -e`; the installed copy gives the
+# `bcat` command and its metadata).
 #
 # Usage: scripts/gpu_wheels.sh        (prints each wheel and the total, and fails above 64 MiB)
 set -euo pipefail
