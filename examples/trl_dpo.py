@@ -1,6 +1,7 @@
 """Tune the built-in model (Gemma 3 270M) with TRL's DPOTrainer on batches of whole language groups plus
 bcat's alignment terms. Data: DPO pairs from bcat's bundled multilingual RAG train split (English and the
-six seen languages).   python examples/trl_dpo.py [STEPS] [OUTPUT_DIR]
+six seen languages).   python examples/trl_dpo.py [STEPS] [OUTPUT_DIR] [MODEL]   (MODEL: a model directory,
+default the built-in model)
 """
 
 import sys
@@ -19,11 +20,13 @@ from bcat.model.loading import load_model, load_tokenizer
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 output = sys.argv[2] if len(sys.argv) > 2 else "runs/trl-dpo"
+model = ModelConfig(path=sys.argv[3] if len(sys.argv) > 3 else "builtin:gemma3-270m")
 qa = [r for r in read_qa(files("bcat") / "resources" / "kb" / "train.jsonl") if r["lang"] in (ANCHOR, *SEEN)]
 columns = ("group", "lang", "prompt", "chosen", "rejected")  # TRL's pair columns + bcat's group and language
-pairs = datasets.Dataset.from_list([{c: p[c] for c in columns} for p in make_pairs(qa)])
+made = make_pairs(qa)
+anchored = {p["group"] for p in made if p["lang"] == ANCHOR}  # every group needs its English pair
+pairs = datasets.Dataset.from_list([{c: p[c] for c in columns} for p in made if p["group"] in anchored])
 
-model = ModelConfig(path="builtin:gemma3-270m")
 # 3e-4 moves the model within these few steps; for a real run take about 2e-5: DPO at 1e-4 collapsed
 # over 120 steps in bcat's study (results/study/README.md, "DPO learning rate").
 trainer = BCATDPOTrainer(
@@ -33,9 +36,9 @@ trainer = BCATDPOTrainer(
                    bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported()),  # fp32 on CPU
     peft_config=LoraConfig(r=model.lora_r, lora_alpha=model.lora_alpha, target_modules=model.lora_target_modules),
     batch=BatchConfig(groups_per_batch=2, languages_per_group=2),  # 2 items x (English + 2 languages)
-    # Raw pooled states: standardised ones need the initial model's statistics (hidden_standardization=).
-    # InfoNCE on the middle layer + output agreement (both are off by default: README, "Defaults").
-    alignment=AlignmentConfig(hidden_weight=3.0, output_weight=2.0, hidden_standardize="none"),
+    # InfoNCE on the middle layer + output agreement (both are off by default: README, "Defaults"); the
+    # trainer fits the hidden term's standardisation on the initial model when it is built, as `bcat train` does.
+    alignment=AlignmentConfig(hidden_weight=3.0, output_weight=2.0),
 )
 trainer.train()
 trainer.model.save_pretrained(output)  # the LoRA adapter, safetensors (save_model would also pickle the args)

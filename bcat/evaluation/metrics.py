@@ -80,6 +80,19 @@ def han_only(text: str) -> bool:
     return bool(_HAN.search(text)) and not _LATIN_OR_OTHER_LETTER.search(text) and not _KANA_OR_HANGUL.search(text)
 
 
+LANGUAGE_ID_NOT_MEASURED = "not measured: lingua is not installed (pip install 'bcat[langid]')"
+"""What ``metrics.json`` says of the answer language when bcat's ``langid`` extra is missing."""
+
+
+def language_id_available() -> bool:
+    """Whether lingua, the language identifier of bcat's ``langid`` extra (a 96 MB wheel), is installed."""
+    try:
+        import lingua  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=8)
 def _detector(codes: tuple[str, ...]):
     from lingua import IsoCode639_1, Language, LanguageDetectorBuilder

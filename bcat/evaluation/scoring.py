@@ -36,7 +36,8 @@ from bcat.data.normalize import first_line
 from bcat.data.rag import RagItem, instruction_table, load_items
 from bcat.data.records import read_rows
 from bcat.errors import BcatError, DataError
-from bcat.evaluation.metrics import LanguageIdentifier, score_item
+from bcat.evaluation.metrics import (LANGUAGE_ID_NOT_MEASURED, LanguageIdentifier, language_id_available,
+                                     score_item)
 from bcat.evaluation.summary import summarize
 from bcat.languages import ANCHOR, SEEN
 
@@ -151,7 +152,11 @@ def score_outputs(items: Sequence[RagItem], outputs: Sequence[str], options: Sco
     >>> score_outputs([item], ["12 or 24 months"], ScoringOptions(bootstrap=10))[0]["english"]
     0.0
     """
-    identifier = LanguageIdentifier(options.languages or {i.lang for i in items}, fallback=instruction_table())
+    identifier = None
+    if language_id_available():
+        identifier = LanguageIdentifier(options.languages or {i.lang for i in items}, fallback=instruction_table())
+    else:  # an optional extra: the answer language alone is left unmeasured, and metrics.json says so
+        log.warning("bcat: answer language %s", LANGUAGE_ID_NOT_MEASURED)
     scores, predictions = [], []
     for n, (item, raw) in enumerate(zip(items, outputs)):
         s = score_item(item.group, item.lang, raw, item.answers, item.candidates,
@@ -169,6 +174,8 @@ def score_outputs(items: Sequence[RagItem], outputs: Sequence[str], options: Sco
     summary = summarize(scores, seen=options.seen_languages(), anchor=options.anchor,
                         languages_source=options.languages_source, preferred=list(instruction_table()),
                         n_resamples=options.bootstrap, seed=options.seed)
+    if identifier is None:
+        summary["answer_language"] = LANGUAGE_ID_NOT_MEASURED
     return summary, predictions
 
 

@@ -32,7 +32,10 @@ causal-LM records with ``labels``). Against the trainer each one subclasses, thr
   for ``hidden_states`` in that one call and pool them; the scores come from TRL's per-token
   log-probs (SFT, DPO, plain Trainer) or its ORPO average log-probs. No extra forward. The terms of
   the last micro-batch are in ``trainer.alignment_terms``; their means are logged as ``bcat/hidden``
-  and ``bcat/output``.
+  and ``bcat/output``. The hidden term's standardisation statistics are fitted when the trainer is
+  built, as ``bcat train`` fits them (:func:`bcat.training.hidden.fit_sampled_standardization`: a
+  seeded sample of ``alignment.hidden_stats_records`` records through the initial model, pooled as the
+  term pools them), unless ``hidden_standardization=(mean, scale)`` is given.
 
 Evaluation batches are the trainer's own (not grouped), so evaluation reports its plain loss.
 Refused with the reason: ``alignment.token_kl_weight`` (TRL's fused head never builds the full
@@ -68,6 +71,7 @@ from bcat.languages import ANCHOR
 from bcat.model.forward import pooled_states, sequence_logps
 from bcat.model.loading import middle_layer
 from bcat.training import losses
+from bcat.training.hidden import fit_sampled_standardization
 from bcat.training.objectives import agreement_probabilities, alignment_terms
 
 __all__ = ["BCATDPOTrainer", "BCATORPOTrainer", "BCATSFTTrainer", "BCATTrainer", "GroupAlignmentMixin"]
@@ -141,7 +145,10 @@ class GroupAlignmentMixin:
     """Group batches and bcat's alignment terms for a ``transformers.Trainer`` subclass (see the module docstring).
 
     Keyword arguments on top of the trainer's own: ``batch`` (:class:`~bcat.config.BatchConfig`),
-    ``alignment`` (:class:`~bcat.config.AlignmentConfig`) and ``anchor`` (the anchor language).
+    ``alignment`` (:class:`~bcat.config.AlignmentConfig`), ``anchor`` (the anchor language) and
+    ``hidden_standardization`` (``(mean, scale)``, each ``[layers, D]``: the statistics the hidden term
+    standardises with; by default fitted at construction as ``bcat train`` fits them, see
+    :meth:`_initial_pooled_states`).
     """
 
     def __init__(self, *args, batch: BatchConfig | None = None, alignment: AlignmentConfig | None = None,
@@ -171,13 +178,12 @@ class GroupAlignmentMixin:
         self.alignment_terms: dict[str, torch.Tensor] = {}
         """The unweighted alignment terms of the last training micro-batch (detached)."""
         self._logged: dict[str, list[float]] = defaultdict(list)
-        align = self.bcat_config.alignment
-        if align.hidden_weight > 0 and align.hidden_standardize != "none" and hidden_standardization is None:
-            raise ConfigError(
-                f"alignment.hidden_standardize={align.hidden_standardize!r} compares pooled states against the "
-                "initial model's statistics: pass hidden_standardization=(mean, scale) (each [layers, D], e.g. from "
-                "bcat.training.losses.fit_standardization on pooled states of a few hundred training records), or "
-                "set hidden_standardize='none' (raw states; inert on models with massive activations such as Gemma)")
+        if alignment.hidden_weight > 0 and hidden_standardization is None:
+            # As in `bcat train`: on the model as given (a fresh LoRA adapter adds zero), before any update.
+            stats = fit_sampled_standardization(
+                self._initial_pooled_states, range(len(data)), self.hidden_layers, alignment.hidden_standardize,
+                alignment.hidden_stats_records, self.args.seed, self.args.device)
+            self.hidden_standardization = (stats.mean, stats.scale) if stats is not None else None
 
     # ------------------------------------------------------------------------------------- checks
 
@@ -199,12 +205,17 @@ class GroupAlignmentMixin:
 
     # ------------------------------------------------------------------------------------ batches
 
-    def get_train_dataloader(self) -> DataLoader:
+    def _train_columns(self):
+        """The training dataset with the columns the trainer's collator takes, plus ``group`` and ``lang``."""
         data = self.train_dataset
         if self.args.remove_unused_columns:
             self._set_signature_columns_if_needed()
             keep = set(self._signature_columns) | set(KEY_COLUMNS)
             data = data.remove_columns([c for c in data.column_names if c not in keep])
+        return data
+
+    def get_train_dataloader(self) -> DataLoader:
+        data = self._train_columns()
         workers = self.args.dataloader_num_workers
         loader = DataLoader(data, batch_sampler=self._batches, collate_fn=_GroupColumns(self.data_collator),
                             num_workers=workers, pin_memory=self.args.dataloader_pin_memory,
@@ -251,8 +262,9 @@ class GroupAlignmentMixin:
 
     def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
         """Whether Trainer leaves this loss undivided by the accumulation steps (its own rule, ``training_step``)."""
-        if self.loss_is_scaled_for_ga is not None:
-            return bool(self.loss_is_scaled_for_ga)
+        declared = getattr(self, "loss_is_scaled_for_ga", None)  # not an attribute of every transformers 5.x Trainer
+        if declared is not None:
+            return bool(declared)
         return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
                     or self.compute_loss_func is not None)
 
@@ -303,6 +315,35 @@ class GroupAlignmentMixin:
         summed, mean = sequence_logps(out.log_probs, out.label_mask)
         return agreement_probabilities(ObjectiveConfig(name="sft"), summed, mean)
 
+    def _decoder_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` of the decoder call the trainer's loss makes on a collated
+        batch, whose first rows are the records (the rows the hidden term pools)."""
+        return batch["input_ids"], batch["attention_mask"]
+
+    def _initial_pooled_states(self, rows, batch_size: int = 8) -> torch.Tensor:
+        """``[len(layers), len(rows), D]`` fp32: the pooled states of training records ``rows`` as the
+        hidden term pools them (the trainer's collator, the decoder's input, BOS left out), in eval mode
+        without gradients: what :func:`~bcat.training.hidden.fit_sampled_standardization` fits on."""
+        data, model = self._train_columns(), self.model
+        decoder = _decoder(self.accelerator.unwrap_model(model))
+        pooled = []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.autocast_smart_context_manager():
+                for start in range(0, len(rows), batch_size):
+                    chunk = [data[i] for i in rows[start:start + batch_size]]
+                    batch = self._prepare_inputs(self.data_collator(
+                        [{k: v for k, v in f.items() if k not in KEY_COLUMNS} for f in chunk]))
+                    ids, mask = self._decoder_inputs(batch)
+                    hidden = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                                     use_cache=False).hidden_states
+                    pooled.append(pooled_states(hidden, self.hidden_layers, pool_mask(ids, mask, self._bos),
+                                                len(chunk)).float().cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(pooled, dim=1)
+
     def _standardization(self, device):
         if self.hidden_standardization is None:
             return None
@@ -347,6 +388,11 @@ class BCATDPOTrainer(GroupAlignmentMixin, DPOTrainer):
 class BCATORPOTrainer(GroupAlignmentMixin, ORPOTrainer):
     """``trl.experimental.orpo.ORPOTrainer`` with bcat's group batches and alignment terms (output score: the
     preference probability ``sigma(log-odds)`` of TRL's average completion log-probs)."""
+
+    def _decoder_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        both = self.concatenated_inputs(batch, is_encoder_decoder=self.is_encoder_decoder,
+                                        padding_value=self.padding_value, device=self.accelerator.device)
+        return both["concatenated_input_ids"], both["concatenated_attention_mask"]
 
     def odds_ratio_loss(self, policy_chosen_logps, policy_rejected_logps):
         if self._capture is not None and self._capture.orpo is None:

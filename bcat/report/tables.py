@@ -192,13 +192,15 @@ def scorers_per_language_table(runs: Sequence[Run], names: Sequence[str], langs:
 
 
 def agreement_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str]) -> Table:
+    unmeasured = "".join(f" Answer language of {name}: {run.metrics['answer_language']}."
+                         for run, name in zip(runs, names) if run.metrics.get("answer_language"))
     return _per_language_table(
         runs, names, langs, [("answer_language_rate", "answer language"), ("both_correct_with_en", "both correct"),
                              ("same_correctness_as_en", "same correctness"), ("same_answer_as_en", "same answer")],
         "Answer language: share of predictions written in the question's language (lingua; answer-neutral items "
         "and predictions without letters skipped). Agreement with English, over the groups that have both: both "
         "strictly correct; the same correctness (both right or both wrong); the same answer (the accepted answer, "
-        "the same wrong value, or equal normalised text).")
+        "the same wrong value, or equal normalised text)." + unmeasured)
 
 
 # --- example answers -----------------------------------------------------------------------------

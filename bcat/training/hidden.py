@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -45,8 +45,8 @@ class Standardization:
                 "seconds": round(self.seconds, 2)}
 
 
-def sample_examples(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
-    """``n`` examples drawn without replacement, the same on every machine and rank (string-seeded)."""
+def sample_examples(examples: Sequence, n: int, seed: int) -> list:
+    """``n`` examples (or any items) drawn without replacement, the same on every machine and rank (string-seeded)."""
     rng = random.Random(f"bcat-hidden-stats:{seed}")
     return rng.sample(list(examples), min(n, len(examples)))
 
@@ -83,20 +83,28 @@ def pooled_states(policy, examples: Sequence[Example], collator, layers: tuple[i
     return out
 
 
-def fit_hidden_standardization(policy, examples: Sequence[Example], collator, layers: tuple[int, ...], kind: str,
-                               records: int, seed: int) -> Optional[Standardization]:
-    """The statistics of the hidden term, or ``None`` for ``kind="none"`` (raw states, no forward)."""
+def fit_sampled_standardization(pool: Callable[[list], torch.Tensor], items: Sequence, layers: tuple[int, ...],
+                                kind: str, records: int, seed: int, device) -> Optional[Standardization]:
+    """The statistics of the hidden term from ``pool`` (``[len(layers), n, D]`` pooled states of the ``n``
+    items it is given, on the initial model) applied to a seeded sample of ``records`` of ``items``; ``None``
+    for ``kind="none"`` (raw states, no forward). Shared by ``bcat train`` and the TRL trainers, which pool
+    their own batches."""
     if kind == "none":
         return None
     started = time.time()
-    sample = sample_examples(examples, records, seed)
+    sample = sample_examples(items, records, seed)
     if len(sample) < 2:
         raise ValueError("fitting the hidden-state standardisation needs at least 2 training records")
-    pooled = pooled_states(policy, sample, collator, layers)
-    mean, scale = fit_standardization(pooled, kind)
-    device = next(policy.parameters()).device
+    mean, scale = fit_standardization(pool(sample), kind)
     stats = Standardization(layers, mean.to(device), scale.to(device), kind, len(sample), time.time() - started)
     log.info("bcat: hidden alignment compares %s pooled states (layers %s; statistics of %d records on the "
              "initial model, %.1f s)", "standardised" if kind == "standardize" else "centred",
              list(layers), len(sample), stats.seconds)
     return stats
+
+
+def fit_hidden_standardization(policy, examples: Sequence[Example], collator, layers: tuple[int, ...], kind: str,
+                               records: int, seed: int) -> Optional[Standardization]:
+    """The statistics of the hidden term for ``bcat train``, or ``None`` for ``kind="none"``."""
+    return fit_sampled_standardization(lambda sample: pooled_states(policy, sample, collator, layers), examples,
+                                       layers, kind, records, seed, next(policy.parameters()).device)

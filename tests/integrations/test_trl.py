@@ -38,6 +38,7 @@ from bcat.data.tokenization import Example  # noqa: E402
 from bcat.errors import ConfigError  # noqa: E402
 from bcat.integrations import trl as bt  # noqa: E402
 from bcat.model.forward import PolicyForward  # noqa: E402
+from bcat.training.hidden import fit_hidden_standardization  # noqa: E402
 from bcat.training.objectives import compute_loss, reference_logps  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -94,7 +95,7 @@ def _data(objective: str):
 def _sft(model_dir, tok, tmp_path, bcat=True, **kw):
     cls = bt.BCATSFTTrainer if bcat else SFTTrainer
     extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN),
-             "hidden_standardization": _stats(model_dir)} if bcat else {}
+             "hidden_standardization": kw.pop("hidden_standardization", _stats(model_dir))} if bcat else {}
     return cls(model=_model(model_dir, seed=3), args=_args(SFTConfig, tmp_path, **kw), train_dataset=_data("sft"),
                processing_class=tok, **extra)
 
@@ -106,7 +107,7 @@ def _dpo(model_dir, tok, tmp_path, bcat=True, reference="separate", **kw):
 
     cls = bt.BCATDPOTrainer if bcat else DPOTrainer
     extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN),
-             "hidden_standardization": _stats(model_dir)} if bcat else {}
+             "hidden_standardization": kw.pop("hidden_standardization", _stats(model_dir))} if bcat else {}
     args = _args(DPOConfig, tmp_path, precompute_ref_log_probs=reference == "precomputed", **kw)
     trainer = cls(model=_model(model_dir), ref_model=_model(model_dir) if reference == "separate" else None,
                   args=args, train_dataset=_data("dpo"), processing_class=tok,
@@ -119,7 +120,7 @@ def _dpo(model_dir, tok, tmp_path, bcat=True, reference="separate", **kw):
 def _orpo(model_dir, tok, tmp_path, bcat=True, **kw):
     cls = bt.BCATORPOTrainer if bcat else ORPOTrainer
     extra = {"batch": BATCH, "alignment": kw.pop("alignment", ALIGN),
-             "hidden_standardization": _stats(model_dir)} if bcat else {}
+             "hidden_standardization": kw.pop("hidden_standardization", _stats(model_dir))} if bcat else {}
     return cls(model=_model(model_dir, seed=2), args=_args(ORPOConfig, tmp_path, max_length=512, **kw),
                train_dataset=_data("orpo"), processing_class=tok, **extra)
 
@@ -134,10 +135,11 @@ def _plain(model_dir, tok, tmp_path, **kw):
                 "labels": [-100] * len(prompt) + answer}
 
     alignment = kw.pop("alignment", ALIGN)
+    stats = kw.pop("hidden_standardization", _stats(model_dir))
     data = _data("sft").map(tokenize, remove_columns=["prompt", "completion"])
     return bt.BCATTrainer(model=_model(model_dir, seed=4), args=_args(TrainingArguments, tmp_path, **kw),
                           train_dataset=data, data_collator=DataCollatorForSeq2Seq(tok, padding=True),
-                          batch=BATCH, alignment=alignment, hidden_standardization=_stats(model_dir))
+                          batch=BATCH, alignment=alignment, hidden_standardization=stats)
 
 
 BUILD = {"sft": _sft, "dpo": _dpo, "orpo": _orpo, "plain": _plain}
@@ -292,6 +294,16 @@ def test_terms_are_averaged_over_accumulation_when_trl_normalises_the_loss(tiny_
 
 def _bcat_batch(trainer, kind, tok, records: list[int]) -> dict:
     """bcat's own collated batch of the same records, from the token ids the TRL trainer made."""
+    batch = GroupCollator(pad_token_id=tok.pad_token_id, anchor="en", bos_token_id=tok.bos_token_id)(
+        _examples(trainer, kind, records))
+    if kind == "dpo" and trainer.precompute_ref_logps:
+        rows = [trainer.train_dataset[i] for i in records]
+        batch["ref_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows])
+    return batch
+
+
+def _examples(trainer, kind, records) -> list[Example]:
+    """bcat's examples of the records, from the token ids the TRL trainer made."""
     examples = []
     for i in records:
         row = trainer.train_dataset[i]
@@ -304,11 +316,7 @@ def _bcat_batch(trainer, kind, tok, records: list[int]) -> dict:
             k = sum(label == -100 for label in row["labels"])
             prompt, answers = row["input_ids"][:k], (row["input_ids"][k:],)
         examples.append(Example(i, row["group"], row["lang"], list(prompt), tuple(list(a) for a in answers)))
-    batch = GroupCollator(pad_token_id=tok.pad_token_id, anchor="en", bos_token_id=tok.bos_token_id)(examples)
-    if kind == "dpo" and trainer.precompute_ref_logps:
-        rows = [trainer.train_dataset[i] for i in records]
-        batch["ref_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows])
-    return batch
+    return examples
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo-separate", "dpo-precomputed", "dpo-adapter", "orpo", "plain"])
@@ -339,6 +347,28 @@ def test_alignment_terms_equal_bcats_own(kind, tiny_model_dir, tok, tmp_path):
         # the output term compares probabilities (tiny under SFT on a random model): relative there
         tol = {"abs": TOL} if term == "hidden" else {"rel": 1e-3, "abs": 1e-12}
         assert ours[term].item() == pytest.approx(result.terms[term].item(), **tol), term
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo", "orpo", "plain"])
+def test_standardization_is_fitted_as_bcat_train_fits_it(kind, tiny_model_dir, tok, tmp_path):
+    """Without ``hidden_standardization=``, the trainer fits the statistics at construction as ``bcat train`` does:
+    the same seeded sample of records, pooled the same way, on the initial model (DPO: a fresh LoRA adapter)."""
+    align = AlignmentConfig(hidden_weight=3.0, hidden_stats_records=5)
+    trainer = BUILD[kind](tiny_model_dir, tok, tmp_path, alignment=align, hidden_standardization=None,
+                          **({"reference": "adapter"} if kind == "dpo" else {}))
+    if kind == "dpo":  # the builder moved the adapter off zero after construction; the fit saw it at zero
+        with torch.no_grad():
+            for name, p in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    p.zero_()
+    examples = _examples(trainer, kind, range(len(trainer.train_dataset)))
+    collator = GroupCollator(pad_token_id=tok.pad_token_id, anchor="en", bos_token_id=tok.bos_token_id)
+    expected = fit_hidden_standardization(PolicyForward(trainer.model), examples, collator, trainer.hidden_layers,
+                                          align.hidden_standardize, align.hidden_stats_records, trainer.args.seed)
+    mean, scale = trainer.hidden_standardization
+    assert mean.shape == scale.shape == (1, trainer.model.config.hidden_size)
+    assert torch.allclose(mean, expected.mean, atol=1e-5) and torch.allclose(scale, expected.scale, atol=1e-5)
+    assert not torch.allclose(scale, torch.ones_like(scale))
 
 
 def test_alignment_terms_carry_gradients(tiny_model_dir, tok, tmp_path):

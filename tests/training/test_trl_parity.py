@@ -43,7 +43,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import parallel_records
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from bcat.batching.collate import GroupCollator
 from bcat.config import AlignmentConfig, ObjectiveConfig
@@ -96,9 +96,15 @@ def tok(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+# TRL's configs turn checkpointing on by default. Within bcat's transformers range the switch is named
+# `activation_checkpointing` in the newer releases and `gradient_checkpointing` in the older ones.
+CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+    else "gradient_checkpointing"
+
+
 def _common_args(tmp_path_factory, **kw) -> dict:
     return dict(output_dir=str(tmp_path_factory.mktemp("trl")), report_to=[], bf16=False, fp16=False,
-                activation_checkpointing=False, use_cpu=True, disable_dropout=True, **kw)
+                use_cpu=True, disable_dropout=True, **{CHECKPOINTING: False}, **kw)
 
 
 @pytest.fixture(scope="module", params=[(0.1, True), (0.5, False)], ids=["beta0.1-precomputed", "beta0.5-live-ref"])
