@@ -285,7 +285,7 @@ def seed_pairs_table(comparison: dict, names: Sequence[str]) -> Table:
     rows.append(["groups-only 95% CI"] + [fmt_ci(comparison["headline"][k].get("ci_groups_only"), signed=True)
                                           for k in keys])
     return Table([f"{names[1]} - {names[0]}"] + [k.replace("_", " ") for k in keys], rows,
-                 "Each seed pair's own difference; the seed-aware interval resamples seed pairs, then groups; the "
+                 "Each seed pair's own difference; the seed-aware interval resamples seed pairs and groups; the "
                  "groups-only interval pools the seeds and treats the trained models as fixed.")
 
 
