@@ -280,9 +280,56 @@ def valid_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+_BATCH_SIZE = ("batch.groups_per_batch", "bcat batches whole groups: a micro-batch holds groups_per_batch x "
+               "languages records; `bcat plan` shows them")
+_STEPS = ("training.max_steps", "bcat counts optimizer steps; `bcat plan` lists the steps of one epoch")
+_LENGTH = ("data.max_length", "prompt + completion in tokens; prompts are trimmed, completions never")
+TRAINER_NAMES: dict[str, tuple[str, str]] = {
+    "lr": ("training.learning_rate", ""),
+    "per_device_train_batch_size": _BATCH_SIZE,
+    "train_batch_size": _BATCH_SIZE,
+    "batch_size": _BATCH_SIZE,
+    "num_train_epochs": _STEPS,
+    "epochs": _STEPS,
+    "warmup_ratio": ("training.warmup_steps", "a number of steps, not a fraction of them"),
+    "lr_scheduler_type": ("training.lr_scheduler", ""),
+    "max_seq_length": _LENGTH,
+    "max_prompt_length": _LENGTH,
+    "max_completion_length": _LENGTH,
+    "model_name_or_path": ("model.path", ""),
+    "r": ("model.lora_r", ""),
+    "target_modules": ("model.lora_target_modules", ""),
+    "bf16": ("model.dtype", "model.dtype=bfloat16"),
+    "fp16": ("model.dtype", "model.dtype=float16"),
+    "loss_type": ("objective.name", "sft, dpo or orpo"),
+    "dataset": ("data.train", "a JSONL or Parquet file, or a datasets directory"),
+    "train_file": ("data.train", ""),
+    "beta": ("objective.beta", "DPO's beta; TRL's ORPO calls its lambda beta: that is objective.orpo_lambda"),
+}
+"""The usual Hugging Face / TRL trainer argument names whose bcat key has another name (or meaning)."""
+
+
+def suggest_key(key: str) -> list[str]:
+    """What an unknown key probably meant: a trainer's name for it (:data:`TRAINER_NAMES`), the keys
+    whose last part is the same (``lr`` -> ``training.learning_rate``, ``training.beta`` ->
+    ``objective.beta``), else the closest spelling. Each entry is ``'key'`` with an optional note.
+
+    >>> suggest_key("training.lr"), suggest_key("seed"), suggest_key("objective.bta")
+    (["'training.learning_rate'"], ["'batch.seed'", "'training.seed'"], ["'objective.beta'"])
+    """
+    leaf = key.rsplit(".", 1)[-1].lower().replace("-", "_")
+    if leaf in TRAINER_NAMES:
+        target, note = TRAINER_NAMES[leaf]
+        return [f"'{target}'" + (f" ({note})" if note else "")]
+    same_leaf = sorted(k for k in valid_keys() if k.rsplit(".", 1)[-1] == leaf)
+    if same_leaf:
+        return [f"'{k}'" for k in same_leaf]
+    return [f"'{k}'" for k in difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)]
+
+
 def _unknown_key_error(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = suggest_key(key)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return ConfigError(f"{source}: unknown config key '{key}'{hint}")
 
 

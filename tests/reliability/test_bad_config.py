@@ -60,6 +60,17 @@ BAD_OVERRIDES = [
     ("alignment.hidden_layers=[-1]", ["'alignment.hidden_layers' must list indices into hidden_states"]),
     ("data.train=", ["config key 'data.train'"]),
     ("justaword", ["override 'justaword' must look like key=value"]),
+    # the usual trainer argument names lead to bcat's key
+    ("training.lr=1e-3", ["unknown config key 'training.lr'", "did you mean 'training.learning_rate'?"]),
+    ("learning_rate=1e-3", ["did you mean 'training.learning_rate'?"]),
+    ("per_device_train_batch_size=4", ["did you mean 'batch.groups_per_batch' (bcat batches whole groups"]),
+    ("gradient_accumulation_steps=2", ["did you mean 'training.gradient_accumulation_steps'?"]),
+    ("num_train_epochs=3", ["did you mean 'training.max_steps' (bcat counts optimizer steps"]),
+    ("warmup_ratio=0.1", ["did you mean 'training.warmup_steps' (a number of steps, not a fraction"]),
+    ("output_dir=x", ["did you mean 'training.output_dir'?"]),
+    ("max_length=128", ["did you mean 'data.max_length'?"]),
+    ("training.beta=0.2", ["did you mean 'objective.beta'", "objective.orpo_lambda"]),
+    ("seed=1", ["did you mean 'batch.seed' or 'training.seed'?"]),
 ]
 
 
