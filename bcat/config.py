@@ -432,6 +432,10 @@ BUILTIN_CONFIGS = ("dpo", "orpo", "sft")
 """Example configs shipped in ``bcat/resources/configs/``, named ``builtin:NAME`` (``--config builtin:dpo``)."""
 
 
+CONFIG_HELP = ("a YAML config file, or an example shipped with bcat: "
+               + ", ".join(f"builtin:{n}" for n in BUILTIN_CONFIGS) + " (bcat/resources/configs/)")
+
+
 def config_file(path: str | Path) -> Path:
     """The file behind ``--config``: a path, or ``builtin:NAME`` for an example config shipped with bcat."""
     text = str(path)

@@ -66,7 +66,8 @@ HEADLINE = {"english": "english", "non_english_mean": "non-English mean", "gap":
 def _print_headline(metrics: dict, output: str) -> None:
     """The headline numbers to 3 decimals; one that does not exist here (no unseen language) is left out."""
     if "gap" in metrics:
-        numbers = "  ".join(f"{name} {metrics[key]:.3f}" for key, name in HEADLINE.items() if metrics.get(key) is not None)
+        numbers = "  ".join(f"{name} {metrics[key]:.3f}" for key, name in HEADLINE.items()
+                            if metrics.get(key) is not None)
         print(f"strict accuracy (headline): {numbers}  -> {output}/metrics.json")
     else:
         print(f"wrote {output}/metrics.json")
