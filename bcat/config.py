@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -151,7 +154,7 @@ class TrainingConfig:
     """Optimizer steps (an epoch ends and the next begins as needed)."""
     learning_rate: float = 2e-4
     """Peak learning rate. For DPO take about 10x less: on the built-in model DPO at 1e-4 collapsed
-    (results/study/README.md, "DPO learning rate"); ``configs/dpo.yaml`` uses 2e-5."""
+    (results/study/README.md, "DPO learning rate"); ``--config builtin:dpo`` uses 2e-5."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
@@ -277,9 +280,56 @@ def valid_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+_BATCH_SIZE = ("batch.groups_per_batch", "bcat batches whole groups: a micro-batch holds groups_per_batch x "
+               "languages records; `bcat plan` shows them")
+_STEPS = ("training.max_steps", "bcat counts optimizer steps; `bcat plan` lists the steps of one epoch")
+_LENGTH = ("data.max_length", "prompt + completion in tokens; prompts are trimmed, completions never")
+TRAINER_NAMES: dict[str, tuple[str, str]] = {
+    "lr": ("training.learning_rate", ""),
+    "per_device_train_batch_size": _BATCH_SIZE,
+    "train_batch_size": _BATCH_SIZE,
+    "batch_size": _BATCH_SIZE,
+    "num_train_epochs": _STEPS,
+    "epochs": _STEPS,
+    "warmup_ratio": ("training.warmup_steps", "a number of steps, not a fraction of them"),
+    "lr_scheduler_type": ("training.lr_scheduler", ""),
+    "max_seq_length": _LENGTH,
+    "max_prompt_length": _LENGTH,
+    "max_completion_length": _LENGTH,
+    "model_name_or_path": ("model.path", ""),
+    "r": ("model.lora_r", ""),
+    "target_modules": ("model.lora_target_modules", ""),
+    "bf16": ("model.dtype", "model.dtype=bfloat16"),
+    "fp16": ("model.dtype", "model.dtype=float16"),
+    "loss_type": ("objective.name", "sft, dpo or orpo"),
+    "dataset": ("data.train", "a JSONL or Parquet file, or a datasets directory"),
+    "train_file": ("data.train", ""),
+    "beta": ("objective.beta", "DPO's beta; TRL's ORPO calls its lambda beta: that is objective.orpo_lambda"),
+}
+"""The usual Hugging Face / TRL trainer argument names whose bcat key has another name (or meaning)."""
+
+
+def suggest_key(key: str) -> list[str]:
+    """What an unknown key probably meant: a trainer's name for it (:data:`TRAINER_NAMES`), the keys
+    whose last part is the same (``lr`` -> ``training.learning_rate``, ``training.beta`` ->
+    ``objective.beta``), else the closest spelling. Each entry is ``'key'`` with an optional note.
+
+    >>> suggest_key("training.lr"), suggest_key("seed"), suggest_key("objective.bta")
+    (["'training.learning_rate'"], ["'batch.seed'", "'training.seed'"], ["'objective.beta'"])
+    """
+    leaf = key.rsplit(".", 1)[-1].lower().replace("-", "_")
+    if leaf in TRAINER_NAMES:
+        target, note = TRAINER_NAMES[leaf]
+        return [f"'{target}'" + (f" ({note})" if note else "")]
+    same_leaf = sorted(k for k in valid_keys() if k.rsplit(".", 1)[-1] == leaf)
+    if same_leaf:
+        return [f"'{k}'" for k in same_leaf]
+    return [f"'{k}'" for k in difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)]
+
+
 def _unknown_key_error(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = suggest_key(key)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return ConfigError(f"{source}: unknown config key '{key}'{hint}")
 
 
@@ -293,24 +343,137 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
+class StrictYamlLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` (no Python tags) that also refuses, at the node's line:
+
+    - aliases (``*name``): a few hundred bytes of nested aliases expand to gigabytes;
+    - a key given twice in one mapping, which YAML would resolve silently to the last value;
+    - ``${...}``: OmegaConf would resolve it as an interpolation (``${oc.env:VAR}`` reads the
+      environment into the config), so a config means what it says, nothing more.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigRefused(f"alias *{event.anchor}: aliases are not accepted in bcat config files "
+                                "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in first:
+                    raise ConfigRefused(f"duplicate key {key!r} (first given on line {first[key]})",
+                                        key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_str(self, node):
+        value = super().construct_yaml_str(node)
+        if "${" in value:
+            raise ConfigRefused(f"{value!r}: ${{...}} interpolation is not accepted in bcat configs "
+                                "(it would be resolved, e.g. from the environment); write the value itself",
+                                node.start_mark)
+        return value
+
+
+StrictYamlLoader.add_constructor("tag:yaml.org,2002:str", StrictYamlLoader.construct_yaml_str)
+
+
+class ConfigRefused(yaml.MarkedYAMLError):
+    """Valid YAML that :class:`StrictYamlLoader` does not accept."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file through :class:`StrictYamlLoader`; every problem is a :class:`ConfigError` naming
+    the file (and the line, where there is one)."""
+    try:
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=StrictYamlLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_problem(e, str(path))) from None
+
+
+def _yaml_problem(e: yaml.YAMLError, source: str) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    if isinstance(e, ConfigRefused):
+        return f"{where}: {e.problem}"
+    # a tag such as !!python/object ends here: safe loading refuses it and never runs it
+    what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+    return f"{where}: not valid YAML: {what}"
+
+
+def _override_layer(item: str):
+    """``key=value`` as a config layer; the value is read as YAML (``[a,b]``, ``1e-4``, ``null``)
+    by :class:`StrictYamlLoader`, as OmegaConf's dotlist would with its own loader."""
+    key, text = (part.strip() for part in item.split("=", 1))
+    try:
+        value = yaml.load(text, Loader=StrictYamlLoader)
+    except yaml.YAMLError as e:
+        problem = e.problem if isinstance(e, ConfigRefused) else f"not valid YAML: {getattr(e, 'problem', e)}"
+        raise ConfigError(f"override '{item}': {problem}") from None
+    layer = OmegaConf.create()
+    OmegaConf.update(layer, key, value, merge=True)
+    return layer
+
+
+BUILTIN_CONFIGS = ("dpo", "orpo", "sft")
+"""Example configs shipped in ``bcat/resources/configs/``, named ``builtin:NAME`` (``--config builtin:dpo``)."""
+
+
+CONFIG_HELP = ("a YAML config file, or an example shipped with bcat: "
+               + ", ".join(f"builtin:{n}" for n in BUILTIN_CONFIGS) + " (bcat/resources/configs/)")
+
+
+def config_file(path: str | Path) -> Path:
+    """The file behind ``--config``: a path, or ``builtin:NAME`` for an example config shipped with bcat."""
+    text = str(path)
+    if text.startswith("builtin:"):
+        name = text.removeprefix("builtin:")
+        if name not in BUILTIN_CONFIGS:
+            raise ConfigError(f"--config {text}: no such built-in config; there are "
+                              + ", ".join(f"builtin:{n}" for n in BUILTIN_CONFIGS))
+        return Path(str(resources.files("bcat").joinpath("resources", "configs", f"{name}.yaml")))
+    file = Path(path)
+    if not file.exists() and text in BUILTIN_CONFIGS:
+        raise ConfigError(f"config file not found: {text} (the example config shipped with bcat is builtin:{text})")
+    return file
+
+
+def _check_lists(cfg: Any, prefix: str = "") -> None:
+    """Every ``list[T]`` field holds only ``T``s: OmegaConf lets a nested list or a mapping through."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_lists(value, key + ".")
+            continue
+        kinds = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if typing.get_origin(t) is list]
+        if kinds and isinstance(value, list):
+            item = typing.get_args(kinds[0])[0]
+            if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"config key '{key}' must be a list of {item.__name__}, got {value!r}")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Defaults <- YAML file <- ``key=value`` overrides, type-checked and validated."""
+    """Defaults <- YAML file (a path or ``builtin:NAME``) <- ``key=value`` overrides, type-checked and
+    validated. Files and override values are read by :class:`StrictYamlLoader`."""
     schema = OmegaConf.structured(TrainConfig)
     layers = []
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
-        except yaml.YAMLError as e:  # safe_load: tags such as !!python/object are refused, never run
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
-            raise ConfigError(f"{where}: not valid YAML: {what}") from None
+        file = config_file(path)
+        raw = read_yaml(file) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         for key in _flatten(raw):
@@ -325,7 +488,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         key = item.split("=", 1)[0].strip()
         if key not in valid_keys():
             raise _unknown_key_error(key, "command line")
-        layers.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
+        layers.append((f"override '{item}'", _override_layer(item)))
     merged = schema
     for source, layer in layers:
         try:
@@ -336,7 +499,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             key = getattr(e, "full_key", None) or "?"
             reason = str(e.msg).splitlines()[0]
             raise ConfigError(f"{source}: config key '{key}' has the wrong type: {reason}") from None
-    cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    try:
+        cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:  # e.g. '???', OmegaConf's "missing value"
+        raise ConfigError(f"config key '{getattr(e, 'full_key', '?')}': {str(e.msg).splitlines()[0]}") from None
+    _check_lists(cfg)
     return cfg.validate()
 
 

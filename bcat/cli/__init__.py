@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from bcat.errors import BcatError
 
@@ -33,9 +34,12 @@ def offline_by_default() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+DEBUG_HELP = "show tracebacks for input errors and the libraries' deprecation warnings"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bcat", description="Batch-level Cross-lingual Alignment Tuning")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for module_name, group in COMMAND_MODULES:
@@ -48,13 +52,33 @@ def build_parser() -> argparse.ArgumentParser:
                 )
             target = groups[group]
         module.add_cli(target)
+        for command in target.choices.values():
+            # also after the subcommand (`bcat train --debug`); SUPPRESS keeps a `--debug` given before it
+            if "--debug" not in command._option_string_actions:
+                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Options and ``key=value`` overrides in any order: argparse gives a command's ``overrides``
+    only the first run of positionals, so the ``key=value`` items after an option are added to them
+    in the order given (later ones win, as everywhere)."""
+    args, rest = parser.parse_known_args(argv)
+    overrides = [item for item in rest if "=" in item and not item.startswith("-")]
+    unknown = [item for item in rest if item not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     offline_by_default()
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.debug:
+        quiet_library_warnings()
     try:
         return int(args.func(args) or 0)
     except BcatError as e:
@@ -63,6 +87,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bcat: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        if args.debug:
+            raise
+        print("bcat: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
+
+
+def quiet_library_warnings() -> None:
+    """Hide FutureWarnings: the libraries bcat drives announce their own API changes with them (often
+    attributed to the bcat line that called them), which a bcat user cannot act on; bcat issues none.
+    ``--debug`` shows them."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _close_progress_bars() -> None:

@@ -1,6 +1,6 @@
 """``bcat data check|build|pairs``: validate a data file; the bundled controlled-RAG data and training pairs.
 
-    bcat data check FILE [--objective orpo] [--tokenizer DIR] [--json]
+    bcat data check FILE [--objective sft|dpo|orpo] [--tokenizer DIR] [--json]
     bcat data build [--output DIR] [--seed 0]
     bcat data pairs --input QA.jsonl --output PAIRS.jsonl \\
         [--mix grounding=0.5,language=0.25,hallucination=0.25] [--seed 0] [--groups N] [--sft]
@@ -17,7 +17,9 @@ from pathlib import Path
 
 from bcat.data.kb.build import build, default_output_dir, write_jsonl
 from bcat.data.kb.pairs import DEFAULT_MIX, make_pairs, make_sft, parse_mix, read_qa, sample_groups
-from bcat.data.records import load_records
+from bcat.data.rag import load_items
+from bcat.data.records import DataReport, Settings, load_records, objective_kind, read_rows
+from bcat.errors import DataError
 from bcat.data.tokenization import length_stats, tokenize_records
 from bcat.languages import ANCHOR
 from bcat.model.loading import load_tokenizer
@@ -54,28 +56,70 @@ def cmd_pairs(args) -> int:
     return 0
 
 
+KINDS = {
+    "sft": "SFT records (prompt, completion)",
+    "preference": "preference records (prompt, chosen, rejected: DPO, ORPO)",
+    "eval": "evaluation records (question, passages, answers: bcat eval)",
+}
+
+CHECK_SETTINGS = Settings(objective="--objective {}", drop_groups_without_anchor="--drop-groups-without-anchor")
+"""``bcat data check``'s hints name its own flags."""
+
+
 def _add_check(subparsers) -> None:
-    p = subparsers.add_parser("check", help="validate a data file and print a summary")
+    p = subparsers.add_parser("check", help="validate a data file (training or evaluation) and print a summary",
+                              description="Validate a data file and print a summary. What the file is for (SFT, "
+                                          "preference pairs for DPO/ORPO, or evaluation) is read from its first "
+                                          "record unless --objective says it.")
     p.add_argument("file")
-    p.add_argument("--objective", default="orpo", choices=["sft", "dpo", "orpo"])
-    p.add_argument("--anchor", default=ANCHOR)
-    p.add_argument("--drop-groups-without-anchor", action="store_true")
-    p.add_argument("--tokenizer", help="a local model or tokenizer directory: also print token-length statistics")
+    p.add_argument("--objective", default=None, choices=["sft", "dpo", "orpo"],
+                   help="check the file as training data for this objective (default: inferred from the records)")
+    p.add_argument("--anchor", default=ANCHOR, help=f"anchor language of training data (default {ANCHOR})")
+    p.add_argument("--drop-groups-without-anchor", action="store_true",
+                   help="drop groups that lack the anchor language instead of refusing the file")
+    p.add_argument("--tokenizer", help="a local model or tokenizer directory: also print token-length statistics "
+                                       "(training data)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_check_main)
 
 
+def record_kind(path: str) -> str:
+    """What a data file's first record is for: ``sft``, ``preference`` or ``eval`` (the rest is
+    checked against it)."""
+    for line, obj in read_rows(path):
+        if not isinstance(obj, dict):
+            raise DataError(path, line, None, f"each line must be a JSON object, got {type(obj).__name__}")
+        if "chosen" in obj or "rejected" in obj:
+            return "preference"
+        if "completion" in obj:
+            return "sft"
+        if "question" in obj or "passages" in obj:
+            return "eval"
+        raise DataError(path, line, None, "cannot tell what the records are for: give 'completion' (SFT), 'chosen' "
+                                          "and 'rejected' (DPO, ORPO), or 'question', 'passages' and 'answers' "
+                                          "(evaluation)")
+    raise DataError(path, None, None, "no records (empty file)")
+
+
 def _check_main(args) -> int:
-    records, report = load_records(args.file, args.objective, args.anchor, None, args.drop_groups_without_anchor)
-    if args.tokenizer:
-        tokenizer = load_tokenizer(args.tokenizer)
-        examples = tokenize_records(records, tokenizer, args.max_length)
-        report.token_lengths = length_stats(examples)
+    kind = objective_kind(args.objective) if args.objective else record_kind(args.file)
+    if kind == "eval":
+        if args.tokenizer:
+            raise DataError(args.file, None, None, "holds evaluation records; --tokenizer measures training data")
+        report = _eval_report(args.file)
+    else:
+        records, report = load_records(args.file, args.objective or ("sft" if kind == "sft" else "orpo"), args.anchor,
+                                       None, args.drop_groups_without_anchor, CHECK_SETTINGS)
+        if args.tokenizer:
+            tokenizer = load_tokenizer(args.tokenizer)
+            examples = tokenize_records(records, tokenizer, args.max_length)
+            report.token_lengths = length_stats(examples)
     if args.json:
-        print(json.dumps(asdict(report), ensure_ascii=False, indent=2))
+        print(json.dumps({"kind": kind, **asdict(report)}, ensure_ascii=False, indent=2))
         return 0
-    print(f"{report.path}: OK")
+    inferred = "" if args.objective else " (read from the first record)"
+    print(f"{report.path}: OK, {KINDS[kind]}{inferred}")
     print(f"  records {report.records}, groups {report.groups}, languages {len(report.records_per_language)}")
     print("  records per language: " + ", ".join(f"{k} {v}" for k, v in report.records_per_language.items()))
     print(f"  groups missing some language: {report.groups_missing_languages}")
@@ -84,6 +128,18 @@ def _check_main(args) -> int:
     for name, stats in (report.token_lengths or {}).items():
         print(f"  tokens {name}: " + ", ".join(f"{k} {v:g}" for k, v in stats.items()))
     return 0
+
+
+def _eval_report(path: str) -> DataReport:
+    """An evaluation file, validated as ``bcat eval`` reads it."""
+    items = load_items(path)
+    langs_of: dict[str, set[str]] = {}
+    for item in items:
+        langs_of.setdefault(item.group, set()).add(item.lang)
+    per_lang = Counter(item.lang for item in items)
+    return DataReport(path=str(path), records=len(items), groups=len(langs_of),
+                      records_per_language=dict(sorted(per_lang.items())),
+                      groups_missing_languages=sum(1 for langs in langs_of.values() if langs != set(per_lang)))
 
 
 def add_cli(subparsers) -> None:

@@ -85,7 +85,9 @@ def run_demo(args) -> int:
 
 
 def _eval(model: str, output: Path, args) -> list[str]:
-    return eval_argv(model, output, limit=args.eval_groups, batch_size=args.batch_size, max_new_tokens=16)
+    """The demo owns its output folder: a rerun evaluates again (its training may be new)."""
+    return eval_argv(model, output, limit=args.eval_groups, batch_size=args.batch_size, max_new_tokens=16,
+                     extra=["--overwrite"])
 
 
 def print_table(metrics_files: list[Path]) -> None:

@@ -6,7 +6,7 @@ Examples::
     bcat eval --model builtin:gemma3-270m --data builtin --output out/base --shots 2
     accelerate launch --multi_gpu --num_processes 2 -m bcat.cli eval ...   # items split across processes
     bcat score --data test.jsonl --predictions out/bcat/predictions.jsonl --output out/bcat_rescored
-    bcat compare out/base out/bcat
+    bcat compare out/base out/bcat --output out/bcat_vs_base
     bcat report out/base out/bcat --output out/report --train-run runs/bcat
 """
 
@@ -60,11 +60,15 @@ def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool) -> None:
         p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level of the verdicts (default 0.05)")
 
 
+HEADLINE = {"english": "english", "non_english_mean": "non-English mean", "gap": "gap", "unseen_mean": "unseen mean"}
+
+
 def _print_headline(metrics: dict, output: str) -> None:
+    """The headline numbers to 3 decimals; one that does not exist here (no unseen language) is left out."""
     if "gap" in metrics:
-        print(f"strict accuracy (headline): english {metrics['english']}  non-English mean "
-              f"{metrics['non_english_mean']}  gap {metrics['gap']}  unseen mean {metrics['unseen_mean']}"
-              f"  -> {output}/metrics.json")
+        numbers = "  ".join(f"{name} {metrics[key]:.3f}" for key, name in HEADLINE.items()
+                            if metrics.get(key) is not None)
+        print(f"strict accuracy (headline): {numbers}  -> {output}/metrics.json")
     else:
         print(f"wrote {output}/metrics.json")
 
@@ -72,6 +76,9 @@ def _print_headline(metrics: dict, output: str) -> None:
 def cmd_eval(args) -> int:
     if args.languages is not None and not args.languages:
         raise BcatError("--languages: give at least one language code")
+    if (Path(args.output) / "metrics.json").exists() and not args.overwrite:
+        raise BcatError(f"--output {args.output} holds a finished evaluation (metrics.json): choose another folder, "
+                        "or pass --overwrite to replace it")
     _print_headline(run_eval(args), args.output)
     return 0
 
@@ -113,6 +120,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                    help="RAG QA JSONL (group, lang, question, passages, answers), or 'builtin' (default)")
     p.add_argument("--suite", default="rag", help="comma-separated suites: rag, ood (default rag)")
     p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the finished evaluation in --output (by default a folder with metrics.json is refused)")
     p.add_argument("--limit", type=_positive, default=None, metavar="N",
                    help="evaluate the first N groups only (all their languages)")
     p.add_argument("--languages", type=_codes, default=None, metavar="CODES",
@@ -180,7 +189,8 @@ def add_cli(sub) -> None:
     p.add_argument("--data", default=None, metavar="FILE",
                    help="the evaluated data file, for the breakdown by the records' 'kind' field (default: the "
                         "file named in DIR_A's metrics.json, if it is there unchanged)")
-    p.add_argument("--output", default=None, help="directory for comparison.json (default DIR_B)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="directory for comparison.json (never a default: an eval directory is an input)")
     _add_stats_options(p, with_alpha=True)
     p.set_defaults(func=cmd_compare)
 

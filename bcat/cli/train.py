@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bcat.config import load_config
+from bcat.config import CONFIG_HELP, load_config
 from bcat.model.loading import TRAINED_MODEL_SUBDIR
 from bcat.training.loop import train
 
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model with batch-level cross-lingual alignment")
-    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.name=dpo training.max_steps=50")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, applied after the config file in the order "
+                                                "given (before or after the options), e.g. objective.name=dpo")
     p.set_defaults(func=_main)
 
 

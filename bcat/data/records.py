@@ -44,6 +44,15 @@ class Record:
     line: int = 0
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How the messages name the settings that fix a problem: config keys for ``bcat train`` (the
+    default), the command's own flags for ``bcat data check``."""
+
+    objective: str = "objective.name={}"
+    drop_groups_without_anchor: str = "data.drop_groups_without_anchor=true"
+
+
 def objective_kind(objective: str) -> str:
     """``sft`` or ``preference``."""
     return "sft" if objective == "sft" else "preference"
@@ -124,7 +133,7 @@ def check_language_code(code: str) -> bool:
     return True
 
 
-def parse_record(obj: Any, kind: str, path: str, line: int) -> Record:
+def parse_record(obj: Any, kind: str, path: str, line: int, settings: Settings = Settings()) -> Record:
     """Validate one row and turn it into a :class:`Record`."""
     if not isinstance(obj, dict):
         raise DataError(path, line, None, f"each line must be a JSON object, got {type(obj).__name__}")
@@ -142,7 +151,8 @@ def parse_record(obj: Any, kind: str, path: str, line: int) -> Record:
         raise DataError(path, line, "completion", "record mixes SFT ('completion') and preference ('chosen'/'rejected') "
                         "fields; give one form")
     if kind == "sft" and has_pref and not has_sft:
-        raise DataError(path, line, "chosen", "preference record in SFT data; use objective.name=dpo or orpo, or give 'completion'")
+        raise DataError(path, line, "chosen", f"preference record in SFT data; use {settings.objective.format('dpo')} or orpo, "
+                        "or give 'completion'")
     if kind == "preference" and has_sft and not has_pref:
         raise DataError(path, line, "completion", "SFT record in preference data; give 'chosen' and 'rejected'")
     names = SFT_FIELDS if kind == "sft" else PREFERENCE_FIELDS
@@ -172,14 +182,16 @@ def load_records(
     anchor: str = ANCHOR,
     languages: list[str] | None = None,
     drop_groups_without_anchor: bool = False,
+    settings: Settings = Settings(),
 ) -> tuple[list[Record], DataReport]:
-    """Read and validate a data file. Raises :class:`DataError` at the first problem."""
+    """Read and validate a data file. Raises :class:`DataError` at the first problem, whose hint names
+    the setting that fixes it as ``settings`` spells it."""
     path = str(path)
     kind = objective_kind(objective)
     records: list[Record] = []
     first_line: dict[tuple[str, str], int] = {}
     for line, obj in read_rows(path):
-        rec = parse_record(obj, kind, path, line)
+        rec = parse_record(obj, kind, path, line, settings)
         if languages is not None and rec.lang not in languages and rec.lang != anchor:
             continue
         key = (rec.group, rec.lang)
@@ -200,7 +212,7 @@ def load_records(
         raise DataError(
             path, first.line, "group",
             f"group {first.group!r} has no record in the anchor language {anchor!r} "
-            f"({len(missing_anchor)} groups like this; set data.drop_groups_without_anchor=true to drop them)",
+            f"({len(missing_anchor)} groups like this; {settings.drop_groups_without_anchor} drops them)",
         )
     if missing_anchor:
         drop = set(missing_anchor)

@@ -8,6 +8,7 @@ onto the original model as it is).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: 
         else:
             model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
+        if lora:
+            absolute_base_path(tmp)
 
     def write_merged(tmp: Path) -> None:
         dtype = next(iter(state_dict.values())).dtype
@@ -59,6 +62,17 @@ def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: 
     _write_atomic(trained, write_trained)
     if merged and lora:
         _write_atomic(out / "merged", write_merged)
+
+
+def absolute_base_path(adapter_dir: Path) -> None:
+    """Store the adapter's base model as an absolute path: PEFT records the path the base was loaded
+    from, and a relative one (``model.path=tiny``) would only resolve from the directory training ran in."""
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if base and not Path(base).is_absolute():
+        config["base_model_name_or_path"] = str(Path(base).absolute())
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _write_atomic(target: Path, write) -> None:

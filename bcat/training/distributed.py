@@ -63,9 +63,19 @@ def make_accelerator():
     if fsdp and not accelerator.is_fsdp2 and accelerator.num_processes > 1:
         raise ConfigError(f"FSDP was asked for but accelerate set up {accelerator.distributed_type}")
     if accelerator.is_main_process:
-        log.info("bcat: %s on %d process(es), %s", "FSDP2" if accelerator.is_fsdp2 else accelerator.distributed_type,
-                 accelerator.num_processes, accelerator.device.type)
+        log.info("bcat: %s", describe_setup(accelerator.num_processes, accelerator.is_fsdp2, accelerator.device.type))
     return accelerator
+
+
+def describe_setup(processes: int, fsdp2: bool, device: str) -> str:
+    """What a person needs to know of the launch, e.g. ``training on 2 processes (FSDP2), cuda``.
+
+    >>> describe_setup(1, False, "cpu")
+    'training on 1 process, cpu'
+    """
+    if processes == 1:
+        return f"training on 1 process, {device}"
+    return f"training on {processes} processes ({'FSDP2' if fsdp2 else 'DDP'}), {device}"
 
 
 def parallelism(accelerator, model: nn.Module) -> str:

@@ -104,3 +104,47 @@ def test_data_check_cli(tmp_path, tiny_model_dir, capsys):
     bad.write_text(lines(GOOD, {**FR, "lang": "xx"}))
     assert main(["data", "check", str(bad)]) == 2
     assert f"{bad}:2: field 'lang'" in capsys.readouterr().err
+
+
+def test_data_check_reads_the_kind_from_the_records(tmp_path, capsys):
+    """SFT, preference and evaluation files are checked as what they are, without --objective."""
+    from helpers import qa_records
+
+    sft = write_jsonl(tmp_path / "sft.jsonl", parallel_records(2, objective="sft"))
+    pref = write_jsonl(tmp_path / "pref.jsonl", parallel_records(2))
+    qa = write_jsonl(tmp_path / "qa.jsonl", qa_records(2))
+    for path, kind, words in [(sft, "sft", "SFT records"), (pref, "preference", "preference records"),
+                              (qa, "eval", "evaluation records")]:
+        assert main(["data", "check", str(path)]) == 0, capsys.readouterr().err
+        assert f"{path}: OK, {words}" in capsys.readouterr().out
+        assert main(["data", "check", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["kind"] == kind
+    assert main(["data", "check", str(qa), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["groups"] == 2 and report["records"] == len(qa_records(2))
+    # an evaluation record with a bad field is named as `bcat eval` names it
+    bad = write_jsonl(tmp_path / "bad_qa.jsonl", [qa_records(1)[0], {**qa_records(1)[1], "answers": []}])
+    assert main(["data", "check", str(bad)]) == 2
+    assert f"{bad}:2: field 'answers'" in capsys.readouterr().err
+    # a later record of another kind is refused, and records of no known kind say what to give
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(lines(GOOD, {"group": "g0", "lang": "fr", "prompt": "Q", "completion": "a"}))
+    assert main(["data", "check", str(mixed)]) == 2
+    assert f"{mixed}:2: field 'completion': SFT record in preference data" in capsys.readouterr().err
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(lines({"group": "g0", "lang": "en", "text": "hello"}))
+    assert main(["data", "check", str(unknown)]) == 2
+    assert f"{unknown}:1: cannot tell what the records are for" in capsys.readouterr().err
+
+
+def test_data_check_hints_name_its_own_flags(tmp_path, capsys):
+    no_anchor = tmp_path / "a.jsonl"
+    no_anchor.write_text(lines(GOOD, FR, {**FR, "group": "g1"}))
+    assert main(["data", "check", str(no_anchor)]) == 2
+    err = capsys.readouterr().err
+    assert "--drop-groups-without-anchor drops them" in err and "data.drop_groups_without_anchor" not in err
+    assert main(["data", "check", str(no_anchor), "--drop-groups-without-anchor"]) == 0
+    pref = write_jsonl(tmp_path / "pref.jsonl", parallel_records(2))
+    assert main(["data", "check", str(pref), "--objective", "sft"]) == 2
+    err = capsys.readouterr().err
+    assert "use --objective dpo or orpo" in err and "objective.name" not in err

@@ -95,11 +95,13 @@ def test_first_line_stop(tiny_model_dir):
     assert FirstLineStop(tok, 0)(batch, None).tolist() == [True, False, False]
 
 
-def test_compare_same_items(runs, capsys):
-    assert main(["compare", str(runs["plain"]), str(runs["chat"]), "--bootstrap", "200"]) == 0
+def test_compare_same_items(runs, capsys, tmp_path):
+    out = tmp_path / "plain_vs_chat"
+    assert main(["compare", str(runs["plain"]), str(runs["chat"]), "--bootstrap", "200", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "p Holm" in printed and "th*" in printed and "leaves training noise out" in printed
-    comparison = json.loads((runs["chat"] / "comparison.json").read_text(encoding="utf-8"))
+    assert not (runs["chat"] / "comparison.json").exists()  # written where asked, never into an input
+    comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     assert set(comparison["per_language"]) == set(QA) and comparison["n_items"] == 15
     for r in comparison["per_language"].values():
         assert r["verdict"] in ("better", "worse", "no significant change") and 0 <= r["mcnemar_p"] <= 1
@@ -204,7 +206,7 @@ def test_input_errors_exit_2(tmp_path, tiny_model_dir, capsys):
     assert main(["eval", "--model", str(tmp_path / "none"), "--data", str(bad), "--output", str(tmp_path / "o")]) == 2
     assert main(["eval", "--model", str(tiny_model_dir), "--suite", "rag,xyz", "--output", str(tmp_path / "o")]) == 2
     assert "unknown suite xyz" in capsys.readouterr().err
-    assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
+    assert main(["compare", str(tmp_path), str(tmp_path), "--output", str(tmp_path / "c")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
 
 

@@ -60,6 +60,17 @@ BAD_OVERRIDES = [
     ("alignment.hidden_layers=[-1]", ["'alignment.hidden_layers' must list indices into hidden_states"]),
     ("data.train=", ["config key 'data.train'"]),
     ("justaword", ["override 'justaword' must look like key=value"]),
+    # the usual trainer argument names lead to bcat's key
+    ("training.lr=1e-3", ["unknown config key 'training.lr'", "did you mean 'training.learning_rate'?"]),
+    ("learning_rate=1e-3", ["did you mean 'training.learning_rate'?"]),
+    ("per_device_train_batch_size=4", ["did you mean 'batch.groups_per_batch' (bcat batches whole groups"]),
+    ("gradient_accumulation_steps=2", ["did you mean 'training.gradient_accumulation_steps'?"]),
+    ("num_train_epochs=3", ["did you mean 'training.max_steps' (bcat counts optimizer steps"]),
+    ("warmup_ratio=0.1", ["did you mean 'training.warmup_steps' (a number of steps, not a fraction"]),
+    ("output_dir=x", ["did you mean 'training.output_dir'?"]),
+    ("max_length=128", ["did you mean 'data.max_length'?"]),
+    ("training.beta=0.2", ["did you mean 'objective.beta'", "objective.orpo_lambda"]),
+    ("seed=1", ["did you mean 'batch.seed' or 'training.seed'?"]),
 ]
 
 
@@ -163,3 +174,65 @@ def test_tokenizer_without_pad_or_eos_is_refused(tmp_path, train, data, tiny_mod
     edit_json(model / "tokenizer_config.json", pad_token=None, eos_token=None)
     assert_clean_failure(train(tmp_path / "out", data, model=model), "has neither a pad nor an EOS token")
     assert not (tmp_path / "out").exists()
+
+
+# A list of strings (or integers) holds nothing else: a nested list or a mapping passed the typed
+# config and crashed far later, in the model or the sampler.
+NESTED_OVERRIDES = [
+    ("model.lora_target_modules=[[q_proj,k_proj]]", "'model.lora_target_modules' must be a list of str"),
+    ("data.languages=[[en,fr]]", "'data.languages' must be a list of str"),
+    ("data.languages=[{a: 1}]", "'data.languages' must be a list of str"),
+    ("training.snapshot_steps=[[1]]", "'training.snapshot_steps' must be a list of int"),
+]
+
+
+@pytest.mark.parametrize("override,words", NESTED_OVERRIDES, ids=[n[0] for n in NESTED_OVERRIDES])
+def test_nested_value_in_a_list_is_refused(tmp_path, train, data, override, words):
+    out = tmp_path / "out"
+    assert_clean_failure(train(out, data, override), words)
+    assert not out.exists()
+
+
+LAUGHS = "data:\n  languages:\n    - &l0 en\n" + "".join(
+    f"    - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 5))
+"""The "billion laughs" shape inside a valid key: every level holds 9 aliases of the one below (9**4
+leaves here; a few more levels in 300 bytes expand to gigabytes)."""
+
+LOADER_CASES = [
+    # aliases: refused at the first one, before anything expands
+    ("model:\n  lora_target_modules: &m [q_proj]\ndata:\n  languages: *m\n",
+     [":4:", "alias", "*m"]),
+    (LAUGHS, [":4:", "alias", "*l0"]),
+    # duplicate keys: never silently resolved to the last one
+    ("training:\n  max_steps: 3\n  learning_rate: 1e-3\n  max_steps: 5\n",
+     [":4:", "duplicate key 'max_steps'", "line 2"]),
+    ("training:\n  max_steps: 3\ntraining:\n  seed: 1\n", [":3:", "duplicate key 'training'", "line 1"]),
+    # interpolation: OmegaConf would read the environment (or another key) into the config
+    ("data:\n  train: ${oc.env:PATH}\n", [":2:", "'${oc.env:PATH}'", "interpolation"]),
+    ("training:\n  output_dir: runs/${data.train}\n", [":2:", "interpolation"]),
+]
+
+
+@pytest.mark.parametrize("text,words", LOADER_CASES, ids=["alias", "laughs", "duplicate", "duplicate-section",
+                                                           "env", "interpolation"])
+def test_config_loader_refuses_aliases_duplicates_and_interpolation(tmp_path, data, capsys, tiny_model_dir, text,
+                                                                    words):
+    config = tmp_path / "c.yaml"
+    config.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    rc = main(["train", "--config", str(config), f"data.train={data}", f"training.output_dir={out}",
+               f"model.path={tiny_model_dir}", "training.max_steps=1", "training.threads=1"])
+    cap = capsys.readouterr()
+    assert_clean_failure(Result(rc, cap.out, cap.err), str(config), *words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override,words", [
+    ("data.train=${oc.env:PATH}", ["override 'data.train=${oc.env:PATH}'", "interpolation"]),
+    ("training.output_dir=${data.train}", ["interpolation"]),
+    ("data.languages=[&a en, *a]", ["override", "alias"]),
+])
+def test_overrides_refuse_interpolation_and_aliases(tmp_path, train, data, override, words):
+    out = tmp_path / "out"
+    assert_clean_failure(train(out, data, override), *words)
+    assert not out.exists()
