@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
-from bcat.config import load_config
+from bcat.config import load_config, read_yaml
 from bcat.errors import ConfigError
 from bcat.evaluation.scoring import file_sha256
 from bcat.languages import LANGUAGES
@@ -249,16 +248,9 @@ def _value(type_text: str, value: Any, path: str, source: str):
 
 
 def load_study(path: str | Path) -> StudySpec:
-    """Read and check a study file; every error names the file and the key."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"study file not found: {path}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML") from None
-    spec = _build(StudySpec, raw or {}, "", str(path))
+    """Read and check a study file; every error names the file and the key. The YAML is read as every
+    bcat config is (:func:`bcat.config.read_yaml`: no aliases, duplicate keys or interpolation)."""
+    spec = _build(StudySpec, read_yaml(path) or {}, "", str(path))
     spec.source = str(path)
     return validate(spec)
 

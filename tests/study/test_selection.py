@@ -218,3 +218,10 @@ def test_the_demo_trains_the_setting_the_study_selected_on_dev():
     assert study.alignment.hidden_weight == study.alignment.output_weight == 0
     study.alignment.hidden_loss = demo.alignment.hidden_loss
     assert study == demo
+
+
+def test_a_study_file_is_read_as_strictly_as_a_config(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: a\nname: b\narms: [{name: x}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"study.yaml:2: .*duplicate"):
+        load_study(path)
