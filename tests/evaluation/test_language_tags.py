@@ -41,6 +41,14 @@ def test_region_and_script_tags_take_their_subtags_wording_and_say_so(tmp_path, 
     prompts = {p["lang"]: p["prompt"] for p in map(json.loads, (tmp_path / "o" / "predictions.jsonl").open())}
     assert "Pergunta: Quanto tempo" in prompts["pt-BR"] and "问题：保修期多长？" in prompts["zh-Hans"]
 
+    # the report names each language the same way in every table
+    assert main(["report", str(tmp_path / "o"), "--output", str(tmp_path / "r"), "--bootstrap", "50"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    rows = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith("| ")]
+    for code, label in (("pt-BR", "pt-BR Portuguese (Brazil)"), ("zh-Hans", "zh-Hans Chinese (Simplified)")):
+        named = [r for r in rows if r.startswith(code)]
+        assert len(named) >= 3 and set(named) == {label}, named
+
 
 def test_a_language_without_wording_is_refused_naming_it_and_the_option(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "qa.jsonl", records(["en", "sw"]))

@@ -247,3 +247,17 @@ def test_rescoring_a_limited_eval_scores_the_items_it_answered(evaluated, tmp_pa
     assert main(["score", "--data", str(data), "--predictions", str(out / "predictions.jsonl"),
                  "--output", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "metrics.json").read_bytes() == (out / "metrics.json").read_bytes()
+
+
+def test_compare_handles_a_run_without_a_split_and_one_with(evaluated, tmp_path, capsys):
+    data, out = evaluated  # every language seen (the data)
+    split = tmp_path / "split"
+    assert main(["score", "--data", str(data), "--predictions", str(out / "predictions.jsonl"),
+                 "--output", str(split), "--unseen", "th"]) == 0
+    for a, b, unseen in ((out, split, ["th"]), (split, out, [])):
+        capsys.readouterr()
+        assert main(["compare", str(a), str(b), "--output", str(tmp_path / "c"), "--bootstrap", "50"]) == 0
+        printed = capsys.readouterr().out
+        comparison = json.loads((tmp_path / "c" / "comparison.json").read_text(encoding="utf-8"))
+        assert comparison["languages"]["unseen"] == unseen and comparison["language_split_differs"]
+        assert ("unseen_mean" in comparison["headline"]) == bool(unseen) and "None" not in printed
