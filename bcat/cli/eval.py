@@ -60,17 +60,41 @@ def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool) -> None:
         p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level of the verdicts (default 0.05)")
 
 
-HEADLINE = {"english": "english", "non_english_mean": "non-English mean", "gap": "gap", "unseen_mean": "unseen mean"}
+def _number(value, absent: str, signed: bool = False) -> str:
+    """A headline number for people: three decimals, or why there is none.
+
+    >>> _number(0.16666666666666666, ""), _number(-0.05, "", signed=True), _number(None, "no unseen languages")
+    ('0.167', '-0.050', 'n/a (no unseen languages)')
+    """
+    if value is None:
+        return f"n/a ({absent})"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def headline_lines(metrics: dict) -> list[str]:
+    """What ``bcat eval`` and ``bcat score`` print: the headline numbers and where the language split came from."""
+    info = metrics.get("languages") or {}
+    anchor = info.get("anchor", "en")
+    others = [l for l in info.get("seen", []) if l != anchor]
+    unseen = info.get("unseen", [])
+    lines = [f"strict accuracy (headline): {anchor} {_number(metrics['english'], f'no {anchor} items')}  "
+             f"non-{anchor} mean {_number(metrics['non_english_mean'], 'no seen non-anchor languages')}  "
+             f"gap {_number(metrics['gap'], f'needs {anchor} and a seen non-anchor language', signed=True)}  "
+             f"unseen mean {_number(metrics['unseen_mean'], 'no unseen languages')}",
+             f"languages: anchor {anchor}; seen {', '.join(others) or 'none'}; unseen {', '.join(unseen) or 'none'} "
+             f"(from {info.get('source', 'unknown')})"]
+    derived = sum(v.get("n_derived_candidates", 0) for v in (metrics.get("per_language") or {}).values())
+    if derived:
+        lines.append(f"wrong values derived from the passages for {derived} of {len(metrics.get('items', []))} items "
+                     "(the data lists none for them)")
+    return lines
 
 
 def _print_headline(metrics: dict, output: str) -> None:
-    """The headline numbers to 3 decimals; one that does not exist here (no unseen language) is left out."""
+    """The headline numbers to 3 decimals; one that does not exist here says why (no unseen language)."""
     if "gap" in metrics:
-        numbers = "  ".join(f"{name} {metrics[key]:.3f}" for key, name in HEADLINE.items()
-                            if metrics.get(key) is not None)
-        print(f"strict accuracy (headline): {numbers}  -> {output}/metrics.json")
-    else:
-        print(f"wrote {output}/metrics.json")
+        print("\n".join(headline_lines(metrics)))
+    print(f"wrote {output}/metrics.json")
 
 
 def cmd_eval(args) -> int:
@@ -127,7 +151,12 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--languages", type=_codes, default=None, metavar="CODES",
                    help="comma-separated languages to evaluate (default: all in the file)")
     _add_language_options(p, "the model's training run (config.yaml next to its model/: data.anchor, "
-                             "data.languages), else bcat's defaults")
+                             "data.languages), which these may repeat but not contradict; without one, every "
+                             "evaluated language counts as seen")
+    p.add_argument("--instructions", default=None, metavar="FILE.tsv",
+                   help="prompt wording per language, tab-separated with the columns lang, passage, question, answer, "
+                        "instruction (the format of bcat/resources/eval/instructions.tsv); its rows come before the "
+                        "bundled ones. A tag without a row uses its language subtag's (pt-BR -> pt)")
     p.add_argument("--batch-size", type=_positive_or_auto, default=None,
                    help=f"most prompts decoded together, or auto (default: {RagOptions.batch_size} on the CPU, "
                         "sized to the free memory on a GPU)")
@@ -162,7 +191,7 @@ def add_score_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, metavar="PRED.jsonl", help="saved answers: group, lang, prediction")
     p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
     _add_language_options(p, "what the eval's metrics.json next to PRED.jsonl recorded, else the training run of "
-                             "its model, else bcat's defaults")
+                             "its model; without either, every scored language counts as seen")
     p.add_argument("--bootstrap", type=_positive, default=None, metavar="N",
                    help="bootstrap resamples (default: the eval's, else 2000)")
     p.add_argument("--seed", type=int, default=None, help="seed of the bootstrap (default: the eval's, else 0)")

@@ -21,11 +21,16 @@ names an accepted answer AND one of these scores 0)::
 the same order in every language of a group (``same_answer_as_en`` compares wrong values by
 position). ``distractor_answer`` / ``unsupported_answer`` (the fields of the bundled data and of
 ``bcat data pairs``) are added when not listed already. A wrong value may not equal an accepted
-answer. **Without any of these fields an item has no wrong values to check, and strict accuracy
-equals the ``contains`` rule for it**; ``n_with_candidates`` in ``metrics.json`` counts the items
-that had some.
+answer. **Without any of these fields the wrong values are derived from the passages**
+(:mod:`bcat.data.candidates`: the values of the gold answer's shape that the passages give), so that
+strict accuracy still refuses an answer that copies the passages or adds another passage's value;
+``n_with_candidates`` and ``n_derived_candidates`` in ``metrics.json`` count the items.
 
-The prompt (plain form; the wording per language is in ``bcat/resources/eval/instructions.tsv``)::
+``lang`` is a BCP-47 tag (``en``, ``pt-BR``, ``zh-Hans``), checked as training checks it. Scoring
+needs no prompt wording; generating does: the wording per language is in
+``bcat/resources/eval/instructions.tsv``, a tag without a row falls back to its language subtag
+(``pt-BR`` -> ``pt``), and a user's own file in the same format (:func:`read_wording_file`) adds
+or replaces rows (:func:`wordings_for`). The prompt (plain form)::
 
     Answer the question using only the passages. Reply with the answer only.
 
@@ -43,6 +48,7 @@ first answer) come first, each a full block. With a chat template the block with
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import logging
 import random
@@ -51,9 +57,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bcat.data.candidates import derive_candidates, fillers_by_language
 from bcat.data.normalize import normalize
-from bcat.data.records import read_rows
+from bcat.data.records import check_language_code, read_rows
 from bcat.errors import BcatError, DataError
+from bcat.languages import primary_subtag
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,8 @@ class RagItem:
     line: int = 0
     candidates: tuple[tuple[str, ...], ...] = ()
     """The item's wrong values, each in its accepted forms (see :func:`collect_candidates`)."""
+    candidates_derived: bool = False
+    """Whether ``candidates`` were derived from the passages (the record listed none)."""
 
 
 def _require(path, line, rec, name, kind, what):
@@ -149,7 +159,7 @@ def _candidates(path, line, rec: dict, answers: tuple[str, ...]) -> tuple[tuple[
                               single.get("unsupported_answer"))
 
 
-def parse_record(rec: object, path: str, line: int, known_languages: Sequence[str]) -> RagItem:
+def parse_record(rec: object, path: str, line: int) -> RagItem:
     """Validate one decoded JSON record and turn it into a :class:`RagItem`."""
     if not isinstance(rec, dict):
         raise DataError(path, line, None, "each line must be a JSON object")
@@ -159,9 +169,9 @@ def parse_record(rec: object, path: str, line: int, known_languages: Sequence[st
     if not isinstance(group, str) or not group:
         raise DataError(path, line, "group", "missing or not a non-empty string")
     lang = _require(path, line, rec, "lang", str, "a language code")
-    if lang not in known_languages:
-        raise DataError(path, line, "lang", f"no prompt wording for language '{lang}'; known: "
-                        f"{', '.join(known_languages)} (add a row to bcat/resources/eval/instructions.tsv)")
+    if not check_language_code(lang):
+        raise DataError(path, line, "lang", f"unknown or malformed language code {lang!r} (use BCP-47, e.g. "
+                        "'en', 'zh-Hans')")
     question = _require(path, line, rec, "question", str, "a string")
     if not question.strip():
         raise DataError(path, line, "question", "must not be empty")
@@ -186,11 +196,10 @@ def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,
     path = Path(path)
     if not path.is_file():
         raise BcatError(f"data file not found: {path}")
-    known = list(instruction_table())
     items: list[RagItem] = []
     seen: dict[tuple[str, str], int] = {}
     for line_no, rec in read_rows(path):
-        item = parse_record(rec, str(path), line_no, known)
+        item = parse_record(rec, str(path), line_no)
         key = (item.group, item.lang)
         if key in seen:
             raise DataError(path, line_no, "lang", f"group '{item.group}' already has a '{item.lang}' record "
@@ -199,6 +208,7 @@ def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,
         items.append(item)
     if not items:
         raise DataError(path, None, None, "no records")
+    items = with_derived_candidates(items)
     if languages:
         present = {i.lang for i in items}
         missing = [l for l in languages if l not in present]
@@ -225,6 +235,17 @@ def group_kinds(path: str | Path) -> dict[str, str]:
     return kinds
 
 
+def with_derived_candidates(items: Sequence[RagItem]) -> list[RagItem]:
+    """``items``, those without wrong values given them from their passages (:mod:`bcat.data.candidates`;
+    the template words are learnt from all passages of the item's language in ``items``)."""
+    if all(i.candidates for i in items):
+        return list(items)
+    fillers = fillers_by_language(items)
+    return [i if i.candidates else dataclasses.replace(
+        i, candidates=derive_candidates(i.question, i.answers, i.passages, fillers[i.lang]), candidates_derived=True)
+        for i in items]
+
+
 # --- prompt --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -237,13 +258,96 @@ class Wording:
     instruction: str
 
 
+WORDING_COLUMNS = ("lang", "passage", "question", "answer", "instruction")
+"""The columns of a wording file (tab-separated, UTF-8, ``#`` lines are comments)."""
+BUNDLED_WORDING = "resources/eval/instructions.tsv"
+
+
+def parse_wording(text: str, source: str) -> dict[str, Wording]:
+    """The rows of a wording file, validated: each names its file, line and column when wrong."""
+    table: dict[str, Wording] = {}
+    header = None
+    for line_no, row in enumerate(text.splitlines(), start=1):
+        if not row.strip() or row.startswith("#"):
+            continue
+        cells = row.split("\t")
+        if header is None:
+            header = cells
+            if tuple(c.strip() for c in cells) != WORDING_COLUMNS:
+                raise DataError(source, line_no, None, f"the header must be the tab-separated columns "
+                                f"{', '.join(WORDING_COLUMNS)}; got {', '.join(cells)}")
+            continue
+        if len(cells) != len(WORDING_COLUMNS):
+            raise DataError(source, line_no, None, f"{len(cells)} tab-separated cells, expected "
+                            f"{len(WORDING_COLUMNS)} ({', '.join(WORDING_COLUMNS)})")
+        values = dict(zip(WORDING_COLUMNS, cells))
+        for name in WORDING_COLUMNS:
+            if not values[name].strip():
+                raise DataError(source, line_no, name, "must not be empty")
+        if "{n}" not in values["passage"]:
+            raise DataError(source, line_no, "passage", "must contain {n} (the passage number)")
+        if not check_language_code(values["lang"]):
+            raise DataError(source, line_no, "lang", f"unknown or malformed language code {values['lang']!r}")
+        if values["lang"] in table:
+            raise DataError(source, line_no, "lang", f"a second row for {values['lang']!r}")
+        table[values["lang"]] = Wording(values["passage"], values["question"], values["answer"],
+                                        values["instruction"])
+    if header is None:
+        raise DataError(source, None, None, "no header and no rows")
+    return table
+
+
 @functools.lru_cache(maxsize=1)
 def instruction_table() -> dict[str, Wording]:
-    """The prompt wording per language, from ``bcat/resources/eval/instructions.tsv``."""
-    text = resources.files("bcat").joinpath("resources/eval/instructions.tsv").read_text(encoding="utf-8")
-    rows = [r for r in text.splitlines() if r.strip() and not r.startswith("#")]
-    reader = csv.DictReader(rows, delimiter="\t", quoting=csv.QUOTE_NONE)
-    return {r["lang"]: Wording(r["passage"], r["question"], r["answer"], r["instruction"]) for r in reader}
+    """The bundled prompt wording per language, from ``bcat/resources/eval/instructions.tsv``."""
+    text = resources.files("bcat").joinpath(BUNDLED_WORDING).read_text(encoding="utf-8")
+    return parse_wording(text, f"bcat/{BUNDLED_WORDING}")
+
+
+def read_wording_file(path: str | Path) -> dict[str, Wording]:
+    """A user's wording file, in the bundled file's format (:data:`WORDING_COLUMNS`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BcatError(f"wording file not found: {path}")
+    return parse_wording(path.read_text(encoding="utf-8"), str(path))
+
+
+@dataclass(frozen=True)
+class WordingChoice:
+    """The wording a language's prompts use, and where it came from."""
+
+    wording: Wording
+    source: str
+    """``"bundled"``, ``"bundled, by language subtag (pt)"``, the user's file, or that file by subtag."""
+
+
+def wordings_for(languages: Sequence[str], user: Optional[dict[str, Wording]] = None, user_source: str = ""
+                 ) -> tuple[dict[str, WordingChoice], list[str]]:
+    """The wording of each language: the user's table first, then the bundled one; in each, the tag
+    itself, then its language subtag (``pt-BR`` -> ``pt``). Returns ``(choices, languages without any)``.
+
+    >>> choices, missing = wordings_for(["fr", "pt-BR", "xx"])
+    >>> choices["pt-BR"].source, missing
+    ('bundled, by language subtag (pt)', ['xx'])
+    """
+    tables = ([(user, user_source)] if user else []) + [(instruction_table(), "bundled")]
+    choices: dict[str, WordingChoice] = {}
+    missing: list[str] = []
+    for lang in dict.fromkeys(languages):
+        choice = None
+        for table, source in tables:
+            by_lower = {k.lower(): k for k in table}
+            for key, how in ((lang.lower(), ""), (primary_subtag(lang), f", by language subtag ({primary_subtag(lang)})")):
+                if key in by_lower:
+                    choice = WordingChoice(table[by_lower[key]], source + (how if key != lang.lower() else ""))
+                    break
+            if choice is not None:
+                break
+        if choice is None:
+            missing.append(lang)
+        else:
+            choices[lang] = choice
+    return choices, missing
 
 
 def _label(label: str, text: str) -> str:
@@ -252,7 +356,7 @@ def _label(label: str, text: str) -> str:
 
 
 def render_block(item: RagItem, *, with_instruction: bool = True, answer: Optional[str] = None,
-                 answer_line: bool = True) -> str:
+                 answer_line: bool = True, wording: Optional[Wording] = None) -> str:
     """One question block: instruction, numbered passages, question and the answer label.
 
     >>> item = RagItem("g", "en", "How long is the warranty?", ("It lasts 24 months.",), ("24 months",))
@@ -264,7 +368,7 @@ def render_block(item: RagItem, *, with_instruction: bool = True, answer: Option
     Question: How long is the warranty?
     Answer:
     """
-    w = instruction_table()[item.lang]
+    w = wording or instruction_table()[item.lang]
     parts = [w.instruction, ""] if with_instruction else []
     parts += [_label(w.passage.format(n=i), p) for i, p in enumerate(item.passages, start=1)]
     parts += ["", _label(w.question, item.question)]
@@ -273,20 +377,21 @@ def render_block(item: RagItem, *, with_instruction: bool = True, answer: Option
     return "\n".join(parts)
 
 
-def render_plain(item: RagItem, shots: Sequence[RagItem] = ()) -> str:
+def render_plain(item: RagItem, shots: Sequence[RagItem] = (), wording: Optional[Wording] = None) -> str:
     """The plain-text prompt: the instruction once, then the solved shots, then the question."""
-    blocks = [render_block(s, with_instruction=(i == 0), answer=s.answers[0]) for i, s in enumerate(shots)]
-    blocks.append(render_block(item, with_instruction=not shots))
+    blocks = [render_block(s, with_instruction=(i == 0), answer=s.answers[0], wording=wording)
+              for i, s in enumerate(shots)]
+    blocks.append(render_block(item, with_instruction=not shots, wording=wording))
     return "\n\n".join(blocks)
 
 
-def chat_messages(item: RagItem, shots: Sequence[RagItem] = ()) -> list[dict]:
+def chat_messages(item: RagItem, shots: Sequence[RagItem] = (), wording: Optional[Wording] = None) -> list[dict]:
     """The prompt as chat messages: each shot a user turn and its answer, then the question."""
     messages: list[dict] = []
     for s in shots:
-        messages.append({"role": "user", "content": render_block(s, answer_line=False)})
+        messages.append({"role": "user", "content": render_block(s, answer_line=False, wording=wording)})
         messages.append({"role": "assistant", "content": s.answers[0]})
-    messages.append({"role": "user", "content": render_block(item, answer_line=False)})
+    messages.append({"role": "user", "content": render_block(item, answer_line=False, wording=wording)})
     return messages
 
 
@@ -319,15 +424,18 @@ def uses_chat_template(tokenizer, mode: str) -> bool:
 
 
 def build_prompts(items: Sequence[RagItem], tokenizer, *, shots: int = 0, chat: bool = False,
-                  seed: int = 0) -> list[str]:
-    """The prompt text of every item. Chat prompts are rendered with the tokenizer's template."""
+                  seed: int = 0, wordings: Optional[dict[str, Wording]] = None) -> list[str]:
+    """The prompt text of every item. Chat prompts are rendered with the tokenizer's template.
+
+    ``wordings``: the wording per language (:func:`wordings_for`); default the bundled table."""
     chosen = select_shots(items, shots, seed)
     prompts = []
     for item in items:
         s = chosen[(item.group, item.lang)]
+        wording = (wordings or {}).get(item.lang)
         if chat:
-            prompts.append(tokenizer.apply_chat_template(chat_messages(item, s), tokenize=False,
+            prompts.append(tokenizer.apply_chat_template(chat_messages(item, s, wording), tokenize=False,
                                                          add_generation_prompt=True))
         else:
-            prompts.append(render_plain(item, s))
+            prompts.append(render_plain(item, s, wording))
     return prompts

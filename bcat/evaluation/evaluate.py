@@ -18,13 +18,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from bcat.data.rag import (
     RagItem,
+    Wording,
     build_prompts,
     load_items,
+    read_wording_file,
     uses_chat_template,
+    wordings_for,
 )
 from bcat.errors import BcatError
 from bcat.evaluation.generation import greedy_generate
@@ -69,11 +72,13 @@ class RagOptions(ScoringOptions):
     (see the README's "Vocabulary trimming" section for what it changed and saved)."""
 
 
-def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions = RagOptions()
-                 ) -> tuple[dict, list[dict]]:
-    """Generate an answer for every item, score it, and summarise. Returns ``(summary, predictions)``."""
+def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions = RagOptions(),
+                 wordings: Optional[dict[str, Wording]] = None) -> tuple[dict, list[dict]]:
+    """Generate an answer for every item, score it, and summarise. Returns ``(summary, predictions)``.
+
+    ``wordings``: the prompt wording per language (:func:`prompt_wordings`); default the bundled table."""
     chat = uses_chat_template(tokenizer, options.chat_template)
-    prompts = build_prompts(items, tokenizer, shots=options.shots, chat=chat, seed=options.seed)
+    prompts = build_prompts(items, tokenizer, shots=options.shots, chat=chat, seed=options.seed, wordings=wordings)
     vocab = trim_to_prompts(model, tokenizer, prompts) if options.trim_vocab else None
     outputs = map_sharded(
         lambda part: greedy_generate(model, tokenizer, part, batch_size=options.batch_size,
@@ -115,6 +120,19 @@ def trim_to_prompts(model, tokenizer, prompts: Sequence[str]):
     return vocab
 
 
+def prompt_wordings(languages: Sequence[str], instructions: Optional[str] = None
+                    ) -> tuple[dict[str, Wording], dict[str, str]]:
+    """The wording of every evaluated language and where each came from (``{lang: source}``);
+    refuses, before any model work, languages that have none."""
+    user = read_wording_file(instructions) if instructions else None
+    choices, missing = wordings_for(languages, user, str(instructions or ""))
+    if missing:
+        raise BcatError(f"no prompt wording for language {', '.join(repr(l) for l in missing)} (nor for its language "
+                        f"subtag): give it with --instructions FILE.tsv, a tab-separated file with the columns lang, "
+                        f"passage, question, answer, instruction, like bcat/resources/eval/instructions.tsv")
+    return {l: c.wording for l, c in choices.items()}, {l: c.source for l, c in choices.items()}
+
+
 def resolve_data(data: str) -> Path:
     """The data file for ``--data``: a path, or ``builtin`` for the bundled test split."""
     if data == "builtin":
@@ -126,6 +144,13 @@ def resolve_data(data: str) -> Path:
                             "installation; pass a JSONL file with --data")
         return path
     return Path(data)
+
+
+def is_bundled_data(path: Path) -> bool:
+    """Whether ``path`` is the bundled test split (by location)."""
+    from importlib import resources
+
+    return path.resolve() == Path(str(resources.files("bcat").joinpath(BUILTIN_DATA))).resolve()
 
 
 def parse_suites(text: str) -> list[str]:
@@ -173,13 +198,18 @@ def run_eval(args) -> dict:
 
     suites = parse_suites(args.suite)
     output = Path(args.output)
-    items, data_path, languages = None, None, None
-    if "rag" in suites:  # validate the data and the training run's config before loading any model
+    items, data_path, languages, wordings, wording_sources = None, None, None, None, {}
+    if "rag" in suites:  # validate the data, the wording and the training run's config before loading any model
         data_path = resolve_data(args.data)
         items = load_items(data_path, languages=args.languages, limit_groups=args.limit)
-        languages = resolve_languages(args.model, list(dict.fromkeys(i.lang for i in items)),
-                                      anchor=getattr(args, "anchor", None), seen=getattr(args, "seen", None),
-                                      unseen=getattr(args, "unseen", None))
+        evaluated = list(dict.fromkeys(i.lang for i in items))
+        wordings, wording_sources = prompt_wordings(evaluated, getattr(args, "instructions", None))
+        for lang, source in wording_sources.items():
+            if source != "bundled":
+                log.info("bcat eval: prompt wording for %s: %s", lang, source)
+        languages = resolve_languages(args.model, evaluated, anchor=getattr(args, "anchor", None),
+                                      seen=getattr(args, "seen", None), unseen=getattr(args, "unseen", None),
+                                      bundled_data=is_bundled_data(data_path))
     ood = _load_ood() if "ood" in suites else None
     created = is_main_process() and not output.exists()
     if is_main_process():  # fail on an unwritable --output before loading the model
@@ -207,10 +237,11 @@ def run_eval(args) -> dict:
         options = RagOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
                              chat_template=args.chat_template, anchor=anchor, seen=seen, languages_source=source,
                              bootstrap=args.bootstrap, seed=args.seed, trim_vocab=args.trim_vocab)
-        summary, predictions = evaluate_rag(model, tokenizer, items, options)
+        summary, predictions = evaluate_rag(model, tokenizer, items, options, wordings)
         metrics["options"] = {"batch_size": options.batch_size, "max_new_tokens": options.max_new_tokens,
                               "shots": options.shots, "chat_template": options.chat_template, "limit": args.limit,
-                              "languages": args.languages, "trim_vocab": options.trim_vocab}
+                              "languages": args.languages, "trim_vocab": options.trim_vocab,
+                              "prompt_wording": wording_sources}
         metrics.update(rag_metrics(data_path, items, summary))
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["processes"] = num_processes()

@@ -5,7 +5,7 @@ Per item, from the FIRST LINE of the prediction (:func:`bcat.data.normalize.judg
 * ``strict`` (**the headline**): the line names an accepted answer and no other candidate value of
   the item (a distractor's value, the unsupported value, a comparison's other option); echoing a
   question, listing every value or copying the passages scores 0;
-* ``contains``: an accepted answer occurs in the line, whatever else it says (the old rule);
+* ``contains``: an accepted answer occurs in the line, whatever else it says;
 * ``exact``: the whole normalised line is a normalised accepted answer;
 * ``chrf``: chrF with precision and recall weighted equally (sacrebleu's chrF, character n-grams
   1-6, beta = 1) between the normalised line and the closest accepted answer, in [0, 1];
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 from bcat.data.normalize import first_line, has_letters, judge, normalize
-from bcat.languages import ANCHOR
+from bcat.languages import ANCHOR, primary_subtag
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ class LanguageIdentifier:
     """
 
     def __init__(self, languages: Iterable[str], fallback: Iterable[str] = ()):
-        codes = sorted({c for c in languages if lingua_supports(c)})
+        codes = sorted({primary_subtag(c) for c in languages if lingua_supports(primary_subtag(c))})
         if len(codes) < 2:
-            codes = sorted(set(codes) | {c for c in fallback if lingua_supports(c)})
+            codes = sorted(set(codes) | {primary_subtag(c) for c in fallback if lingua_supports(primary_subtag(c))})
         self.codes = tuple(codes)
 
     def identify(self, text: str) -> Optional[str]:
@@ -138,8 +138,10 @@ class LanguageIdentifier:
     def language_ok(self, text: str, lang: str) -> Optional[bool]:
         """Whether ``text`` is in ``lang``; ``None`` when it cannot be judged (no letters, unsupported).
 
-        Text written in Han characters only counts as both Chinese and Japanese.
+        Text written in Han characters only counts as both Chinese and Japanese. A tag is judged by
+        its language subtag (``pt-BR`` as ``pt``): language ID tells languages apart, not regions.
         """
+        lang = primary_subtag(lang)
         if lang not in self.codes or not has_letters(text):
             return None
         if lang in ("zh", "ja") and han_only(text):
@@ -165,7 +167,9 @@ class ItemScore:
     answer_id: Optional[str] = None
     """What the line answers, comparable across the languages of a group (:func:`answer_id`)."""
     has_candidates: bool = False
-    """Whether the item listed wrong values (otherwise ``strict`` equals ``contains``)."""
+    """Whether the item had wrong values (listed or derived; otherwise ``strict`` equals ``contains``)."""
+    candidates_derived: bool = False
+    """Whether its wrong values were derived from the passages (:mod:`bcat.data.candidates`)."""
     detected_language: Optional[str] = None
     language_ok: Optional[bool] = None
 
@@ -189,18 +193,18 @@ def answer_id(line: str, names_answer: bool, named_wrong: Sequence[int]) -> Opti
 
 def score_item(group: str, lang: str, prediction: str, answers: Sequence[str],
                candidates: Sequence[Sequence[str]] = (), *, answer_neutral: bool = False,
-               identifier: Optional[LanguageIdentifier] = None) -> ItemScore:
+               identifier: Optional[LanguageIdentifier] = None, candidates_derived: bool = False) -> ItemScore:
     """Score one prediction. Language ID is skipped for ``answer_neutral`` items and empty predictions."""
     line = first_line(prediction)
     j = judge(line, answers, candidates)
     score = ItemScore(group, lang, j.strict, chrf(line, answers), contains=j.contains, exact=j.exact,
                       named_wrong=j.named, answer_id=answer_id(line, j.names_answer, j.named),
-                      has_candidates=bool(candidates))
+                      has_candidates=bool(candidates), candidates_derived=candidates_derived and bool(candidates))
     if identifier is not None and not answer_neutral and line:
         score.language_ok = identifier.language_ok(line, lang)
         if score.language_ok is not None:
-            score.detected_language = lang if (score.language_ok and lang in ("zh", "ja") and han_only(line)) \
-                else identifier.identify(line)
+            han = score.language_ok and primary_subtag(lang) in ("zh", "ja") and han_only(line)
+            score.detected_language = primary_subtag(lang) if han else identifier.identify(line)
     return score
 
 
@@ -277,7 +281,8 @@ def per_language(scores: Sequence[ItemScore], anchor: str = ANCHOR) -> dict[str,
     """Aggregates per language: :data:`ITEM_METRICS`, answer-language rate, agreement with the anchor, counts.
 
     ``answer_language_rate`` is over the items whose language could be judged (``n_language_judged``);
-    ``None`` when there were none. ``n_with_candidates``: items that listed wrong values.
+    ``None`` when there were none. ``n_with_candidates``: items with wrong values; ``n_derived_candidates``:
+    those whose wrong values were derived from the passages.
     """
     agreement = consistency_with_anchor(scores, anchor)
     out: dict[str, dict] = {}
@@ -291,5 +296,6 @@ def per_language(scores: Sequence[ItemScore], anchor: str = ANCHOR) -> dict[str,
             "n": len(items),
             "n_language_judged": len(judged),
             "n_with_candidates": sum(s.has_candidates for s in items),
+            "n_derived_candidates": sum(s.candidates_derived for s in items),
         })
     return out

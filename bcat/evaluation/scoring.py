@@ -7,11 +7,13 @@ answers (JSONL with ``group``, ``lang``, ``prediction``; validated with file, li
 runs the same three functions, so re-scoring an eval's own ``predictions.jsonl`` reproduces its
 ``metrics.json`` byte for byte (``tests/evaluation/test_score.py``).
 
-Which languages are seen, and the anchor, come from the run (:func:`resolve_languages`): the
-training run next to the model (``config.yaml``: ``data.anchor`` and ``data.languages``; when
-``data.languages`` is null, the languages its ``training_summary.json`` lists), overridden by
-``--anchor`` / ``--seen`` / ``--unseen``; a model without a training run (a base model) gets
-bcat's defaults (:mod:`bcat.languages`). ``metrics.json`` records the choice and its source.
+Which languages are seen, and the anchor, come from (:func:`resolve_languages`), in this order:
+the training run next to the model (``config.yaml``: ``data.anchor`` and ``data.languages``; when
+``data.languages`` is null, the languages its ``training_summary.json`` lists; ``--anchor`` /
+``--seen`` / ``--unseen`` may repeat it but not contradict it); else ``--anchor`` / ``--seen`` /
+``--unseen``; else the bundled split (:mod:`bcat.languages`) for the built-in model on the bundled
+data; else the data itself: every evaluated language counts as seen, with no unseen mean.
+``metrics.json`` records the choice and its source, and the command line prints it.
 
 Library use::
 
@@ -43,7 +45,9 @@ from bcat.languages import ANCHOR, SEEN
 
 log = logging.getLogger(__name__)
 
-DEFAULTS_SOURCE = "bcat defaults (bcat/languages.py): no training run found for the model"
+DATA_SOURCE = ("the data: every evaluated language counts as seen (no training run for the model, no "
+               "seen/unseen languages given)")
+BUNDLED_SOURCE = "bcat's bundled split (bcat/languages.py SEEN/UNSEEN), for the built-in model on the bundled data"
 
 
 @dataclass
@@ -53,8 +57,8 @@ class ScoringOptions:
     anchor: str = ANCHOR
     """The language every other is compared with (English unless the training run says otherwise)."""
     seen: Optional[Sequence[str]] = None
-    """Languages seen in training (``None``: bcat's defaults); the other evaluated ones are unseen."""
-    languages_source: str = DEFAULTS_SOURCE
+    """Languages seen in training (``None``: every evaluated language); the other evaluated ones are unseen."""
+    languages_source: str = DATA_SOURCE
     """Where ``anchor`` and ``seen`` came from, recorded in ``metrics.json``."""
     bootstrap: int = 2000
     """Bootstrap resamples for the confidence intervals."""
@@ -63,8 +67,8 @@ class ScoringOptions:
     languages: Optional[Sequence[str]] = field(default=None)
     """Restrict the language ID to these (default: the languages evaluated)."""
 
-    def seen_languages(self) -> tuple[str, ...]:
-        return tuple(self.seen) if self.seen is not None else (ANCHOR, *SEEN)
+    def seen_languages(self, evaluated: Sequence[str]) -> tuple[str, ...]:
+        return tuple(self.seen) if self.seen is not None else (self.anchor, *evaluated)
 
 
 # --- where the languages come from ------------------------------------------------------------------
@@ -81,61 +85,69 @@ def training_run_dir(model: Optional[str]) -> Optional[Path]:
     return None
 
 
-def _codes_text(codes: Sequence[str]) -> str:
-    return ",".join(codes)
+def trained_languages(run: Path) -> tuple[str, tuple[str, ...], str]:
+    """``(anchor, seen languages, source)`` of a ``bcat train`` output directory."""
+    from bcat.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    if cfg.data.languages is not None:
+        return cfg.data.anchor, tuple(cfg.data.languages), f"the training run: {run / 'config.yaml'} (data.languages)"
+    summary_file = run / "training_summary.json"
+    try:
+        trained = json.loads(summary_file.read_text(encoding="utf-8"))["languages"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise BcatError(f"{summary_file}: cannot read the trained languages ({e})") from None
+    return cfg.data.anchor, tuple(trained), f"the training run: all of its training data ({summary_file})"
+
+
+def _contradiction(option: str, given: Sequence[str], run_value: Sequence[str], source: str) -> BcatError:
+    return BcatError(f"{option} {','.join(given)} contradicts {source}: {','.join(run_value)}. The training run "
+                     f"says which languages the model saw; drop {option}.")
 
 
 def resolve_languages(model: Optional[str], evaluated: Sequence[str], *, anchor: Optional[str] = None,
                       seen: Optional[Sequence[str]] = None, unseen: Optional[Sequence[str]] = None,
-                      anchor_label: str = "--anchor", seen_label: str = "--seen"
-                      ) -> tuple[str, tuple[str, ...], str]:
+                      bundled_data: bool = False) -> tuple[str, tuple[str, ...], str]:
     """``(anchor, seen languages, source)`` for an evaluation of ``model`` on ``evaluated`` languages.
 
-    ``anchor`` / ``seen`` / ``unseen`` (``bcat eval --anchor/--seen/--unseen``; the labels name
-    where a given value came from) win; what they leave open comes from the model's training run,
-    else from bcat's defaults.
+    In this order: the model's training run (options may repeat it, not contradict it); the
+    options ``anchor`` / ``seen`` / ``unseen``; the bundled split for the built-in model on the
+    bundled data (``bundled_data``); the data (every evaluated language seen).
 
     >>> resolve_languages("builtin:gemma3-270m", ["en", "fr", "th"], seen=["en", "fr"])
-    ('en', ('en', 'fr'), 'seen languages from --seen')
+    ('en', ('en', 'fr'), 'options: seen languages from --seen')
     >>> resolve_languages(None, ["en", "fr", "th"], anchor="fr", unseen=["th"])
-    ('fr', ('en', 'fr'), 'anchor from --anchor; seen languages: all but --unseen')
+    ('fr', ('en', 'fr'), 'options: anchor from --anchor; seen languages: all but --unseen')
+    >>> resolve_languages(None, ["en", "pt-BR"])[1]
+    ('en', 'pt-BR')
     """
     if seen is not None and unseen is not None:
         raise BcatError("--seen and --unseen: give one of them")
-    if anchor is not None and anchor_label == "--anchor" and anchor not in evaluated:
+    if anchor is not None and anchor not in evaluated:
         raise BcatError(f"--anchor {anchor}: not among the evaluated languages ({', '.join(evaluated)})")
-    run = training_run_dir(model) if anchor is None or (seen is None and unseen is None) else None
-    cfg = None
+    run = training_run_dir(model)
     if run is not None:
-        from bcat.config import load_config
-
-        cfg = load_config(run / "config.yaml")
-    sources = []
-    if anchor is not None:
-        sources.append(f"anchor from {anchor_label}")
-    elif cfg is not None:
-        anchor = cfg.data.anchor
-        sources.append(f"anchor from {run / 'config.yaml'} (data.anchor)")
-    else:
-        anchor = ANCHOR
-    if seen is not None:
-        chosen, why = tuple(seen), f"seen languages from {seen_label}"
-    elif unseen is not None:
-        chosen, why = tuple(l for l in evaluated if l not in set(unseen)), "seen languages: all but --unseen"
-    elif cfg is not None and cfg.data.languages is not None:
-        chosen, why = tuple(cfg.data.languages), f"seen languages from {run / 'config.yaml'} (data.languages)"
-    elif cfg is not None:
-        summary_file = run / "training_summary.json"
-        try:
-            trained = json.loads(summary_file.read_text(encoding="utf-8"))["languages"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise BcatError(f"{summary_file}: cannot read the trained languages ({e}); pass --seen") from None
-        chosen = tuple(trained)
-        why = f"seen languages: all of the training data ({summary_file}, data.languages is null)"
-    else:
-        return anchor, (anchor, *[l for l in SEEN if l != anchor]), (
-            "; ".join(sources + [DEFAULTS_SOURCE]))
-    return anchor, chosen, "; ".join(sources + [why])
+        run_anchor, run_seen, source = trained_languages(run)
+        if anchor is not None and anchor != run_anchor:
+            raise _contradiction("--anchor", [anchor], [run_anchor], f"{run / 'config.yaml'} (data.anchor)")
+        if seen is not None and set(seen) | {run_anchor} != set(run_seen) | {run_anchor}:
+            raise _contradiction("--seen", seen, run_seen, source)
+        if unseen is not None and set(unseen) & (set(run_seen) | {run_anchor}):
+            raise _contradiction("--unseen", unseen, run_seen, source)
+        return run_anchor, run_seen, source
+    if seen is not None or unseen is not None or anchor is not None:
+        sources = [f"anchor from --anchor"] if anchor is not None else []
+        anchor = anchor or ANCHOR
+        if seen is not None:
+            chosen, why = tuple(seen), "seen languages from --seen"
+        elif unseen is not None:
+            chosen, why = tuple(l for l in evaluated if l not in set(unseen)), "seen languages: all but --unseen"
+        else:
+            chosen, why = (anchor, *[l for l in evaluated if l != anchor]), "every evaluated language seen"
+        return anchor, chosen, "options: " + "; ".join(sources + [why])
+    if bundled_data and model is not None and model.startswith("builtin:"):
+        return ANCHOR, (ANCHOR, *SEEN), BUNDLED_SOURCE
+    return ANCHOR, (ANCHOR, *[l for l in evaluated if l != ANCHOR]), DATA_SOURCE
 
 
 # --- scoring ------------------------------------------------------------------------------------------
@@ -160,18 +172,21 @@ def score_outputs(items: Sequence[RagItem], outputs: Sequence[str], options: Sco
     scores, predictions = [], []
     for n, (item, raw) in enumerate(zip(items, outputs)):
         s = score_item(item.group, item.lang, raw, item.answers, item.candidates,
-                       answer_neutral=item.answer_neutral, identifier=identifier)
+                       answer_neutral=item.answer_neutral, identifier=identifier,
+                       candidates_derived=item.candidates_derived)
         scores.append(s)
         predictions.append({
             "group": item.group, "lang": item.lang, "question": item.question,
             "prompt": prompts[n] if prompts is not None else None,
             "raw_output": raw, "prediction": first_line(raw), "answers": list(item.answers),
-            "wrong_values": [list(forms) for forms in item.candidates], "answer_neutral": item.answer_neutral,
+            "wrong_values": [list(forms) for forms in item.candidates],
+            "wrong_values_derived": item.candidates_derived, "answer_neutral": item.answer_neutral,
             "strict_correct": s.strict, "contains_answer": s.contains, "exact_match": s.exact,
             "named_wrong_values": [item.candidates[i][0] for i in s.named_wrong], "chrf": round(s.chrf, 6),
             "detected_language": s.detected_language, "language_ok": s.language_ok,
         })
-    summary = summarize(scores, seen=options.seen_languages(), anchor=options.anchor,
+    evaluated = list(dict.fromkeys(i.lang for i in items))
+    summary = summarize(scores, seen=options.seen_languages(evaluated), anchor=options.anchor,
                         languages_source=options.languages_source, preferred=list(instruction_table()),
                         n_resamples=options.bootstrap, seed=options.seed)
     if identifier is None:
@@ -226,7 +241,8 @@ def load_predictions(path: Path, items: Sequence[RagItem]) -> list[tuple[RagItem
 
     Each line: a JSON object with ``group`` (string or integer), ``lang`` and ``prediction``
     (strings); ``raw_output`` and ``prompt`` are kept when present. Every (group, lang) must be an
-    item of the data, once. Items of the data without an answer are not scored.
+    item of the data, once, and every item of the data must have its answer: a score over part of
+    the items would not be the data's score.
     """
     if not path.is_file():
         raise BcatError(f"--predictions: file not found: {path}")
@@ -258,7 +274,13 @@ def load_predictions(path: Path, items: Sequence[RagItem]) -> list[tuple[RagItem
         found[key] = (line_no, rec)
     if not found:
         raise DataError(path, None, None, "no predictions")
-    return [(i, found[(i.group, i.lang)][1]) for i in items if (i.group, i.lang) in found]
+    missing = [(i.group, i.lang) for i in items if (i.group, i.lang) not in found]
+    if missing:
+        shown = ", ".join(f"({g}, {l})" for g, l in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(path, None, None, f"no prediction for {len(missing)} of the {len(items)} items of the data: "
+                        f"{shown}. Answer every item (an empty prediction counts as wrong), or score against a "
+                        "data file of only the answered items")
+    return [(i, found[(i.group, i.lang)][1]) for i in items]
 
 
 def merge_metrics(base: dict, scored: dict) -> dict:
@@ -277,8 +299,6 @@ def rescore(data: Path, predictions_file: Path, output: Path, *, anchor: Optiona
     scoring cannot know (model, generation options) and the scoring options it used (anchor,
     seen languages, bootstrap); the arguments given here override the latter.
     """
-    items = load_items(data)
-    pairs = load_predictions(predictions_file, items)
     eval_file = predictions_file.parent / "metrics.json"
     base: dict = {}
     if eval_file.is_file():
@@ -286,6 +306,9 @@ def rescore(data: Path, predictions_file: Path, output: Path, *, anchor: Optiona
             base = json.loads(eval_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise BcatError(f"{eval_file}: not valid JSON ({e.msg})") from None
+    evaluated_subset = base.get("options") or {}  # the eval's --languages and --limit pick the items it answered
+    items = load_items(data, languages=evaluated_subset.get("languages"), limit_groups=evaluated_subset.get("limit"))
+    pairs = load_predictions(predictions_file, items)
     recorded = base.get("languages") or {}
     ci = base.get("ci") or {}
     scored_items = [i for i, _ in pairs]
@@ -294,12 +317,7 @@ def rescore(data: Path, predictions_file: Path, output: Path, *, anchor: Optiona
         anchor, chosen = recorded["anchor"], tuple(recorded["seen"])
         source = recorded.get("source", f"recorded in {eval_file}")
     else:
-        from_eval = f"{eval_file} (languages)"
-        use_recorded_seen = seen is None and unseen is None and bool(recorded)
-        anchor, chosen, source = resolve_languages(
-            base.get("model"), langs, anchor=anchor or recorded.get("anchor"),
-            seen=recorded["seen"] if use_recorded_seen else seen, unseen=unseen,
-            anchor_label="--anchor" if anchor else from_eval, seen_label=from_eval if use_recorded_seen else "--seen")
+        anchor, chosen, source = resolve_languages(base.get("model"), langs, anchor=anchor, seen=seen, unseen=unseen)
     options = ScoringOptions(anchor=anchor, seen=chosen, languages_source=source,
                              bootstrap=bootstrap or ci.get("resamples", 2000),
                              seed=seed if seed is not None else ci.get("seed", 0))
@@ -311,5 +329,5 @@ def rescore(data: Path, predictions_file: Path, output: Path, *, anchor: Optiona
         base = {"bcat_version": __version__, "model": None, "suites": ["rag"], "predictions": str(predictions_file)}
     metrics = merge_metrics(base, rag_metrics(data, scored_items, summary))
     write_outputs(output, metrics, predictions)
-    log.info("bcat score: %d of %d items of %s scored", len(pairs), len(items), data)
+    log.info("bcat score: all %d items of %s scored", len(pairs), data)
     return metrics

@@ -7,7 +7,7 @@ import io
 from typing import Sequence
 
 from bcat.evaluation.compare import Run
-from bcat.report.tables import language_name
+from bcat.report.tables import language_cell
 
 PALETTE = ["#3b6ea5", "#e07b39", "#4f9a5d", "#c44e52", "#8172b3", "#937860"]
 
@@ -62,7 +62,7 @@ def per_language_chart(runs: Sequence[Run], names: Sequence[str], langs: Sequenc
                    label=None if labelled else name, yerr=_err(value, cis.get(lang)) if with_ci else None,
                    capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "#333"})
             labelled = True
-    ax.set_xticks(range(len(langs)), [f"{l}\n{language_name(l)}" for l in langs], fontsize=8.5)
+    ax.set_xticks(range(len(langs)), [language_cell(l).replace(" ", "\n", 1) for l in langs], fontsize=8.5)
     ax.set_xlim(-0.6, len(langs) - 0.4)
     ax.set_ylim(0, 1.15)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
@@ -131,11 +131,11 @@ def loss_chart(logs) -> bytes:
             xs, ys = zip(*points)
             positive &= min(ys) > 0
             if lang == log.anchor:
-                ax.plot(xs, ys, lw=2.2, color="#111", marker=".", ms=3, label=f"{lang} (anchor)")
+                ax.plot(xs, ys, lw=2.2, color="#111", marker=".", ms=3, label=f"{language_cell(lang)} (anchor)")
                 continue
             i = others.index(lang)  # colours repeat after six languages; the repeats are dotted
             ax.plot(xs, ys, lw=1.2, color=PALETTE[i % len(PALETTE)], ls="-" if i < len(PALETTE) else ":",
-                    marker=".", ms=3, label=lang)
+                    marker=".", ms=3, label=language_cell(lang))
         totals = [e.get("loss") for e in log.entries]
         if all(isinstance(t, (int, float)) for t in totals) and totals:
             ax.plot(steps, totals, color="#888", ls="--", lw=1, label="total loss")

@@ -35,7 +35,7 @@ from bcat.report.tables import (
     fmt,
     fmt_ci,
     headline_table,
-    language_name,
+    language_cell,
     ood_tables,
     run_names,
     runs_table,
@@ -105,11 +105,11 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamp
             ("accuracy.png", per_language_chart(runs, names, langs, unseen, "strict_accuracy", "strict accuracy",
                                                 True), "strict accuracy per language"),
             accuracy_table(runs, names, langs, unseen)]))
-        sections.append(("Other scorers per language", [scorers_per_language_table(runs, names, langs)]))
+        sections.append(("Other scorers per language", [scorers_per_language_table(runs, names, langs, unseen)]))
         sections.append(("Answer language and agreement with English", [
             ("answer_language.png", per_language_chart(runs, names, langs, unseen, "answer_language_rate",
                                                        "answer-language rate", False), "answer-language rate"),
-            agreement_table(runs, names, langs)]))
+            agreement_table(runs, names, langs, unseen)]))
         sections.append(("Example answers", _example_parts(rag_runs, run_names(rag_runs), langs)))
     if logs:
         sections.append(("Training loss per language", [
@@ -169,7 +169,7 @@ def _example_parts(runs: Sequence[Run], names: Sequence[str], langs: Sequence[st
     for lang in langs:
         table = examples_table(records, names, lang, EXAMPLES_PER_LANGUAGE)
         if table is not None:
-            parts += [f"### {lang} {language_name(lang)}", table]
+            parts += [f"### {language_cell(lang)}", table]
     return parts
 
 
@@ -179,8 +179,8 @@ def _comparison_parts(runs, names, n_resamples, seed, alpha) -> list:
         comparison = compare_runs(a, b, n_resamples=n_resamples, seed=seed, alpha=alpha)
     except BcatError as e:
         return [f"No comparison: {e}"]
-    better = [l for l, r in comparison["per_language"].items() if r["verdict"] == BETTER]
-    worse = [l for l, r in comparison["per_language"].items() if r["verdict"] == WORSE]
+    better = [language_cell(l) for l, r in comparison["per_language"].items() if r["verdict"] == BETTER]
+    worse = [language_cell(l) for l, r in comparison["per_language"].items() if r["verdict"] == WORSE]
     summary = (f"{names[1]} against {names[0]} on {comparison['n_items']} items ({comparison['n_groups']} groups): "
                f"better in {', '.join(better) or 'no language'}; worse in {', '.join(worse) or 'no language'}.")
     return [summary, verdict_table(comparison, names)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from bcat.evaluation.compare import Run
+from bcat.languages import language_label
 
 # --- tables --------------------------------------------------------------------------------------
 
@@ -77,14 +78,14 @@ def fmt_ci(ci: Optional[Sequence[float]], signed: bool = False) -> str:
     return f"[{fmt(ci[0], signed=signed)}, {fmt(ci[1], signed=signed)}]" if ci else ""
 
 
-def language_name(code: str) -> str:
-    """English name of a language code, from CLDR (babel); the code itself when unknown."""
-    try:
-        from babel import Locale
+def language_cell(code: str, unseen: bool = False) -> str:
+    """A language as every table and chart of the report names it (:func:`bcat.languages.language_label`),
+    marked when unseen in training.
 
-        return Locale("en").languages.get(code, code)
-    except Exception:  # noqa: BLE001 - a name is decoration, never an error
-        return code
+    >>> language_cell("pt-BR"), language_cell("th", unseen=True)
+    ('pt-BR Portuguese (Brazil)', 'th Thai (unseen)')
+    """
+    return language_label(code) + (" (unseen)" if unseen else "")
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ def scorer_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
 def accuracy_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str], unseen: set[str]) -> Table:
     rows = []
     for lang in langs:
-        row = [f"{lang} {language_name(lang)}" + (" (unseen)" if lang in unseen else "")]
+        row = [language_cell(lang, lang in unseen)]
         for run in runs:
             v = run.metrics.get("per_language", {}).get(lang, {})
             ci = run.metrics.get("ci", {}).get("per_language", {}).get(lang)
@@ -174,24 +175,27 @@ def accuracy_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[st
                  STRICT_NOTE + " 95% bootstrap intervals over groups.")
 
 
-def _per_language_table(runs, names, langs, metrics, notes) -> Table:
+def _per_language_table(runs, names, langs, metrics, notes, unseen: frozenset = frozenset()) -> Table:
     headers = ["language"] + [f"{label}\n{name}" for _, label in metrics for name in names]
     rows = []
     for lang in langs:
         per = [run.metrics.get("per_language", {}).get(lang, {}) for run in runs]
-        rows.append([lang] + [fmt(v.get(key)) for key, _ in metrics for v in per])
+        rows.append([language_cell(lang, lang in unseen)] + [fmt(v.get(key)) for key, _ in metrics for v in per])
     return Table(headers, rows, notes)
 
 
-def scorers_per_language_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str]) -> Table:
+def scorers_per_language_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str],
+                               unseen: frozenset = frozenset()) -> Table:
     return _per_language_table(
         runs, names, langs, [("contains_accuracy", "contains"), ("exact_match", "exact"), ("chrf", "chrF"),
                              ("names_wrong_value_rate", "names a wrong value")],
         "Secondary scorers (strict accuracy is the headline). 'names a wrong value': share of first lines that "
-        "name another candidate value of the item (a strict-accuracy zero even when the answer is there too).")
+        "name another candidate value of the item (a strict-accuracy zero even when the answer is there too).",
+        unseen)
 
 
-def agreement_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str]) -> Table:
+def agreement_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[str],
+                    unseen: frozenset = frozenset()) -> Table:
     unmeasured = "".join(f" Answer language of {name}: {run.metrics['answer_language']}."
                          for run, name in zip(runs, names) if run.metrics.get("answer_language"))
     return _per_language_table(
@@ -200,7 +204,7 @@ def agreement_table(runs: Sequence[Run], names: Sequence[str], langs: Sequence[s
         "Answer language: share of predictions written in the question's language (lingua; answer-neutral items "
         "and predictions without letters skipped). Agreement with English, over the groups that have both: both "
         "strictly correct; the same correctness (both right or both wrong); the same answer (the accepted answer, "
-        "the same wrong value, or equal normalised text)." + unmeasured)
+        "the same wrong value, or equal normalised text)." + unmeasured, unseen)
 
 
 # --- example answers -----------------------------------------------------------------------------
@@ -266,7 +270,7 @@ def examples_table(records: Sequence[dict[tuple[str, str], dict]], names: Sequen
 def verdict_table(comparison: dict, names: Sequence[str]) -> Table:
     rows = []
     for lang, r in comparison["per_language"].items():
-        rows.append([lang + ("" if r["seen"] else " (unseen)"), fmt(r["a"]), fmt(r["b"]), fmt(r["diff"], signed=True),
+        rows.append([language_cell(lang, not r["seen"]), fmt(r["a"]), fmt(r["b"]), fmt(r["diff"], signed=True),
                      fmt_ci(r["ci"], signed=True), fmt(r["p"], 4), fmt(r["p_holm"], 4), r["verdict"]])
     for key, r in comparison["headline"].items():
         rows.append([key.replace("_", " "), fmt(r["a"]), fmt(r["b"]), fmt(r["diff"], signed=True),
@@ -329,7 +333,7 @@ def ood_tables(runs: Sequence[Run], names: Sequence[str]) -> list[tuple[str, Tab
         for key in rows_keys:
             cells = [res.get(key) or {} for res in results]
             digits = {m: 2 if m == "ppl" else 3 for m in metrics}
-            rows.append([f"{key} {language_name(key)}" if key != language_name(key) else key]
+            rows.append([language_cell(key)]
                         + [fmt(c.get(m), digits[m]) for m in metrics for c in cells]
                         + [str(max((c.get("n", 0) for c in cells if _is_number(c.get("n", 0))), default=0))])
         if rows or notes:

@@ -12,9 +12,11 @@ from bcat.data.rag import (
     chat_messages,
     instruction_table,
     load_items,
+    read_wording_file,
     render_plain,
     select_shots,
     uses_chat_template,
+    wordings_for,
 )
 from bcat.errors import BcatError, DataError
 
@@ -60,7 +62,7 @@ def test_load_valid_file(tmp_path):
     (rec(answers=["24", ""]), 2, "answers", "item 1"),
     (rec(answers="24 months"), 2, "answers", "list of strings"),
     (rec(passages=[]), 2, "passages", "must not be empty"),
-    (rec(lang="xx"), 2, "lang", "no prompt wording"),
+    (rec(lang="xx"), 2, "lang", "unknown or malformed language code"),
     (rec(question=""), 2, "question", "must not be empty"),
     (rec(answer_neutral="yes"), 2, "answer_neutral", "true or false"),
     ({k: v for k, v in rec().items() if k != "question"}, 2, "question", "missing"),
@@ -95,7 +97,54 @@ def test_wrong_values_are_collected_in_order(tmp_path):
     items = load_items(path)
     assert items[0].candidates == (("12 months", "12"), ("36 months",), ("30 months",))
     assert items[1].candidates == (("12 months",),)
-    assert items[2].candidates == ()  # no wrong values: strict accuracy is the contains rule here
+    assert not items[0].candidates_derived
+    # no wrong values listed: the passages' values of the gold answer's shape (bcat.data.candidates)
+    assert items[2].candidates == (("10",),) and items[2].candidates_derived
+
+
+def test_region_and_script_tags_load_without_any_wording(tmp_path):
+    """Loading (and so scoring) needs no prompt wording: any tag training accepts is accepted."""
+    path = write(tmp_path / "qa.jsonl", [rec(lang="pt-BR", answers=["24 meses"]), rec(lang="zh-Hans", answers=["24"]),
+                                         rec(lang="sw-KE")])
+    assert [i.lang for i in load_items(path)] == ["pt-BR", "zh-Hans", "sw-KE"]
+
+
+def test_wording_falls_back_to_the_language_subtag_and_says_so():
+    choices, missing = wordings_for(["pt-BR", "zh-Hans", "fr", "sw-KE"])
+    assert choices["pt-BR"].wording == instruction_table()["pt"]
+    assert choices["pt-BR"].source == "bundled, by language subtag (pt)"
+    assert choices["zh-Hans"].wording == instruction_table()["zh"] and choices["fr"].source == "bundled"
+    assert missing == ["sw-KE"]
+
+
+WORDING_FILE = ("# my wording\nlang\tpassage\tquestion\tanswer\tinstruction\n"
+                "sw\tpassage {n}:\tquestion:\tanswer:\tanswer it.\n"
+                "pt-BR\tTrecho {n}:\tPergunta:\tResposta:\tResponda, por favor.\n")
+
+
+def test_a_users_wording_file_adds_and_overrides_rows(tmp_path):
+    (tmp_path / "w.tsv").write_text(WORDING_FILE, encoding="utf-8")
+    user = read_wording_file(tmp_path / "w.tsv")
+    choices, missing = wordings_for(["sw-KE", "pt-BR", "pt-PT", "fr"], user, str(tmp_path / "w.tsv"))
+    assert not missing and choices["sw-KE"].source == f"{tmp_path / 'w.tsv'}, by language subtag (sw)"
+    assert choices["pt-BR"].wording.instruction == "Responda, por favor."
+    assert choices["pt-PT"].source == "bundled, by language subtag (pt)" and choices["fr"].source == "bundled"
+    item = RagItem("g", "sw-KE", "q?", ("p",), ("a",))
+    assert render_plain(item, wording=choices["sw-KE"].wording).startswith("answer it.\n\npassage 1: p")
+
+
+@pytest.mark.parametrize("text, line, field, message", [
+    ("lang\tpassage\n", 1, None, "the header must be"),
+    ("lang\tpassage\tquestion\tanswer\tinstruction\nfr\tP {n}\tQ\tA\n", 2, None, "4 tab-separated cells"),
+    ("lang\tpassage\tquestion\tanswer\tinstruction\nfr\tP\tQ\tA\tI\n", 2, "passage", "must contain {n}"),
+    ("lang\tpassage\tquestion\tanswer\tinstruction\nfr\tP {n}\t\tA\tI\n", 2, "question", "must not be empty"),
+    ("lang\tpassage\tquestion\tanswer\tinstruction\nf r\tP {n}\tQ\tA\tI\n", 2, "lang", "malformed"),
+])
+def test_bad_wording_files_name_file_line_field(tmp_path, text, line, field, message):
+    (tmp_path / "w.tsv").write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message) as info:
+        read_wording_file(tmp_path / "w.tsv")
+    assert (info.value.line, info.value.field) == (line, field)
 
 
 def test_missing_and_empty_files(tmp_path):

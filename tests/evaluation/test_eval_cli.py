@@ -22,9 +22,9 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_chat_model_dir):
     data = write_jsonl(root / "qa.jsonl", qa_records())
     small = write_jsonl(root / "small.jsonl", [r for r in qa_records(2) if r["lang"] in ("en", "fr", "th")])
     out = {"data": data}
-    for name, model, extra in [("plain", tiny_model_dir, ["--data", str(data)]),
+    for name, model, extra in [("plain", tiny_model_dir, ["--data", str(data), "--unseen", "th"]),
                                ("chat", tiny_chat_model_dir, ["--data", str(data), "--chat-template", "on",
-                                                              "--shots", "1"]),
+                                                              "--shots", "1", "--unseen", "th"]),
                                ("small", tiny_model_dir, ["--data", str(small), "--unseen", "th"])]:
         out[name] = root / name
         assert main(["eval", "--model", str(model), "--output", str(out[name]), *FAST, *extra]) == 0
@@ -40,7 +40,7 @@ def test_eval_writes_metrics_and_predictions(runs):
     languages = metrics["languages"]
     assert {k: languages[k] for k in ("anchor", "seen", "unseen")} == {
         "anchor": "en", "seen": ["en", "fr", "hi", "ja"], "unseen": ["th"]}
-    assert "no training run" in languages["source"]  # a bare model directory: bcat's defaults, said so
+    assert languages["source"] == "options: seen languages: all but --unseen"  # where the split came from, said
     for lang in QA:
         per = metrics["per_language"][lang]
         assert per["n"] == 3 and all(0 <= per[m] <= 1 for m in ("strict_accuracy", "contains_accuracy",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -89,7 +90,8 @@ def test_score_overrides_the_language_split(evaluated, tmp_path):
                  "--output", str(tmp_path / "s"), "--seen", "en,fr", "--anchor", "fr"]) == 0
     languages = json.loads((tmp_path / "s" / "metrics.json").read_text(encoding="utf-8"))["languages"]
     assert languages["anchor"] == "fr" and languages["seen"] == ["fr", "en"]
-    assert languages["unseen"] == ["hi", "ja", "th"] and languages["source"] == "anchor from --anchor; seen languages from --seen"
+    assert languages["unseen"] == ["hi", "ja", "th"]
+    assert languages["source"] == "options: anchor from --anchor; seen languages from --seen"
     assert main(["score", "--data", str(data), "--predictions", str(out / "predictions.jsonl"),
                  "--output", str(tmp_path / "u"), "--unseen", "hi"]) == 0
     languages = json.loads((tmp_path / "u" / "metrics.json").read_text(encoding="utf-8"))["languages"]
@@ -170,7 +172,7 @@ def _languages(out):
     return json.loads((out / "metrics.json").read_text(encoding="utf-8"))["languages"]
 
 
-def test_eval_takes_anchor_and_seen_languages_from_the_training_run(evaluated, tmp_path, tiny_model_dir):
+def test_eval_takes_anchor_and_seen_languages_from_the_training_run(evaluated, tmp_path, tiny_model_dir, capsys):
     data, _ = evaluated
     run = _training_run(tmp_path, tiny_model_dir, ["data.anchor=fr", "data.languages=[fr,en,ja]"], ["en", "fr", "ja"])
     args = ["eval", "--data", str(data), "--languages", "en,fr,ja,th", "--limit", "2", *FAST]
@@ -180,11 +182,12 @@ def test_eval_takes_anchor_and_seen_languages_from_the_training_run(evaluated, t
     assert str(run / "config.yaml") in languages["source"] and "data.languages" in languages["source"]
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["english"] == metrics["per_language"]["fr"]["strict_accuracy"]  # the anchor's column
-    # the command line wins over the run
-    assert main([*args, "--model", str(run), "--output", str(tmp_path / "b"), "--anchor", "en",
-                 "--seen", "en,th"]) == 0
-    languages = _languages(tmp_path / "b")
-    assert (languages["anchor"], languages["seen"], languages["unseen"]) == ("en", ["en", "th"], ["fr", "ja"])
+    # the command line may repeat the run, not contradict it: refused before any model work
+    assert main([*args, "--model", str(run), "--output", str(tmp_path / "b"), "--seen", "ja,en,fr"]) == 0
+    assert _languages(tmp_path / "b")["seen"] == ["fr", "en", "ja"]
+    for option in (["--anchor", "en"], ["--seen", "en,th"], ["--unseen", "ja"]):
+        assert main([*args, "--model", str(run), "--output", str(tmp_path / "c"), *option]) == 2
+        assert f"{option[0]} " in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def test_eval_uses_the_trained_languages_when_data_languages_is_null(evaluated, tmp_path, tiny_model_dir):
@@ -195,3 +198,66 @@ def test_eval_uses_the_trained_languages_when_data_languages_is_null(evaluated, 
     languages = _languages(tmp_path / "a")
     assert languages["seen"] == ["en", "hi"] and languages["unseen"] == ["fr", "ja", "th"]
     assert "training_summary.json" in languages["source"]
+
+
+def test_without_a_training_run_or_options_every_language_counts_as_seen(evaluated, tmp_path, capsys):
+    """Not the bundled data's seen/unseen lists: a base model on the user's data has no unseen languages."""
+    data, out = evaluated
+    languages = _languages(out)
+    assert languages["seen"] == ["en", "fr", "hi", "ja", "th"] and languages["unseen"] == []
+    assert languages["source"].startswith("the data: every evaluated language counts as seen")
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["unseen_mean"] is None
+    assert main(["score", "--data", str(data), "--predictions", str(out / "predictions.jsonl"),
+                 "--output", str(tmp_path / "s")]) == 0
+    printed = capsys.readouterr().out
+    assert "unseen mean n/a (no unseen languages)" in printed and "(from the data: every evaluated" in printed
+    assert not re.search(r"\d\.\d{4}", printed) and "None" not in printed  # rounded for people
+
+
+def test_the_bundled_split_is_used_only_for_the_builtin_model_on_the_bundled_data_and_said_so():
+    from bcat.evaluation.scoring import BUNDLED_SOURCE, DATA_SOURCE, resolve_languages
+    from bcat.languages import LANGUAGES, SEEN
+
+    assert resolve_languages("builtin:gemma3-270m", list(LANGUAGES), bundled_data=True) == (
+        "en", ("en", *SEEN), BUNDLED_SOURCE)
+    assert resolve_languages("builtin:gemma3-270m", list(LANGUAGES), bundled_data=False)[1:] == (LANGUAGES, DATA_SOURCE)
+    assert resolve_languages("some/base-model", list(LANGUAGES), bundled_data=True)[1:] == (LANGUAGES, DATA_SOURCE)
+
+
+def test_a_prediction_file_that_lacks_items_is_refused_naming_them(evaluated, tmp_path, capsys):
+    """Never "23 of 24 items scored" with exit 0 and a higher score: a missing answer is not skipped."""
+    data, out = evaluated
+    records = [json.loads(l) for l in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    for rec in records:  # every answer right ...
+        rec["raw_output"] = rec["answers"][0]
+    (tmp_path / "p").mkdir()
+    write_jsonl(tmp_path / "p" / "predictions.jsonl", [r for r in records if (r["group"], r["lang"]) != ("g1", "fr")])
+    assert main(["score", "--data", str(data), "--predictions", str(tmp_path / "p" / "predictions.jsonl"),
+                 "--output", str(tmp_path / "s")]) == 2  # ... but one missing
+    err = capsys.readouterr().err
+    assert "no prediction for 1 of the 15 items" in err and "(g1, fr)" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_rescoring_a_limited_eval_scores_the_items_it_answered(evaluated, tmp_path, tiny_model_dir):
+    data, _ = evaluated
+    out = tmp_path / "limited"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+                 "--limit", "2", "--languages", "en,fr", *FAST]) == 0
+    assert main(["score", "--data", str(data), "--predictions", str(out / "predictions.jsonl"),
+                 "--output", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "metrics.json").read_bytes() == (out / "metrics.json").read_bytes()
+
+
+def test_compare_handles_a_run_without_a_split_and_one_with(evaluated, tmp_path, capsys):
+    data, out = evaluated  # every language seen (the data)
+    split = tmp_path / "split"
+    assert main(["score", "--data", str(data), "--predictions", str(out / "predictions.jsonl"),
+                 "--output", str(split), "--unseen", "th"]) == 0
+    for a, b, unseen in ((out, split, ["th"]), (split, out, [])):
+        capsys.readouterr()
+        assert main(["compare", str(a), str(b), "--output", str(tmp_path / "c"), "--bootstrap", "50"]) == 0
+        printed = capsys.readouterr().out
+        comparison = json.loads((tmp_path / "c" / "comparison.json").read_text(encoding="utf-8"))
+        assert comparison["languages"]["unseen"] == unseen and comparison["language_split_differs"]
+        assert ("unseen_mean" in comparison["headline"]) == bool(unseen) and "None" not in printed
