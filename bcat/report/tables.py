@@ -154,7 +154,7 @@ def scorer_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
             if values:
                 rows.append([f"{name}: {label}"] + [fmt(values.get(k), signed=k == "gap") for k in keys])
     return Table(["run: scorer", "English", "non-English (seen)", "gap", "unseen"], rows,
-                 "contains: an accepted answer occurs in the first line, whatever else it says (the old rule). "
+                 "contains: an accepted answer occurs in the first line, whatever else it says (lenient: listing values passes). "
                  "exact match: the whole normalised first line is an accepted answer. chrF: character 1-6-gram "
                  "F-score with precision and recall weighted equally (sacrebleu), against the closest accepted "
                  "answer. Only strict accuracy has intervals and verdicts.")
