@@ -58,10 +58,9 @@ class ModelConfig:
     trim_vocab: bool = False
     """Opt-in speed knob: restrict the vocabulary to the ids the data uses. This CHANGES the objective:
     every softmax is renormalised over the kept ids, so the probability of the other ids is never
-    pushed down and ORPO's ``log(1 - p)`` sees inflated probabilities. Off by default: on the
-    built-in model the exact full vocabulary costs 1.06x the trimmed step time [0.94, 1.24] and
-    1.06x its peak memory (``bench/results/trim-cost-gemma3-270m.json``), since the output head
-    runs only at the scored positions."""
+    pushed down and ORPO's ``log(1 - p)`` sees inflated probabilities. Off by default: the output
+    head runs only at the scored positions, so the exact full vocabulary costs little more than the
+    trimmed one (evidence: ``bench/results/trim-cost-gemma3-270m.json``)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
 
@@ -117,10 +116,10 @@ class ObjectiveConfig:
 @dataclass
 class AlignmentConfig:
     hidden_weight: float = 0.0
-    """Weight of the hidden-state alignment term (0: off). Off by default because the reproduction study's
-    dev selection (``results/study/selection.json``) found no setting with it better: on the built-in model,
-    cosine at weight 3.0 (one group per micro-batch) lowered dev accuracy in English and the other languages.
-    Weights around 3 put the term at a tenth to a third of the main gradient (``bench/results/grad-ratio-*.json``)."""
+    """Weight of the hidden-state alignment term (0: off). Off by default: on the built-in model no weight
+    tried beat batch composition alone on the dev split (evidence: ``results/study/selection.json``).
+    ``training.grad_ratio_steps`` logs the term's gradient next to the main one, which is how to size
+    a weight for another model (evidence: ``bench/results/grad-ratio-*.json``)."""
     hidden_loss: str = "infonce"
     """``cosine``, ``mse`` or ``infonce`` (in-batch negatives: the anchors of the other groups, so it needs
     ``batch.groups_per_batch >= 2``)."""
@@ -141,7 +140,7 @@ class AlignmentConfig:
     output_weight: float = 0.0
     """Weight of the output-agreement term (0: off): each translation's probability is pulled up to its
     anchor's, never down (``bcat.training.losses.output_agreement_loss``). Off by default for the same reason
-    as ``hidden_weight``: at weight 2.0 it did not beat batch composition alone on dev."""
+    as ``hidden_weight`` (evidence: ``results/study/selection.json``)."""
     token_kl_weight: float = 0.0
     """Weight of the token-level KL between variants whose completions are token-identical to the anchor's."""
 
@@ -153,8 +152,8 @@ class TrainingConfig:
     max_steps: int = 100
     """Optimizer steps (an epoch ends and the next begins as needed)."""
     learning_rate: float = 2e-4
-    """Peak learning rate. For DPO take about 10x less: on the built-in model DPO at 1e-4 collapsed
-    (results/study/README.md, "DPO learning rate"); ``--config builtin:dpo`` uses 2e-5."""
+    """Peak learning rate. DPO needs a smaller one, as ``--config builtin:dpo`` sets (evidence:
+    ``results/study/README.md``, "DPO learning rate")."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0

@@ -70,6 +70,10 @@ class Twice:
     def __len__(self):
         return 2 * len(self.inner)
 
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        return 2 * self.inner.micro_batches_per_epoch
+
 
 def run(args, model_dir: Path, data: Path, work: Path) -> dict:
     import torch

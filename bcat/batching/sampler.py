@@ -9,8 +9,9 @@ This module decides the batches; it knows nothing of models or tokens, only of r
 Vocabulary
     *record*: one row of the dataset, identified by its index; *group*: all language variants of one
     item (records sharing ``group``); *anchor*: the language every group is aligned toward (``en``);
-    *micro-batch*: what one rank feeds through one forward/backward; *round*: one micro-batch per rank,
-    taken together (the ranks of a DDP job step through rounds in lock-step).
+    *micro-batch*: what one rank feeds through one forward/backward; *stream*: the micro-batches of
+    epoch 0, then those of epoch 1, and so on; *round*: one micro-batch per rank, taken together (the
+    ranks of a DDP job step through rounds in lock-step).
 
 Modes (``batch.mode``)
     ``grouped`` (BCAT): whole groups, at most ``groups_per_batch`` of them per micro-batch, anchor
@@ -32,20 +33,18 @@ Gradient accumulation and data parallelism
     micro-batches or ranks, and accumulating gradients over micro-batches is the same as one larger
     batch only for the per-record terms (SFT/DPO/ORPO), not for the alignment terms. What IS guaranteed:
 
-    * every record of the epoch is seen exactly once per epoch, summed over all ranks (one exception,
-      below);
+    * every record of the epoch is seen exactly once per epoch, summed over all ranks;
     * every group is whole inside one micro-batch (so inside one rank), anchor first;
-    * every rank gets the same number of micro-batches per epoch, so DDP never waits on a rank that has
-      run out of data;
-    * the order depends only on ``(seed, epoch)``, so every rank computes the same global plan without
+    * the stream does not depend on the world size: rank ``r`` of ``W`` takes its micro-batches
+      ``r, r + W, r + 2W, ...``, running on into the next epoch without a break. So ``W`` ranks with
+      gradient accumulation ``k`` see, step by step, the same records as one process with accumulation
+      ``W * k``, whatever the number of groups; a step may hold the end of one epoch and the start of
+      the next, in one process as in several;
+    * the stream never ends, so every rank always has a next micro-batch and DDP never waits on a rank
+      that has run out of data;
+    * the order depends only on ``(seed, epoch)``, so every rank computes the same stream without
       talking to the others, and a resumed run continues with exactly the micro-batches an uninterrupted
       run would have seen.
-
-    The one exception: with ``groups_per_batch=1`` and a number of groups that is not a multiple of the
-    world size, ranks can only get equal step counts if a few groups (fewer than the world size) are seen
-    twice in that epoch; which ones changes every epoch. :attr:`GroupBatchSampler.repeats_per_epoch`
-    says how many. (With two or more groups per micro-batch some micro-batches hold one group fewer
-    instead, and nothing is repeated.)
 
 Randomness comes from :class:`random.Random` seeded with strings such as ``"bcat-order:0:3"``: Python
 hashes string seeds with SHA-512, so the plan is the same on every machine and in every process.
@@ -84,8 +83,10 @@ class MicroBatch:
 
     epoch: int
     index: int
-    """Position within the epoch's global list of micro-batches (rank ``index % world_size`` takes it)."""
+    """Position within the epoch's global list of micro-batches."""
     rank: int
+    """The rank that takes it: position ``epoch * micro_batches_per_epoch + index`` of the stream, modulo
+    the world size."""
     records: list[int]
     """Record indices. The records of one group are contiguous, the anchor first within its group."""
 
@@ -100,8 +101,8 @@ class _Group:
 class GroupBatchSampler:
     """Deterministic, resumable, distributed batch sampler that keeps language groups together.
 
-    ``keys[i]`` is the ``(group, lang)`` of record ``i``. Iterating yields this rank's micro-batches as
-    lists of record indices, epoch after epoch, forever; the training loop stops at ``max_steps``. Use it
+    ``keys[i]`` is the ``(group, lang)`` of record ``i``. Iterating yields this rank's micro-batches of the
+    stream as lists of record indices, epoch after epoch, forever; the training loop stops at ``max_steps``. Use it
     as a DataLoader ``batch_sampler``, or index the dataset directly.
 
     A tiny plan: three items, ``q3`` lacks German, two groups per micro-batch. Two micro-batches result,
@@ -187,23 +188,16 @@ class GroupBatchSampler:
             for grp in (self._groups[g] for g in self._active)
         )
 
-        # The micro-batch count of grouped mode: as few as possible, rounded up to a multiple of the world
-        # size so every rank gets the same number. Splitting the groups evenly over that many micro-batches
-        # (sizes differ by at most one group) then never needs to repeat or drop a group when
-        # groups_per_batch >= 2; see the module docstring for groups_per_batch == 1.
-        W = world_size
-        self._num_batches = W * math.ceil(n_groups / (groups_per_batch * W))
-        units = n_groups
-        if mode == "shuffled":
-            units = self.records_per_epoch
-        elif mode == "monolingual":
+        # As few micro-batches as the groups need, whatever the world size (ranks share one stream).
+        # Splitting the groups evenly over them (sizes differ by at most one group) never repeats or
+        # drops a group; monolingual needs at least one micro-batch per language.
+        self.micro_batches_per_epoch = math.ceil(n_groups / groups_per_batch)
+        """Micro-batches of one epoch, summed over all ranks; never depends on the world size."""
+        if mode == "monolingual":
             n_langs = len({self._langs[i] for grp in self._groups for i in self._content_candidates(grp)})
-            self._num_batches = W * math.ceil(max(self._num_batches, n_langs) / W)
-            units = self.records_per_epoch
-        self.repeats_per_epoch = max(0, self._num_batches - units)
-        """Units (groups, or records in shuffled/monolingual) seen twice per epoch to keep ranks equal."""
+            self.micro_batches_per_epoch = max(self.micro_batches_per_epoch, n_langs)
 
-        self._epoch, self._position = 0, 0
+        self._taken = 0  # micro-batches this rank has taken from the stream
         self._cache: dict[int, list[list[int]]] = {}
 
     # ----------------------------------------------------------------------------------------- set-up
@@ -278,6 +272,7 @@ class GroupBatchSampler:
             batches = self._shuffled_batches(content, rng)
         else:
             batches = self._monolingual_batches(content, rng)
+        assert len(batches) == self.micro_batches_per_epoch
         # Random micro-batch order: otherwise the larger micro-batches of an even split would all come
         # first, and length-sorted windows would run short-to-long.
         rng.shuffle(batches)
@@ -300,14 +295,14 @@ class GroupBatchSampler:
         groups = list(content)
         rng.shuffle(groups)
         groups = self._length_sorted(groups, self._max_len, self.groups_per_batch)
-        return [[i for grp in part for i in grp] for part in _even_split(groups, self._num_batches)]
+        return [[i for grp in part for i in grp] for part in _even_split(groups, self.micro_batches_per_epoch)]
 
     def _shuffled_batches(self, content: list[list[int]], rng: random.Random) -> list[list[int]]:
         records = [i for grp in content for i in grp]
         rng.shuffle(records)
-        per_batch = math.ceil(len(records) / self._num_batches)
+        per_batch = math.ceil(len(records) / self.micro_batches_per_epoch)
         records = self._length_sorted(records, lambda i: self._lengths[i], per_batch)  # type: ignore[index]
-        return _even_split(records, self._num_batches)
+        return _even_split(records, self.micro_batches_per_epoch)
 
     def _monolingual_batches(self, content: list[list[int]], rng: random.Random) -> list[list[int]]:
         by_lang: dict[str, list[int]] = {}
@@ -315,7 +310,7 @@ class GroupBatchSampler:
             for i in grp:
                 by_lang.setdefault(self._langs[i], []).append(i)
         langs = sorted(by_lang)  # a fixed visiting order, independent of dict insertion
-        counts = _apportion({lang: len(by_lang[lang]) for lang in langs}, self._num_batches)
+        counts = _apportion({lang: len(by_lang[lang]) for lang in langs}, self.micro_batches_per_epoch)
         batches: list[list[int]] = []
         for lang in langs:
             records = by_lang[lang]
@@ -323,41 +318,44 @@ class GroupBatchSampler:
             per_batch = math.ceil(len(records) / counts[lang])
             records = self._length_sorted(records, lambda i: self._lengths[i], per_batch)  # type: ignore[index]
             batches += _even_split(records, counts[lang])
-        # Fewer records than micro-batches (groups_per_batch=1, tiny data): repeat a few single-record
-        # micro-batches so every rank still gets the same count.
-        batches += [batches[j % len(batches)] for j in range(self._num_batches - len(batches))]
         return batches
 
     def epoch_plan(self, epoch: int) -> list[list[MicroBatch]]:
-        """The whole plan of an epoch as rounds: round ``s`` holds one micro-batch per rank, in rank order.
+        """The micro-batches of an epoch in stream order, as rounds: those taken together, in rank order.
 
-        Rank ``r`` takes global micro-batches ``r, r + W, r + 2W, ...``. Does not change the state.
+        Rank ``r`` takes stream positions ``r, r + W, r + 2W, ...``; when an epoch's micro-batches are not
+        a multiple of the world size, its first and last rounds are shared with the neighbouring epochs
+        (they hold only this epoch's part). Does not change the state.
         """
         batches = self._global_batches(epoch)
-        W = self.world_size
-        return [
-            [MicroBatch(epoch, s * W + r, r, list(batches[s * W + r])) for r in range(W)]
-            for s in range(len(batches) // W)
-        ]
+        W, first = self.world_size, epoch * self.micro_batches_per_epoch
+        rounds: dict[int, list[MicroBatch]] = {}
+        for index, records in enumerate(batches):
+            position = first + index
+            rounds.setdefault(position // W, []).append(MicroBatch(epoch, index, position % W, list(records)))
+        return list(rounds.values())
+
+    def micro_batch(self, taken: int) -> MicroBatch:
+        """This rank's micro-batch after it has taken ``taken`` of them from the stream. Does not change the state."""
+        if taken < 0:
+            raise ValueError(f"taken must be >= 0, got {taken}")
+        epoch, index = divmod(taken * self.world_size + self.rank, self.micro_batches_per_epoch)
+        return MicroBatch(epoch, index, self.rank, list(self._global_batches(epoch)[index]))
 
     # ------------------------------------------------------------------------------ iteration, state
 
     def __len__(self) -> int:
-        """Micro-batches per epoch for this rank (the same on every rank and in every epoch)."""
-        return self._num_batches // self.world_size
+        """Micro-batches per epoch for this rank, rounded up (rounds per epoch; the same on every rank)."""
+        return math.ceil(self.micro_batches_per_epoch / self.world_size)
 
     def iter_micro_batches(self) -> Iterator[MicroBatch]:
         """Like ``iter(sampler)`` but yields :class:`MicroBatch` objects (with epoch and index)."""
         while True:
             # Read the state afresh each time, so load_state_dict/set_epoch take effect immediately.
-            epoch, position = self._epoch, self._position
-            index = position * self.world_size + self.rank
-            records = list(self._global_batches(epoch)[index])
+            mb = self.micro_batch(self._taken)
             # Advance before yielding: the state then counts this micro-batch as consumed.
-            self._position += 1
-            if self._position == len(self):
-                self._epoch, self._position = epoch + 1, 0
-            yield MicroBatch(epoch, index, self.rank, records)
+            self._taken += 1
+            yield mb
 
     def __iter__(self) -> Iterator[list[int]]:
         """This rank's micro-batches from the saved position on, epoch after epoch, forever.
@@ -370,15 +368,16 @@ class GroupBatchSampler:
             yield mb.records
 
     def state_dict(self) -> dict[str, int]:
-        """``{"epoch": e, "position": k}``: ``k`` micro-batches of epoch ``e`` already yielded on this rank."""
-        return {"epoch": self._epoch, "position": self._position}
+        """``{"epoch": e, "position": k}``: the ranks together have taken ``k`` micro-batches of epoch ``e``
+        (the same on every rank, which steps in lock-step with the others)."""
+        return self.state_for(self._taken)
 
     def state_for(self, micro_batches_seen: int) -> dict[str, int]:
         """The state after this rank has consumed ``micro_batches_seen`` micro-batches since the start of
         training (optimizer steps x gradient accumulation): what to save when a loader prefetches."""
         if micro_batches_seen < 0:
             raise ValueError(f"micro_batches_seen must be >= 0, got {micro_batches_seen}")
-        epoch, position = divmod(micro_batches_seen, len(self))
+        epoch, position = divmod(micro_batches_seen * self.world_size, self.micro_batches_per_epoch)
         return {"epoch": epoch, "position": position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -387,28 +386,23 @@ class GroupBatchSampler:
             epoch, position = int(state["epoch"]), int(state["position"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"sampler state must look like {{'epoch': int, 'position': int}}, got {state!r}") from None
-        if epoch < 0 or not 0 <= position <= len(self):
+        n = self.micro_batches_per_epoch
+        taken, off_round = divmod(epoch * n + position, self.world_size)
+        if epoch < 0 or not 0 <= position <= n or off_round:
             raise ValueError(
-                f"sampler state {state!r} does not fit {len(self)} micro-batches per epoch and rank; "
+                f"sampler state {state!r} does not fit {n} micro-batches per epoch on {self.world_size} rank(s); "
                 "were the data, world size or batch settings changed since it was saved?"
             )
-        if position == len(self):  # saved right after the last micro-batch of an epoch
-            epoch, position = epoch + 1, 0
-        self._epoch, self._position = epoch, position
+        self._taken = taken
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first micro-batch (the ``DistributedSampler`` idiom)."""
+        """Start ``epoch`` from its first micro-batch (the ``DistributedSampler`` idiom); the epoch must
+        start a round (always so on one rank)."""
         self.load_state_dict({"epoch": epoch, "position": 0})
 
 
 def _even_split(items: list[T], parts: int) -> list[list[T]]:
-    """``parts`` contiguous slices whose sizes differ by at most one.
-
-    With fewer items than parts (only with one group per micro-batch, see the module docstring) the
-    first items are repeated so no slice is empty.
-    """
-    if len(items) < parts:
-        items = items + [items[j % len(items)] for j in range(parts - len(items))]
+    """``parts`` contiguous slices whose sizes differ by at most one (``parts <= len(items)``)."""
     size, larger = divmod(len(items), parts)
     out, start = [], 0
     for p in range(parts):
@@ -427,7 +421,7 @@ def _apportion(sizes: dict[str, int], total: int) -> dict[str, int]:
     heapq.heapify(heap)
     for _ in range(total - len(counts)):
         if not heap:
-            break  # every record is its own micro-batch already; the caller repeats some
+            break  # every record is its own micro-batch already (more micro-batches than records)
         _, lang = heapq.heappop(heap)
         counts[lang] += 1
         if counts[lang] < sizes[lang]:

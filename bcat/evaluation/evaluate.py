@@ -57,7 +57,8 @@ class RagOptions(ScoringOptions):
 
     batch_size: int = 32
     """Most prompts decoded together (continuous batching: a finished row's place goes to the next
-    prompt). 32 is what ``bench/eval_speed.py`` measured; the answers do not depend on it (up to fp32
+    prompt). Evidence for this default: ``bench/eval_speed.py``,
+    ``bench/results/eval-speed-gemma3-270m.json``. The answers do not depend on it (up to fp32
     near-ties, see :mod:`bcat.evaluation.generation`)."""
     max_new_tokens: int = 32
     """Generation budget per answer (answers are short; generation also stops at the first line break)."""

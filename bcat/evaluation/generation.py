@@ -29,8 +29,7 @@ is mostly reading weights and caches (the 262k-row output layer of Gemma 3 alone
   left-padded with its own first token, so, unlike in ``generate`` (where a row's pad tokens count
   as tokens it holds), a row's result does not depend on the batch it is in.
 
-The predictions equal ``model.generate``'s (:func:`reference_generate`, the previous implementation,
-kept as the reference that ``bench/eval_speed.py`` and the tests compare against) up to the last-bit
+The predictions equal ``model.generate``'s (:func:`reference_generate`, the reference that ``bench/eval_speed.py`` and the tests compare against) up to the last-bit
 differences of fp32 sums taken over differently shaped batches, which can flip a greedy choice only
 where the top two logits tie to within rounding (``tests/evaluation/test_generation.py`` and the
 slow test on the built-in model require equality; ``bench/eval_speed.py`` reports any difference).
@@ -62,7 +61,7 @@ log = logging.getLogger(__name__)
 
 PREFILL_TOKENS = 2048
 """Padded prompt tokens per prefill forward: large enough for efficient matmuls, small enough that
-the activations stay in cache (larger chunks measured slower per token on the built-in model)."""
+the activations stay in cache (evidence: ``bench/eval_speed.py``, ``bench/RESULTS.md``)."""
 
 
 class TextStop(StoppingCriteria):
@@ -502,8 +501,8 @@ def reference_generate(model, tokenizer, prompts: Sequence[str], *, batch_size: 
                        until: Callable[[str], bool] = ended_first_line) -> list[str]:
     """The same continuations with ``model.generate`` on fixed batches of ``batch_size`` (sorted by length).
 
-    The previous implementation: the reference for tests and ``bench/eval_speed.py``, and the path of
-    models whose cache cannot be merged.
+    The reference for tests and ``bench/eval_speed.py``, and the path of models whose cache cannot be
+    merged.
     """
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -5,7 +5,7 @@ Per item, from the FIRST LINE of the prediction (:func:`bcat.data.normalize.judg
 * ``strict`` (**the headline**): the line names an accepted answer and no other candidate value of
   the item (a distractor's value, the unsupported value, a comparison's other option); echoing a
   question, listing every value or copying the passages scores 0;
-* ``contains``: an accepted answer occurs in the line, whatever else it says;
+* ``contains``: an accepted answer occurs in the line, whatever else it says (lenient: listing values passes);
 * ``exact``: the whole normalised line is a normalised accepted answer;
 * ``chrf``: chrF with precision and recall weighted equally (sacrebleu's chrF, character n-grams
   1-6, beta = 1) between the normalised line and the closest accepted answer, in [0, 1];
@@ -15,8 +15,8 @@ Why chrF (beta = 1) as the graded score, rather than token F1: it is the same me
 every script (character n-grams after one normal form), where token F1 has to switch to
 character tokens for ja/zh/th and so is more lenient in exactly the languages whose gap we
 measure; it gives partial credit for inflection (hu, ro, hi) that whole-word tokens score 0;
-and with beta = 1 an extra character costs as much as a missing one, so a verbose answer no
-longer scores higher than a terse one (recall-only chrF3 rewarded length).
+and with beta = 1 an extra character costs as much as a missing one, so a verbose answer does
+not score higher than a terse one (a recall-weighted chrF such as chrF3 rewards length).
 
 Per language: the means of those; agreement with the anchor (English) over the groups that have
 both, in three senses: ``both_correct_with_en`` (both strictly correct), ``same_correctness_as_en``

@@ -84,7 +84,10 @@ _Keyed = namedtuple("_Keyed", "group lang length")  # what build_sampler reads f
 
 
 class _EpochBatches:
-    """This rank's micro-batches of one epoch of the group plan per iteration; the epoch is set from outside."""
+    """This rank's ``len(sampler)`` micro-batches of the group stream per trainer epoch; the epoch is set
+    from outside. On one rank a trainer epoch is an epoch of the data; on several, when the data's
+    micro-batches are not a multiple of the world size, it takes the next epoch's first ones too, as
+    ``bcat train`` does."""
 
     def __init__(self, sampler):
         self.sampler, self.epoch = sampler, 0
@@ -96,8 +99,9 @@ class _EpochBatches:
         return len(self.sampler)
 
     def __iter__(self):
-        for round_ in self.sampler.epoch_plan(self.epoch):
-            yield round_[self.sampler.rank].records
+        first = self.epoch * len(self.sampler)
+        for taken in range(first, first + len(self.sampler)):
+            yield self.sampler.micro_batch(taken).records
 
 
 class _EpochFromState(TrainerCallback):

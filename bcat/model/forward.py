@@ -174,8 +174,8 @@ def head_logps(head: nn.Module, config, hidden: Tensor, targets: Tensor, max_ele
 
     The ``[K, V]`` logits are the largest tensor of a training step once answers are long: 2,400
     answer tokens under Gemma 3's 262k vocabulary are 2.5 GB in fp32, and the backward of
-    log-softmax and gather holds about three more of that size (a chat-shaped step peaked at 17.9 GB,
-    ``memray``). So the positions go through in chunks of at most ``max_elements`` logits (default
+    log-softmax and gather holds about three more of that size (evidence:
+    ``bench/results/head-memory-gemma3-270m.json``). So the positions go through in chunks of at most ``max_elements`` logits (default
     :data:`HEAD_CHUNK_ELEMENTS`), and no chunk's logits are kept for the backward:
 
     - a frozen linear head (the usual case: LoRA) computes each chunk's gradient with respect to its
@@ -418,10 +418,9 @@ def exactness_tolerance(dtype: torch.dtype, reference: torch.Tensor, logits: tor
     and a few rounding steps of the value's own size in bf16 (eps 2^-7) or fp16 (eps 2^-10), where
     two matmul orders differ by that much while a real mismatch (a missing scale, a leaking mask)
     differs by whole units. ``logits``: those ``reference`` (log-probs) came from. A log-prob's
-    rounding follows the LOGITS' size, not its own: the built-in model's logits on random ids reach
-    120, where two computations (another matmul shape, another attention kernel: relative error 1e-6
-    in the hidden states) differ by 8 fp32 ulps of the logits (6e-5 to 1.01e-4), and the 1e-4
-    floor refused them on some hosts, silently choosing a slower path.
+    rounding follows the LOGITS' size, not its own: where logits are large, two computations (another
+    matmul shape, another attention kernel) differ by a few fp32 ulps of the logits, which a fixed
+    1e-4 floor alone would take for a mismatch.
     """
     scale = float(reference.detach().abs().max().clamp_min(1.0)) if reference.numel() else 1.0
     tol = max(1e-4, 8 * torch.finfo(dtype).eps * scale)

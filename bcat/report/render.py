@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import json
-import re
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Sequence
+
+import jinja2
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from bcat.errors import BcatError
 from bcat.evaluation.compare import BETTER, WORSE, Run, compare_runs, load_run
@@ -46,33 +50,19 @@ from bcat.report.tables import (
 
 # --- documents -----------------------------------------------------------------------------------
 
-CSS = """
-body{font-family:-apple-system,'Segoe UI',Roboto,'Noto Sans',Helvetica,Arial,sans-serif;color:#1f2328;
-max-width:1100px;margin:32px auto;padding:0 24px;line-height:1.45}
-h1{font-size:26px;margin-bottom:4px} h2{font-size:19px;margin-top:36px;border-bottom:1px solid #d8dee4;padding-bottom:6px}
-h3{font-size:15px;margin-top:22px} .meta{color:#59636e;font-size:13px;margin-top:0}
-table{border-collapse:collapse;margin:12px 0;font-size:13.5px}
-th,td{padding:6px 12px;border-bottom:1px solid #e4e8ec} th{background:#f6f8fa;text-align:left;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.label{font-weight:500;white-space:nowrap}
-td.text{max-width:280px;vertical-align:top} td.nowrap{white-space:nowrap;vertical-align:top}
-tbody tr:hover{background:#f9fbfd} .note{color:#59636e;font-size:12.5px;max-width:900px}
-img{max-width:100%;border:1px solid #e4e8ec;border-radius:6px;padding:6px;background:#fff}
-.pill{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
-.good{background:#dafbe1;color:#116329} .bad{background:#ffebe9;color:#a40e26} .neutral{background:#eef1f4;color:#59636e}
-.cards{display:flex;gap:14px;flex-wrap:wrap;margin:14px 0}
-.card{border:1px solid #d8dee4;border-radius:8px;padding:10px 16px;min-width:170px}
-.card .k{font-size:12px;color:#59636e} .card .v{font-size:22px;font-weight:600} .card .c{font-size:12px;color:#59636e}
-"""
+@dataclass(frozen=True)
+class Card:
+    """A run's headline number, shown above the headline table in HTML."""
+
+    name: str
+    value: str
+    interval: str
 
 
-def _cards(runs: Sequence[Run], names: Sequence[str]) -> str:
+def _cards(runs: Sequence[Run], names: Sequence[str]) -> list[Card]:
     """One card per run with its gap, the headline number."""
-    out = []
-    for run, name in zip(runs, names):
-        gap, ci = run.metrics.get("gap"), run.metrics.get("ci", {}).get("gap")
-        out.append(f'<div class="card"><div class="k">{html.escape(name)}: gap (strict accuracy)</div>'
-                   f'<div class="v">{fmt(gap, signed=True)}</div><div class="c">95% CI {fmt_ci(ci, signed=True)}</div></div>')
-    return f'<div class="cards">{"".join(out)}</div>'
+    return [Card(name, fmt(run.metrics.get("gap"), signed=True),
+                 fmt_ci(run.metrics.get("ci", {}).get("gap"), signed=True)) for run, name in zip(runs, names)]
 
 
 EXAMPLES_PER_LANGUAGE = 3
@@ -127,12 +117,14 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamp
 
 
 def write_document(sections: list, output: Path, title: str, generator: str, stem: str = "report",
-                   cards: str = "") -> tuple[Path, Path]:
+                   cards: Sequence[Card] = ()) -> tuple[Path, Path]:
     """Write ``STEM.md``, ``STEM.html`` and the charts of ``sections`` into ``output``.
 
     A section is ``(title, parts)``; a part is a :class:`Table`, a chart ``(png path relative to
-    output, bytes, alt text)``, the string ``"cards"`` (replaced by ``cards`` in HTML), a
-    ``"### subtitle"``, a Markdown list (``"- ..."``), a code block (``"```..."``) or a paragraph.
+    output, bytes, alt text)``, the string ``"cards"`` (``cards`` in HTML, nothing in Markdown) or
+    Markdown text (a paragraph, a ``"### subtitle"``, a ``"- "`` list, a code block). The HTML comes
+    from the ``report.html.j2`` template, every value escaped; Markdown text is rendered by
+    markdown-it (CommonMark) with raw HTML disabled, so text from data cannot inject markup.
     """
     output.mkdir(parents=True, exist_ok=True)
     md_path, html_path = output / f"{stem}.md", output / f"{stem}.html"
@@ -207,32 +199,33 @@ def _markdown(sections, title: str, generator: str) -> str:
     return "\n".join(out)
 
 
-def _html(sections, title: str, generator: str, cards: str = "") -> str:
-    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f'<p class="meta">Generated {now} by <code>{html.escape(generator)}</code>.</p>']
-    for heading, parts in sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        for part in parts:
-            if part == "cards":
-                body.append(cards)
-            elif isinstance(part, Table):
-                body.append(part.html())
-            elif isinstance(part, tuple):
-                data = base64.b64encode(part[1]).decode("ascii")
-                body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(part[2])}">')
-            elif part.startswith("### "):
-                body.append(f"<h3>{html.escape(part[4:])}</h3>")
-            elif part.startswith("```"):
-                body.append(f"<pre>{html.escape(part.strip('`').strip())}</pre>")
-            elif part.startswith("- "):  # a Markdown list, **bold** kept
-                items = [re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(i))
-                         for i in part[2:].split("\n- ")]
-                body.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
-            else:
-                body.append(f"<p>{html.escape(part)}</p>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+@cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("bcat", "resources/report"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+@cache
+def _markdown_renderer() -> MarkdownIt:
+    # CommonMark with raw HTML off: a "<script>" in text is shown, never run; unsafe link schemes are dropped.
+    return MarkdownIt("commonmark", {"html": False})
+
+
+def _html_part(part, cards: Sequence[Card]) -> dict:
+    """What the template needs of one part."""
+    if isinstance(part, Table):
+        return {"kind": "table", "table": part}
+    if isinstance(part, tuple):
+        return {"kind": "chart", "png_base64": base64.b64encode(part[1]).decode("ascii"), "alt": part[2]}
+    if part == "cards":
+        return {"kind": "cards", "cards": cards}
+    return {"kind": "text", "html": Markup(_markdown_renderer().render(part))}
+
+
+def _html(sections, title: str, generator: str, cards: Sequence[Card] = ()) -> str:
+    return _templates().get_template("report.html.j2").render(
+        title=title, generator=generator, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        sections=[(heading, [_html_part(p, cards) for p in parts]) for heading, parts in sections])
 
 
 def run_report(args) -> tuple[Path, Path]:

@@ -1,12 +1,12 @@
 """The report's tables: the runs, the headline (strict accuracy), accuracy per language, the other
 scorers, answer language and agreement with English, verdicts, example answers, OOD.
 
-Each table is a :class:`Table`, rendered to Markdown and to HTML by :mod:`bcat.report.render`.
+Each table is a :class:`Table`: Markdown from :meth:`Table.markdown`, HTML from its :meth:`Table.cells`
+through the report's template (:mod:`bcat.report.render`).
 """
 
 from __future__ import annotations
 
-import html
 import numbers
 import unicodedata
 from dataclasses import dataclass
@@ -16,6 +16,17 @@ from bcat.evaluation.compare import Run
 from bcat.languages import language_label
 
 # --- tables --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    """One body cell as the HTML report shows it."""
+
+    text: str
+    kind: str
+    """CSS classes of the cell: ``label`` (first column), ``num``, ``text``, plus ``nowrap``."""
+    pill: Optional[str] = None
+    """A verdict's colour (``good``, ``bad``, ``neutral``): the text is shown as a pill."""
+
 
 @dataclass
 class Table:
@@ -34,12 +45,10 @@ class Table:
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows]
         return "\n".join(out) + (f"\n\n{self.notes}" if self.notes else "")
 
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h).replace(chr(10), '<br>')}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(_cell(c, i, i in self.text_columns, i in self.nowrap_columns)
-                                        for i, c in enumerate(row)) + "</tr>" for row in self.rows)
-        notes = f'<p class="note">{html.escape(self.notes)}</p>' if self.notes else ""
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+    def cells(self) -> list[list[Cell]]:
+        """The body rows as the HTML report shows them."""
+        return [[_cell(c, i, i in self.text_columns, i in self.nowrap_columns) for i, c in enumerate(row)]
+                for row in self.rows]
 
 
 def verdict_class(text: str) -> Optional[str]:
@@ -55,12 +64,12 @@ def verdict_class(text: str) -> Optional[str]:
     return "bad" if text.startswith((ALSO_NAMES, WRONG_VALUE)) else None
 
 
-def _cell(text: str, index: int, free_text: bool = False, nowrap: bool = False) -> str:
+def _cell(text: str, index: int, free_text: bool = False, nowrap: bool = False) -> Cell:
     pill = verdict_class(text)
     if pill:
-        return f'<td><span class="pill {pill}">{html.escape(text)}</span></td>'
+        return Cell(text, "", pill)
     kind = "text" if free_text else "label" if index == 0 else "num" if text[:1] in "0123456789+-[" else "text"
-    return f'<td class="{kind}{" nowrap" if nowrap else ""}">{html.escape(text)}</td>'
+    return Cell(text, kind + (" nowrap" if nowrap else ""))
 
 
 def fmt(x, digits: int = 3, signed: bool = False) -> str:
@@ -155,7 +164,7 @@ def scorer_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
             if values:
                 rows.append([f"{name}: {label}"] + [fmt(values.get(k), signed=k == "gap") for k in keys])
     return Table(["run: scorer", "English", "non-English (seen)", "gap", "unseen"], rows,
-                 "contains: an accepted answer occurs in the first line, whatever else it says (the old rule). "
+                 "contains: an accepted answer occurs in the first line, whatever else it says (lenient: listing values passes). "
                  "exact match: the whole normalised first line is an accepted answer. chrF: character 1-6-gram "
                  "F-score with precision and recall weighted equally (sacrebleu), against the closest accepted "
                  "answer. Only strict accuracy has intervals and verdicts.")

@@ -140,8 +140,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         standardization = (stats.mean, stats.scale) if stats is not None else None
     trainable, total = count_parameters(model)
     if is_main:
-        log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch per rank",
-                 report.records, report.groups, len(report.records_per_language), f"{trainable:,}", f"{total:,}", len(sampler))
+        log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch",
+                 report.records, report.groups, len(report.records_per_language), f"{trainable:,}", f"{total:,}",
+                 sampler.micro_batches_per_epoch)
 
     # -- 3. DPO reference ---------------------------------------------------------------------------
     ref_table, reference = None, None
@@ -252,7 +253,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         last_terms = terms
         items = gather_object([step_items]) if tc.log_batch_items else None  # every rank must take part
         if is_main and (step % tc.logging_steps == 0 or step == tc.max_steps or ratios):
-            entry = {"step": step, "epoch": round(step * ga / len(sampler), 4), "lr": scheduler.get_last_lr()[0],
+            entry = {"step": step, "epoch": round(step * ga * world / sampler.micro_batches_per_epoch, 4), "lr": scheduler.get_last_lr()[0],
                      "tokens": tokens, "step_s": round(time.perf_counter() - t_step, 3), **terms,
                      "main_per_language": {lang: float(lang_sum[i] / lang_count[i])
                                            for i, lang in enumerate(languages) if lang_count[i] > 0}}

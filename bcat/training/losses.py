@@ -298,19 +298,14 @@ def hidden_alignment_loss(
     dimensions (Gemma's massive activations) carry most of the vector's norm and are nearly
     constant across inputs, so the raw cosine of ANY two inputs is close to 1 (Timkey & van
     Schijndel 2021, "All bark and no bite: rogue dimensions in transformer language models
-    obscure representational quality", who fix it the same way). On the built-in Gemma 3 270M at
-    its middle layer (9), the mean pooled state is about 4,750 in one dimension (163) and 3.3 in the
-    median one: raw cosines are 0.998 for a translation and 0.998 for another item's translation,
-    so a raw cosine term is ~0 with a negligible gradient, and InfoNCE logits barely differ.
-    Centring (subtracting :math:`\mu`) removes the offset but leaves the dimensions that VARY most
-    (standard deviation up to 210 against a median of 4.2) dominating the angle; dividing by
+    obscure representational quality", who fix it the same way). A translation and another item's
+    translation then have nearly the same raw cosine, so a raw cosine term is ~0 with a negligible
+    gradient, and InfoNCE logits barely differ. Centring (subtracting :math:`\mu`) removes the
+    offset but leaves the dimensions that VARY most dominating the angle; dividing by
     :math:`\sigma` gives every dimension equal weight. ``bcat diagnose`` measures the three
-    choices on any model and data; on 8 held-out groups of the bundled dev split (11 languages,
-    ``bench/results/diagnose-gemma3-270m-dev.json``) the share of translations whose nearest
-    English anchor is their own is 0.61 raw, 0.62 centred, 1.00 standardised (chance 0.125),
-    and the parallel minus non-parallel cosine is 0.001, 0.23 and 0.42. The statistics are fitted
-    ONCE (not a running mean): the term is then a
-    fixed function of the states, identical on every rank and after a resume, and the
+    choices on any model and data (evidence for the built-in model:
+    ``bench/results/diagnose-gemma3-270m-dev.json``). The statistics are fitted ONCE (not a
+    running mean): the term is then a fixed function of the states, identical on every rank and after a resume, and the
     normalisation cannot drift along with the states it normalises. The price: if fine-tuning
     moves the common component far, the statistics go stale (``bcat diagnose --model RUN_DIR``
     on the trained model shows it). Pass ``mean=None, scale=None`` for the raw states.

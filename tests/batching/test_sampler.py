@@ -61,12 +61,14 @@ def check_whole_groups(plan, keys, *, anchor_first: bool, gpb: int) -> None:
                 assert all(keys[i][1] != "en" for i in mine)
 
 
-def check_layout(plan, world_size: int, epoch: int) -> None:
-    """Rounds of one micro-batch per rank, ranks in order, global indices dealt round-robin."""
+def check_layout(plan, world_size: int, epoch: int, per_epoch: int) -> None:
+    """The epoch's micro-batches in order, dealt round-robin over the ranks along the stream of epochs;
+    a round holds at most one micro-batch per rank, in rank order."""
     assert plan, "empty plan"
-    for s, rnd in enumerate(plan):
-        assert [mb.rank for mb in rnd] == list(range(world_size))
-        assert [mb.index for mb in rnd] == [s * world_size + r for r in range(world_size)]
+    assert [mb.index for mb in flat(plan)] == list(range(per_epoch))
+    assert [mb.rank for mb in flat(plan)] == [(epoch * per_epoch + i) % world_size for i in range(per_epoch)]
+    for rnd in plan:
+        assert [mb.rank for mb in rnd] == sorted({mb.rank for mb in rnd})
         assert all(mb.epoch == epoch and mb.records for mb in rnd)
 
 
@@ -75,22 +77,35 @@ def check_layout(plan, world_size: int, epoch: int) -> None:
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 @pytest.mark.parametrize("mode", MODES)
-def test_every_record_once_per_epoch_equal_counts(mode, world_size):
+def test_every_record_once_per_epoch(mode, world_size):
     for seed in SEEDS:
         keys = random_keys(seed)
-        gpb = 2 + seed % 3
+        gpb = 1 + seed % 4
         samplers = [GroupBatchSampler(keys, gpb, mode=mode, seed=seed, world_size=world_size, rank=r)
                     for r in range(world_size)]
         assert len({len(s) for s in samplers}) == 1, "ranks disagree on the number of micro-batches"
         for epoch in (0, 1):
             plan = samplers[0].epoch_plan(epoch)
             assert all(s.epoch_plan(epoch) == plan for s in samplers[1:]), "ranks disagree on the plan"
-            check_layout(plan, world_size, epoch)
-            assert len(plan) == len(samplers[0])
+            check_layout(plan, world_size, epoch, samplers[0].micro_batches_per_epoch)
             seen = Counter(i for mb in flat(plan) for i in mb.records)
             expected = {i for i, (_, lang) in enumerate(keys) if mode != "no_anchor" or lang != "en"}
             assert set(seen) == expected and set(seen.values()) == {1}
-            assert samplers[0].repeats_per_epoch == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_stream_does_not_depend_on_the_world_size(mode):
+    """W ranks taking turns see the micro-batches one process sees, in the same order, whatever the number
+    of groups (odd counts included): W ranks with accumulation k train on what 1 process with W*k does."""
+    for seed in SEEDS:
+        keys = random_keys(seed, n_groups=5 + seed % 4)
+        gpb = 1 + seed % 3
+        kwargs = dict(mode=mode, seed=seed, languages_per_group=1 + seed % 3)
+        one = take(GroupBatchSampler(keys, gpb, **kwargs), 24)
+        for world_size in (2, 3, 4):
+            ranks = [take(GroupBatchSampler(keys, gpb, world_size=world_size, rank=r, **kwargs), 24 // world_size)
+                     for r in range(world_size)]
+            assert [ranks[r][k] for k in range(24 // world_size) for r in range(world_size)] == one, world_size
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -121,10 +136,8 @@ def test_rank_iteration_follows_the_plan():
     for world_size in WORLD_SIZES:
         for rank in range(world_size):
             s = GroupBatchSampler(keys, 2, seed=5, world_size=world_size, rank=rank)
-            n = len(s)
-            got = take(s, 2 * n)
-            want = [rnd[rank].records for e in (0, 1) for rnd in s.epoch_plan(e)]
-            assert got == want
+            want = [mb.records for e in (0, 1, 2) for mb in flat(s.epoch_plan(e)) if mb.rank == rank]
+            assert take(s, 2 * len(s)) == want[:2 * len(s)]
 
 
 # ------------------------------------------------------------------------- determinism, shuffling
@@ -334,15 +347,19 @@ def test_order_by_length_reduces_padding(mode):
 # -------------------------------------------------------------------------- edge cases, errors
 
 
-def test_one_group_per_batch_repeats_fewer_groups_than_ranks():
-    """groups_per_batch=1 and 7 groups on 3 ranks: 9 micro-batches, 2 groups seen twice."""
+def test_groups_not_a_multiple_of_the_ranks_are_seen_once_and_run_on_into_the_next_epoch():
+    """groups_per_batch=1 and 7 groups on 3 ranks: 7 micro-batches per epoch, each group once; the third
+    round is rank 0's last of epoch 0 and ranks 1 and 2's first of epoch 1."""
     keys = [(f"g{g}", lang) for g in range(7) for lang in ("en", "fr")]
-    s = GroupBatchSampler(keys, 1, world_size=3)
-    assert len(s) == 3 and s.repeats_per_epoch == 2
-    plan = flat(s.epoch_plan(0))
+    ranks = [GroupBatchSampler(keys, 1, world_size=3, rank=r) for r in range(3)]
+    assert ranks[0].micro_batches_per_epoch == 7 and len(ranks[0]) == 3
+    plan = flat(ranks[0].epoch_plan(0))
     seen = Counter(keys[mb.records[0]][0] for mb in plan)
-    assert set(seen) == {f"g{g}" for g in range(7)} and sorted(seen.values()) == [1] * 5 + [2] * 2
-    check_whole_groups(s.epoch_plan(0), keys, anchor_first=True, gpb=1)
+    assert set(seen) == {f"g{g}" for g in range(7)} and set(seen.values()) == {1}
+    check_whole_groups(ranks[0].epoch_plan(0), keys, anchor_first=True, gpb=1)
+    third = [next(itertools.islice(s.iter_micro_batches(), 2, None)) for s in ranks]
+    assert [(mb.epoch, mb.index) for mb in third] == [(0, 6), (1, 0), (1, 1)]
+    assert [s.state_dict() for s in ranks] == [{"epoch": 1, "position": 2}] * 3
 
 
 def test_too_few_groups_for_world_size():

@@ -214,7 +214,6 @@ def test_train_runs_with_the_network_blocked(tmp_path, tiny_model_dir, data):
 
 
 def test_eval_runs_with_the_network_blocked(tmp_path, tiny_model_dir):
-    pytest.importorskip("bcat.evaluation.evaluate")
     qa = [{"group": f"g{g}", "lang": lang, "question": q, "passages": [f"{p} {12 * (g + 1)}."],
            "answers": [f"{12 * (g + 1)}"]}
           for g in range(2) for lang, q, p in [("en", "How long is the warranty?", "The warranty lasts"),

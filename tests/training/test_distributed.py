@@ -70,6 +70,25 @@ def test_two_processes_match_one_process_and_keep_groups_whole(tmp_path, tiny_mo
     assert summary["world_size"] == 2
 
 
+@pytest.mark.parametrize("n_groups,groups_per_batch", [(5, 2), (7, 1)])
+def test_two_processes_match_one_process_when_groups_do_not_divide_evenly(tmp_path, tiny_model_dir, n_groups,
+                                                                          groups_per_batch):
+    """An epoch whose micro-batches are not a multiple of the world size: 2 ranks still take turns along
+    the one stream that 1 process with accumulation 2 reads, into the next epoch (4 steps cross it)."""
+    data = write_jsonl(tmp_path / "d.jsonl", parallel_records(n_groups, langs=("en", "fr")))
+    base = [f"model.path={tiny_model_dir}", f"data.train={data}", *COMMON, "training.max_steps=4",
+            f"batch.groups_per_batch={groups_per_batch}", "training.grad_ratio_steps=0"]
+    bcat_train([*base, f"training.output_dir={tmp_path / 'one'}", "training.gradient_accumulation_steps=2"], 1)
+    bcat_train([*base, f"training.output_dir={tmp_path / 'two'}", "training.gradient_accumulation_steps=1"], 2)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert a["items_per_rank"][0] == [rank[0] for rank in b["items_per_rank"]], a["step"]
+        assert a["epoch"] == b["epoch"]
+        assert_same_terms(a, b)
+    assert one[-1]["epoch"] > 1  # the run went past an epoch boundary
+
+
 def uneven_records(objective: str) -> list[dict]:
     """Two groups whose answers differ in length (2 vs ~12 tokens): micro-batches of different token counts."""
     recs = parallel_records(2, langs=("en", "fr", "de"), objective="sft" if objective == "sft" else "dpo")

@@ -78,7 +78,16 @@ def test_lora_live_reference_equals_precomputed(tmp_path, tiny_model_dir):
 def test_merged_weights_on_request(tmp_path, tiny_model_dir):
     out, _ = run(tmp_path, tiny_model_dir, "sft", ["training.save_merged=true"], steps=2)
     assert any(p.suffix == ".safetensors" for p in (out / "merged").iterdir())
-    assert AutoModelForCausalLM.from_pretrained(out / "merged") is not None
+    from peft import PeftModel
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "model").eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        want, got = tuned(ids).logits, merged(ids).logits
+    # the merged weights are the base plus the trained adapter, not the base alone
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits, atol=1e-5)
 
 
 def test_resume_continues_bitwise(tmp_path, tiny_model_dir):
