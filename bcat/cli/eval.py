@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from bcat.errors import BcatError
-from bcat.evaluation.compare import run_compare
+from bcat.evaluation.compare import CompareOptions, run_compare
 from bcat.evaluation.evaluate import RagOptions, run_eval
 from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
 from bcat.evaluation.scoring import rescore
@@ -126,7 +126,8 @@ def _add_language_options(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def cmd_compare(args) -> int:
-    run_compare(args)
+    run_compare(CompareOptions(runs_a=args.run_a.split(","), runs_b=args.run_b.split(","), output=args.output,
+                               bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha, data=args.data))
     return 0
 
 

@@ -347,16 +347,33 @@ def kinds_for(run: Run, data: Optional[str | Path] = None) -> Optional[dict[str,
     return group_kinds(path) or None
 
 
-def run_compare(args) -> dict:
-    """Everything ``bcat compare`` does: compare, write ``comparison.json``, print the table.
+@dataclass
+class CompareOptions:
+    """What ``bcat compare`` does, as a Python call: :func:`run_compare`."""
 
-    ``args.run_a`` and ``args.run_b`` are eval directories, or comma-separated lists of them (one per
-    training seed, paired by position)."""
-    runs_a = [load_run(p) for p in str(args.run_a).split(",")]
-    runs_b = [load_run(p) for p in str(args.run_b).split(",")]
-    comparison = compare_runs(runs_a, runs_b, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha,
-                              kinds=kinds_for(runs_a[0], getattr(args, "data", None)))
-    out_dir = Path(args.output) if args.output else runs_b[0].path
+    runs_a: list[str]
+    """Baseline eval directories, one per training seed (paired with ``runs_b`` by position)."""
+    runs_b: list[str]
+    """Eval directories to judge against the baseline."""
+    output: str
+    """Directory for ``comparison.json``."""
+    bootstrap: int = 2000
+    """Bootstrap resamples."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    alpha: float = 0.05
+    """Significance level of the per-language verdicts (Holm-adjusted)."""
+    data: Optional[str] = None
+    """The evaluated data file, for the breakdown by the records' ``kind`` (``None``: the file named in the
+    first baseline run's ``metrics.json``, if it is there unchanged)."""
+
+
+def run_compare(options: CompareOptions) -> dict:
+    """Everything ``bcat compare`` does: compare, write ``comparison.json``, print the table."""
+    runs_a, runs_b = [load_run(p) for p in options.runs_a], [load_run(p) for p in options.runs_b]
+    comparison = compare_runs(runs_a, runs_b, n_resamples=options.bootstrap, seed=options.seed, alpha=options.alpha,
+                              kinds=kinds_for(runs_a[0], options.data))
+    out_dir = Path(options.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(comparison, ensure_ascii=False, indent=2) + "\n",
                                              encoding="utf-8")

@@ -98,3 +98,22 @@ def test_kinds_come_from_the_evaluated_file_only_while_it_is_unchanged(tmp_path)
     data.write_text(data.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     assert kinds_for(evaluated) is None
     assert kinds_for(evaluated, data) == {"g1": "name", "g2": "number"}
+
+
+def test_compare_is_a_python_call_with_typed_options(tmp_path, capsys):
+    from bcat.evaluation.compare import CompareOptions, run_compare
+
+    folders = []
+    for name, right in (("a", 100), ("b", 130)):
+        folder = tmp_path / name
+        folder.mkdir()
+        r = run(name, right)
+        (folder / "metrics.json").write_text(json.dumps({**r.metrics, "per_language": {}}), encoding="utf-8")
+        (folder / "predictions.jsonl").write_text("".join(
+            json.dumps({"group": g, "lang": l, "strict_correct": c}) + "\n" for (g, l), c in r.correct.items()),
+            encoding="utf-8")
+        folders.append(str(folder))
+    result = run_compare(CompareOptions(runs_a=[folders[0]], runs_b=[folders[1]], output=str(tmp_path / "out"),
+                                        bootstrap=200))
+    assert result["headline"]["non_english_mean"]["diff"] == pytest.approx(0.15)
+    assert (tmp_path / "out" / "comparison.json").is_file() and "p Holm" in capsys.readouterr().out
