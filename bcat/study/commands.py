@@ -6,10 +6,10 @@ from the commands recorded in its results.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bcat.data.bundled import resource  # noqa: F401  (re-exported: bcat demo names its data through here)
 from bcat.languages import ANCHOR, SEEN
 
 TRAINED_LANGUAGES: tuple[str, ...] = (ANCHOR, *SEEN)
@@ -34,11 +34,6 @@ SELECTED_SETTING = [
 ``orpo_grouped`` arm, configs/study/grid.yaml) for ``bcat demo``: ORPO, one group of English + 3
 sampled languages per micro-batch, no alignment terms, 1e-4 constant after 10 warm-up steps, trained
 for one epoch (as many steps as groups). ``tests/study/test_selection.py`` checks it against the grid."""
-
-
-def resource(name: str) -> Path:
-    """A file bundled with bcat, e.g. ``kb/train.jsonl``."""
-    return Path(str(files("bcat") / "resources" / name))
 
 
 def pairs_argv(qa: Path, output: Path, seed: int = 0, groups: Optional[int] = None) -> list[str]:

@@ -29,10 +29,11 @@ from typing import Any, Optional
 
 
 from bcat.config import load_config, read_yaml
+from bcat.data.bundled import resource
 from bcat.errors import ConfigError
 from bcat.evaluation.scoring import file_sha256
 from bcat.languages import LANGUAGES
-from bcat.study.commands import TRAINED_LANGUAGES, resource
+from bcat.study.commands import TRAINED_LANGUAGES
 
 BUILTIN_DATA = {"builtin-train": "kb/train.jsonl", "builtin-dev": "kb/dev.jsonl", "builtin-test": "kb/test.jsonl",
                 "builtin": "kb/test.jsonl"}

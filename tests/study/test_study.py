@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from bcat.cli import main
+from bcat.data.bundled import resource
 from bcat.study import runner
-from bcat.study.commands import resource
 from bcat.study.grid import load_study
 from bcat.study.runner import Study
 

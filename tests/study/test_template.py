@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from bcat.cli import main
-from bcat.study.commands import resource
+from bcat.data.bundled import resource
 from bcat.study.grid import load_study
 from bcat.study.runner import Study
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import random
-from importlib import resources
 from pathlib import Path
 
+from bcat.data.bundled import resource
 from bcat.data.kb.products import KIND_WEIGHTS, attributes_of, product_item
 from bcat.data.kb.udhr_items import ARTICLES, udhr_item
 from bcat.languages import LANGUAGES
@@ -29,7 +29,7 @@ UDHR_ARTICLES_PER_SPLIT = {"test": 10, "dev": 3, "train": 17}
 
 def default_output_dir() -> Path:
     """Where the bundled files live: ``bcat/resources/kb``."""
-    return Path(str(resources.files("bcat").joinpath("resources", "kb")))
+    return resource("kb")
 
 
 def quotas(total: int, weights: dict[str, float]) -> dict[str, int]:

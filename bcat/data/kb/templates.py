@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import string
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bcat.data.bundled import resource
 from bcat.errors import DataError
 
 MIN_PARAPHRASES = 3
@@ -120,9 +121,9 @@ def parse_templates(lang: str, text: str, path: str = "<templates>") -> Template
     )
 
 
-def template_path(lang: str):
+def template_path(lang: str) -> Path:
     """The packaged template file of a language."""
-    return resources.files("bcat").joinpath("resources", "kb", "templates", f"{lang}.yaml")
+    return resource(f"kb/templates/{lang}.yaml")
 
 
 @functools.lru_cache(maxsize=None)

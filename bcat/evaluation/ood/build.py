@@ -17,9 +17,9 @@ files equal a fresh build.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
+from bcat.data.bundled import resource
 from bcat.data.udhr import UDHR_LANGS, load_udhr
 from bcat.evaluation.ood.arith import arith_items
 from bcat.evaluation.ood.text import (
@@ -41,7 +41,7 @@ OOD_FILES = ("lastword.jsonl", "arith.jsonl")
 
 def ood_resource_dir() -> Path:
     """``bcat/resources/ood`` inside the installed package."""
-    return Path(str(resources.files("bcat").joinpath("resources", "ood")))
+    return resource("ood")
 
 
 def passages(paragraph: str, lang: str) -> list[str]:
@@ -103,5 +103,5 @@ def build_ood_data(out_dir: str | Path | None = None) -> list[Path]:
 
 def load_ood_file(name: str) -> list[dict]:
     """Records of one committed data file (``lastword.jsonl`` or ``arith.jsonl``)."""
-    path = resources.files("bcat").joinpath("resources", "ood", name)
+    path = ood_resource_dir() / name
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

