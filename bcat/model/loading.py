@@ -234,10 +234,17 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+def num_layers(config) -> int:
+    """``L``, the transformer layers of a model config (of its text decoder, for a multimodal one): its
+    ``hidden_states`` are indexed 0 (the embedding output) to ``L``."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers)
+
+
 def middle_layer(config) -> int:
-    """Index into ``hidden_states`` (0 = embeddings) of the middle transformer layer."""
-    config = getattr(config, "text_config", config)
-    return config.num_hidden_layers // 2
+    """Index into ``hidden_states`` of the middle transformer layer: the default aligned layer, and the
+    default layer the retrieval check probes."""
+    return num_layers(config) // 2
 
 
 def resolve_hidden_layers(path: str, layers, option: str = "config key 'alignment.hidden_layers'",
@@ -257,7 +264,7 @@ def resolve_hidden_layers(path: str, layers, option: str = "config key 'alignmen
         raise ConfigError(f"model.path: cannot read the model config in {model_dir} ({str(e).splitlines()[0]})") from None
     if layers is None:
         return (middle_layer(config),)
-    count = getattr(getattr(config, "text_config", config), "num_hidden_layers")
+    count = num_layers(config)
     bad = [i for i in layers if not 0 <= i <= count]
     if bad:
         raise ConfigError(f"{option} has {bad}: this model has {count} transformer layers, so valid "

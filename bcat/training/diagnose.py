@@ -37,8 +37,8 @@ from bcat.data.tokenization import tokenize_records
 from bcat.errors import ConfigError
 from bcat.languages import ANCHOR
 from bcat.model.forward import PolicyForward
-from bcat.model.loading import load_model, load_tokenizer, resolve_hidden_layers
-from bcat.training.hidden import pooled_states, sample_examples
+from bcat.model.loading import load_model, load_tokenizer, num_layers, resolve_hidden_layers
+from bcat.training.hidden import pool_examples, sample_examples
 from bcat.training.losses import fit_standardization, standardize
 
 
@@ -114,7 +114,7 @@ def diagnose(model: str, data: str, layers: Optional[Sequence[int]] = None, grou
         resolve_hidden_layers(model, list(layer_ids), option="--layers")
     policy = PolicyForward(load_model(ModelConfig(path=model, dtype="float32"), option="--model"))
     collator = GroupCollator(tokenizer.pad_token_id, anchor, tokenizer.bos_token_id)
-    pooled = pooled_states(policy, fit_sample + measured, collator, layer_ids)
+    pooled = pool_examples(policy, fit_sample + measured, collator, layer_ids)
     fit, evaluated = pooled[:, : len(fit_sample)], pooled[:, len(fit_sample):]
     group_ids = {g: k for k, g in enumerate(eval_groups)}
     group_index = torch.tensor([group_ids[e.group] for e in measured])
@@ -139,8 +139,7 @@ def _layer_count(model: str) -> int:
 
     from bcat.model.loading import base_model_dir, resolve_model_dir
 
-    config = AutoConfig.from_pretrained(base_model_dir(resolve_model_dir(model, "--model"), "--model"))
-    return getattr(config, "text_config", config).num_hidden_layers
+    return num_layers(AutoConfig.from_pretrained(base_model_dir(resolve_model_dir(model, "--model"), "--model")))
 
 
 def format_report(result: dict) -> str:

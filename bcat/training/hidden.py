@@ -51,7 +51,7 @@ def sample_examples(examples: Sequence, n: int, seed: int) -> list:
     return rng.sample(list(examples), min(n, len(examples)))
 
 
-def pooled_states(policy, examples: Sequence[Example], collator, layers: tuple[int, ...],
+def pool_examples(policy, examples: Sequence[Example], collator, layers: tuple[int, ...],
                   batch_size: int = 8) -> torch.Tensor:
     """``[len(layers), len(examples), D]`` fp32: each example's pooled state at each layer, in the
     order given, pooled as the training loss pools it (prompt + first completion, BOS excluded).
@@ -106,5 +106,5 @@ def fit_sampled_standardization(pool: Callable[[list], torch.Tensor], items: Seq
 def fit_hidden_standardization(policy, examples: Sequence[Example], collator, layers: tuple[int, ...], kind: str,
                                records: int, seed: int) -> Optional[Standardization]:
     """The statistics of the hidden term for ``bcat train``, or ``None`` for ``kind="none"``."""
-    return fit_sampled_standardization(lambda sample: pooled_states(policy, sample, collator, layers), examples,
+    return fit_sampled_standardization(lambda sample: pool_examples(policy, sample, collator, layers), examples,
                                        layers, kind, records, seed, next(policy.parameters()).device)

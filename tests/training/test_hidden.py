@@ -18,7 +18,7 @@ from bcat.data.records import Record
 from bcat.data.tokenization import tokenize_records
 from bcat.model.forward import PolicyForward
 from bcat.training.diagnose import similarity
-from bcat.training.hidden import fit_hidden_standardization, pooled_states, sample_examples
+from bcat.training.hidden import fit_hidden_standardization, pool_examples, sample_examples
 from bcat.training.losses import fit_standardization, hidden_alignment_loss, standardize
 
 OFFSET = 5000.0
@@ -68,7 +68,7 @@ def _examples(model_dir, records):
 
 def test_offset_model_really_has_a_massive_dimension(offset_model_dir):
     examples, collator = _examples(offset_model_dir, parallel_items(4))
-    pooled = pooled_states(PolicyForward(AutoModelForCausalLM.from_pretrained(offset_model_dir)), examples, collator,
+    pooled = pool_examples(PolicyForward(AutoModelForCausalLM.from_pretrained(offset_model_dir)), examples, collator,
                            (2,))[0]
     mean = pooled.mean(0).abs()
     assert mean[7] > 1000 * mean.median()
@@ -78,7 +78,7 @@ def test_standardised_term_separates_parallel_items_on_a_model_with_a_huge_offse
     examples, collator = _examples(offset_model_dir, parallel_items(8))
     policy = PolicyForward(AutoModelForCausalLM.from_pretrained(offset_model_dir))
     layer = 2
-    pooled = pooled_states(policy, examples, collator, (layer,))[0]
+    pooled = pool_examples(policy, examples, collator, (layer,))[0]
     # statistics from items 0-3, measured on items 4-7 (held out), as `bcat diagnose` does
     fit_rows = [i for i, e in enumerate(examples) if int(e.group[4:]) < 4]
     test_rows = [i for i, e in enumerate(examples) if int(e.group[4:]) >= 4]
@@ -111,7 +111,7 @@ def test_start_up_fit_is_deterministic_and_uses_the_seeded_sample(offset_model_d
     assert torch.equal(a.mean, b.mean) and torch.equal(a.scale, b.scale) and a.mean.shape == (2, 192)
     assert [e.index for e in sample_examples(examples, 10, 3)] == [e.index for e in sample_examples(examples, 10, 3)]
     sample = sample_examples(examples, 10, 3)
-    direct = pooled_states(policy, sample, collator, (1, 2))
+    direct = pool_examples(policy, sample, collator, (1, 2))
     torch.testing.assert_close(a.mean, direct.mean(1))
     assert fit_hidden_standardization(policy, examples, collator, (1,), "none", 10, seed=3) is None
 

@@ -63,6 +63,8 @@ from bcat.evaluation.ood.mgsm import (
 )
 from bcat.evaluation.ood.text import last_number, lastword_correct
 from bcat.evaluation.sharding import is_main_process, map_sharded
+from bcat.model.forward import masked_mean_pool
+from bcat.model.loading import middle_layer, num_layers
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +117,12 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _num_layers(model) -> int:
-    config = model.config
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(config.num_hidden_layers)
-
-
 def resolve_layer(model, layer: int | None) -> int:
-    """Index into ``hidden_states`` (0 = embeddings, L = last block); default ``L // 2``; negatives count back."""
-    n = _num_layers(model)
+    """Index into ``hidden_states`` (0 = embeddings, L = last block); default the middle layer (the one
+    training aligns by default, :func:`~bcat.model.loading.middle_layer`); negatives count back."""
+    n = num_layers(model.config)
     if layer is None:
-        return n // 2
+        return middle_layer(model.config)
     if not -(n + 1) <= layer <= n:
         raise ConfigError(f"retrieval layer {layer} out of range: this model has hidden states 0..{n}")
     return layer % (n + 1)
@@ -175,7 +172,8 @@ def sequence_nll(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
 @torch.no_grad()
 def pooled_hidden_states(model, tokenizer, texts: Sequence[str], layer: int, *, batch_size: int = 8,
                          max_length: int | None = None, desc: str = "embed") -> torch.Tensor:
-    """Mean of ``hidden_states[layer]`` over each text's tokens, padding and BOS excluded: ``[n, d]``."""
+    """Mean of ``hidden_states[layer]`` over each text's tokens, padding and BOS excluded: ``[n, d]`` fp32
+    (:func:`~bcat.model.forward.masked_mean_pool`)."""
     device = _device(model)
     bos = tokenizer.bos_token_id
     rows: list[torch.Tensor | None] = [None] * len(texts)
@@ -188,12 +186,10 @@ def pooled_hidden_states(model, tokenizer, texts: Sequence[str], layer: int, *, 
                 out = model(**kwargs, logits_to_keep=1)
             except TypeError:
                 out = model(**kwargs)
-            hidden = out.hidden_states[layer].float()
             mask = enc["attention_mask"].bool()
             if bos is not None:
                 mask &= enc["input_ids"] != bos
-            mask = mask.unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = masked_mean_pool(out.hidden_states[layer], mask)
             for row, i in enumerate(idx):
                 rows[i] = pooled[row].cpu()
             bar.update(len(idx))
