@@ -23,7 +23,7 @@ when the micro-batches hold different numbers of tokens (transformers' ``num_ite
 fix). Without ``counts`` the micro-batch is its own step: plain means, as TRL computes them.
 
 Other trainers (the TRL integration) call :func:`alignment_terms` with their own pooled states and
-per-example probabilities.
+per-example probabilities; both weigh the terms with :func:`weighted`.
 """
 
 from __future__ import annotations
@@ -111,11 +111,11 @@ def agreement_probabilities(objective: ObjectiveConfig, policy_summed: torch.Ten
     return losses.orpo_preference_probability(log_odds)
 
 
-def alignment_terms(pooled: Optional[torch.Tensor], probs: Optional[torch.Tensor], group_index: torch.Tensor,
-                    is_anchor: torch.Tensor, cfg: AlignmentConfig,
-                    standardization: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                    counts: Optional[dict[str, int]] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The hidden and output alignment terms of one micro-batch, and their weighted sum.
+def alignment_losses(pooled: Optional[torch.Tensor], probs: Optional[torch.Tensor], group_index: torch.Tensor,
+                     is_anchor: torch.Tensor, cfg: AlignmentConfig,
+                     standardization: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                     counts: Optional[dict[str, int]] = None) -> dict[str, torch.Tensor]:
+    """The hidden and output alignment terms of one micro-batch, unweighted.
 
     Args:
         pooled: ``[L, N, D]`` pooled hidden states at the aligned layers (or ``None``: no hidden term).
@@ -130,8 +130,8 @@ def alignment_terms(pooled: Optional[torch.Tensor], probs: Optional[torch.Tensor
             ranks) to normalise by; ``None``: this micro-batch's own mean.
 
     Returns:
-        ``(weighted_sum, {"hidden": term, "output": term})`` with only the enabled terms, unweighted
-        (``weighted_sum`` is ``0`` when none is). The hidden term is the mean over layers.
+        ``{"hidden": term, "output": term}`` with only the enabled terms. The hidden term is the mean
+        over layers.
     """
     terms: dict[str, torch.Tensor] = {}
     reduction = "mean" if counts is None else "sum"
@@ -149,9 +149,25 @@ def alignment_terms(pooled: Optional[torch.Tensor], probs: Optional[torch.Tensor
     if cfg.output_weight > 0 and probs is not None:
         terms["output"] = losses.output_agreement_loss(probs, group_index, is_anchor, cfg.detach_anchor,
                                                        reduction) * scale_by
-    weights = {"hidden": cfg.hidden_weight, "output": cfg.output_weight}
-    total = sum(weights[k] * v for k, v in terms.items())
-    return total, terms
+    return terms
+
+
+def weighted(terms: dict[str, torch.Tensor], cfg: AlignmentConfig) -> dict[str, torch.Tensor]:
+    """Each alignment term (``hidden``, ``output``, ``token_kl``) times its weight: the addends of the
+    loss besides ``main``, in the order given."""
+    weights = {"hidden": cfg.hidden_weight, "output": cfg.output_weight, "token_kl": cfg.token_kl_weight}
+    return {name: weights[name] * value for name, value in terms.items()}
+
+
+def alignment_terms(pooled: Optional[torch.Tensor], probs: Optional[torch.Tensor], group_index: torch.Tensor,
+                    is_anchor: torch.Tensor, cfg: AlignmentConfig,
+                    standardization: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                    counts: Optional[dict[str, int]] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """For a trainer that adds bcat's terms to its own loss: ``(weighted_sum, terms)``, the
+    :func:`alignment_losses` (arguments as there, unweighted) and the sum of their :func:`weighted`
+    values (``0`` when no term is enabled)."""
+    terms = alignment_losses(pooled, probs, group_index, is_anchor, cfg, standardization, counts)
+    return sum(weighted(terms, cfg).values()), terms
 
 
 def compute_loss(
@@ -208,17 +224,14 @@ def compute_loss(
     else:
         raise ValueError(objective.name)
     terms["main"] = main
-    parts = {"main": main}
 
-    _, aligned = alignment_terms(out.get("pooled"), probs, group, anchor, alignment, standardization, counts)
-    weights = {"hidden": alignment.hidden_weight, "output": alignment.output_weight}
-    for name, value in aligned.items():
-        terms[name] = value
-        parts[name] = weights[name] * value
+    aligned = alignment_losses(out.get("pooled"), probs, group, anchor, alignment, standardization, counts)
+    parts = {"main": main, **weighted(aligned, alignment)}
     if want_kl:
         kl = token_kl(out["scored_logps"], mask, batch["completion_ids"][0], group, anchor, alignment.detach_anchor)
-        terms["token_kl"] = kl / max(counts["kl_pairs"], 1)
-        parts["token_kl"] = alignment.token_kl_weight * terms["token_kl"]
+        aligned["token_kl"] = kl / max(counts["kl_pairs"], 1)
+        parts.update(weighted({"token_kl": aligned["token_kl"]}, alignment))
+    terms.update(aligned)
     loss = main
     for name, value in parts.items():
         if name != "main":
