@@ -5,7 +5,6 @@ default the built-in model)
 """
 
 import sys
-from importlib.resources import files
 
 import datasets
 import torch
@@ -13,6 +12,7 @@ from peft import LoraConfig
 from trl import DPOConfig
 
 from bcat.config import AlignmentConfig, BatchConfig, ModelConfig
+from bcat.data.bundled import resource
 from bcat.data.kb.pairs import make_pairs, read_qa
 from bcat.integrations.trl import BCATDPOTrainer
 from bcat.languages import ANCHOR, SEEN
@@ -21,7 +21,7 @@ from bcat.model.loading import load_model, load_tokenizer
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 output = sys.argv[2] if len(sys.argv) > 2 else "runs/trl-dpo"
 model = ModelConfig(path=sys.argv[3] if len(sys.argv) > 3 else "builtin:gemma3-270m")
-qa = [r for r in read_qa(files("bcat") / "resources" / "kb" / "train.jsonl") if r["lang"] in (ANCHOR, *SEEN)]
+qa = [r for r in read_qa(resource("kb/train.jsonl")) if r["lang"] in (ANCHOR, *SEEN)]
 columns = ("group", "lang", "prompt", "chosen", "rejected")  # TRL's pair columns + bcat's group and language
 made = make_pairs(qa)
 anchored = {p["group"] for p in made if p["lang"] == ANCHOR}  # every group needs its English pair
