@@ -10,8 +10,9 @@ The package follows the data flow; each step imports only the steps before it (`
     report/     tables + charts -> report.md / report.html
     cli/        ``bcat train | plan | eval | compare | report | demo | data``: thin wrappers over the above
 
-Below them all: ``errors``, ``languages`` (the anchor and language lists) and ``config`` (the typed
-run configuration; every field documented).
+Below them all: ``errors``, ``languages`` (the anchor and language lists), ``bundled`` (where the
+files bcat ships under ``bcat/resources`` are) and ``config`` (the typed run configuration; every
+field documented).
 """
 
 __version__ = "0.1.0"

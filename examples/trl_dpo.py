@@ -11,8 +11,8 @@ import torch
 from peft import LoraConfig
 from trl import DPOConfig
 
+from bcat.bundled import resource
 from bcat.config import AlignmentConfig, BatchConfig, ModelConfig
-from bcat.data.bundled import resource
 from bcat.data.kb.pairs import make_pairs, read_qa
 from bcat.integrations.trl import BCATDPOTrainer
 from bcat.languages import ANCHOR, SEEN

@@ -8,5 +8,4 @@
   and the scorer);
 - :mod:`~bcat.data.udhr`: the vendored Universal Declaration of Human Rights;
 - :mod:`~bcat.data.kb`: the bundled multilingual knowledge-base QA data and its preference pairs.
-- :mod:`~bcat.data.bundled`: where the files bcat ships (``bcat/resources``) are, for every layer.
 """

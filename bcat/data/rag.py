@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 from bcat.data.candidates import derive_candidates, fillers_by_language
 from bcat.data.normalize import normalize
 from bcat.data.records import check_language_code, read_rows

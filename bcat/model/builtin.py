@@ -44,7 +44,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Iterator
 
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 from bcat.errors import BcatError
 
 logger = logging.getLogger(__name__)

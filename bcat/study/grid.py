@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 
+from bcat.bundled import resource
 from bcat.config import load_config, read_yaml
-from bcat.data.bundled import resource
 from bcat.errors import ConfigError
 from bcat.evaluation.scoring import file_sha256
 from bcat.languages import LANGUAGES

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bcat.bundled import resource
 from bcat.cli import main
-from bcat.data.bundled import resource
 from bcat.study import runner
 from bcat.study.grid import load_study
 from bcat.study.runner import Study

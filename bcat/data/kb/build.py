@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 from bcat.data.kb.products import KIND_WEIGHTS, attributes_of, product_item
 from bcat.data.kb.udhr_items import ARTICLES, udhr_item
 from bcat.languages import LANGUAGES

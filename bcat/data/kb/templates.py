@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 from bcat.errors import DataError
 
 MIN_PARAPHRASES = 3

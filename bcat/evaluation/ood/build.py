@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 from bcat.data.udhr import UDHR_LANGS, load_udhr
 from bcat.evaluation.ood.arith import arith_items
 from bcat.evaluation.ood.text import (

@@ -44,7 +44,7 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 from bcat.errors import BcatError, DataError
 from bcat.evaluation.ood.build import write_jsonl
 from bcat.evaluation.ood.text import NUMBER, last_number, numbers, parse_number

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import bcat
-from bcat.data.bundled import resource
+from bcat.bundled import resource
 
 PACKAGE_RESOURCES = Path(bcat.__file__).resolve().parent / "resources"
 
