@@ -16,7 +16,6 @@ import difflib
 import typing
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from bcat.bundled import resource
 from bcat.errors import ConfigError
 from bcat.languages import ANCHOR
 
@@ -443,7 +443,7 @@ def config_file(path: str | Path) -> Path:
         if name not in BUILTIN_CONFIGS:
             raise ConfigError(f"--config {text}: no such built-in config; there are "
                               + ", ".join(f"builtin:{n}" for n in BUILTIN_CONFIGS))
-        return Path(str(resources.files("bcat").joinpath("resources", "configs", f"{name}.yaml")))
+        return resource(f"configs/{name}.yaml")
     file = Path(path)
     if not file.exists() and text in BUILTIN_CONFIGS:
         raise ConfigError(f"config file not found: {text} (the example config shipped with bcat is builtin:{text})")

@@ -25,7 +25,8 @@ import json
 import time
 from pathlib import Path
 
-from bcat.study.commands import ORDINARY_FINE_TUNING, SELECTED_SETTING, eval_argv, pairs_argv, resource, train_argv
+from bcat.bundled import resource
+from bcat.study.commands import ORDINARY_FINE_TUNING, SELECTED_SETTING, eval_argv, pairs_argv, train_argv
 
 BASELINE_OVERRIDES = ORDINARY_FINE_TUNING
 """Ordinary fine-tuning: records shuffled across groups, no alignment terms (all else as BCAT)."""

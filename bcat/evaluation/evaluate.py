@@ -29,6 +29,7 @@ from bcat.data.rag import (
     uses_chat_template,
     wordings_for,
 )
+from bcat.bundled import resource
 from bcat.errors import BcatError
 from bcat.evaluation.generation import greedy_generate
 from bcat.evaluation.scoring import (
@@ -47,7 +48,7 @@ from bcat.evaluation.sharding import (
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DATA = "resources/kb/test.jsonl"
+BUILTIN_DATA = "kb/test.jsonl"
 SUITES = ("rag", "ood")
 
 
@@ -137,11 +138,9 @@ def prompt_wordings(languages: Sequence[str], instructions: Optional[str] = None
 def resolve_data(data: str) -> Path:
     """The data file for ``--data``: a path, or ``builtin`` for the bundled test split."""
     if data == "builtin":
-        from importlib import resources
-
-        path = Path(str(resources.files("bcat").joinpath(BUILTIN_DATA)))
+        path = resource(BUILTIN_DATA)
         if not path.is_file():
-            raise BcatError(f"--data builtin: the bundled test split bcat/{BUILTIN_DATA} is not present in this "
+            raise BcatError(f"--data builtin: the bundled test split bcat/resources/{BUILTIN_DATA} is not present in this "
                             "installation; pass a JSONL file with --data")
         return path
     return Path(data)
@@ -149,9 +148,7 @@ def resolve_data(data: str) -> Path:
 
 def is_bundled_data(path: Path) -> bool:
     """Whether ``path`` is the bundled test split (by location)."""
-    from importlib import resources
-
-    return path.resolve() == Path(str(resources.files("bcat").joinpath(BUILTIN_DATA))).resolve()
+    return path.resolve() == resource(BUILTIN_DATA).resolve()
 
 
 def parse_suites(text: str) -> list[str]:

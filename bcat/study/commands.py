@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bcat.bundled import resource  # noqa: F401  (re-exported: bcat demo names its data through here)
 from bcat.languages import ANCHOR, SEEN
 
 TRAINED_LANGUAGES: tuple[str, ...] = (ANCHOR, *SEEN)
