@@ -5,6 +5,7 @@ Checkpoints are written by default, so a killed run can resume."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 
@@ -191,3 +192,16 @@ def test_tampered_checkpoint_is_refused_before_resuming(train, data, killed, tam
     assert_clean_failure(result, *words)
     assert "resumed from" not in result.err
     assert snapshot(killed) == before
+
+
+def test_a_checkpoint_without_its_settings_is_compared_with_config_yaml(train, data, killed, caplog):
+    """Checkpoints written before they recorded their run's settings: the run's config.yaml stands in."""
+    for ckpt in (killed / "checkpoints").iterdir():
+        edit_json(ckpt / "state.json", run=None)
+    before = snapshot(killed)
+    result = train(killed, data, "training.save_steps=1", "training.learning_rate=0.5", steps=3, resume=True)
+    assert_clean_failure(result, "training.learning_rate (0.0002 -> 0.5)")
+    assert snapshot(killed) == before
+    caplog.set_level(logging.WARNING, logger="bcat.training.resume")
+    assert train(killed, data, "training.save_steps=1", steps=3, resume=True).rc == 0
+    assert "compared with" in caplog.text and "the content of data.train cannot be checked" in caplog.text
