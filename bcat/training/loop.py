@@ -10,10 +10,10 @@ precision is an autocast inside the forward (:class:`bcat.model.loading.Precisio
 Order of work: validate config, data, aligned layers, output directory and what there is to resume
 (:mod:`bcat.training.resume`; nothing is written before that), load the model, check its fast
 forward paths, fit the hidden-state standardisation, optionally precompute DPO reference log-probs,
-then per optimizer step: collate the step's ``gradient_accumulation_steps`` micro-batches and count their tokens / pairs / variants over all
-ranks (every term is normalised by the whole step, :mod:`bcat.training.objectives`), then per
-micro-batch one forward -> loss terms -> backward; then clip (a non-finite gradient norm stops
-the run), optimizer step, schedule, log, checkpoint.
+then per optimizer step: collate the step's ``gradient_accumulation_steps`` micro-batches and
+count their tokens / pairs / variants over all ranks (every term is normalised by the whole step,
+:mod:`bcat.training.objectives`), then per micro-batch one forward -> loss terms -> backward; then
+clip (a non-finite gradient norm stops the run), optimizer step, schedule, log, checkpoint.
 """
 
 from __future__ import annotations
