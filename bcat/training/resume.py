@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
-
-from bcat.config import TrainConfig
+from bcat.config import TrainConfig, read_yaml
 from bcat.errors import BcatError, ConfigError, TrainingError
 from bcat.training.checkpoint import CHECKPOINTS, check_checkpoint, latest_checkpoint
 from bcat.training.distributed import broadcast_object, process_index
@@ -169,8 +167,8 @@ def _saved_settings(path: Path, state: dict, out: Path, now: dict) -> dict:
     if isinstance(state.get("run"), dict):
         return state["run"]
     try:
-        saved = _flat_settings(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError, AttributeError, TypeError) as e:
+        saved = _flat_settings(read_yaml(out / "config.yaml"))
+    except (ConfigError, AttributeError, TypeError) as e:
         raise TrainingError(f"checkpoint {path} does not record its run's settings and {out / 'config.yaml'} "
                             f"cannot stand in for them ({e}); resume with the bcat that wrote it") from None
     log.warning("bcat: checkpoint %s does not record its run's settings (an older bcat): compared with %s; "
