@@ -166,8 +166,12 @@ class TrainingConfig:
     """Gradient clipping (0 turns it off)."""
     logging_steps: int = 1
     """Write ``train_log.jsonl`` every this many optimizer steps."""
-    save_steps: int = 0
-    """Checkpoint every this many optimizer steps (0: only the final model)."""
+    save_steps: int = 25
+    """Checkpoint every this many optimizer steps, so that a killed run continues with ``bcat train
+    --resume`` (0: only the final model, nothing to resume). 25 by default: a kill loses at most 25
+    steps (a quarter of the default ``max_steps``), while a checkpoint holds only the trainable
+    weights, their two AdamW moments and the RNG states, which is small with LoRA. With full
+    fine-tuning a checkpoint is about 12 bytes per parameter (two are kept): raise it for large models."""
     snapshot_steps: list[int] = field(default_factory=list)
     """Also write the model as it is after each of these optimizer steps, under
     ``snapshots/step-NNNNNNNN/model`` (a LoRA adapter: a few MB), e.g. to evaluate a learning curve

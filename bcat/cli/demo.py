@@ -55,7 +55,8 @@ def run_demo(args) -> int:
     pairs = out / "train_pairs.jsonl"
 
     def train(run_dir: Path, extra=()) -> list[str]:
-        return train_argv(args.model, pairs, run_dir, args.steps, [*SELECTED_SETTING, *args.overrides, *extra])
+        command, *rest = train_argv(args.model, pairs, run_dir, args.steps, [*SELECTED_SETTING, *args.overrides, *extra])
+        return [command, "--resume-if-possible", *rest]  # a rerun after a kill continues the training
 
     evals = [out / "eval_base", out / "eval_bcat"]
     steps = [

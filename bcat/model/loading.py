@@ -1,7 +1,9 @@
 """Load a causal LM and its tokenizer from a local directory, add LoRA, save as safetensors.
 
 Only local files are read (the CLI sets the Hugging Face offline flags), only safetensors weights
-are accepted, and ``trust_remote_code`` stays off unless the config turns it on. Training
+are accepted (a directory whose weights are pickled, ``pytorch_model.bin``, ``adapter_model.bin``,
+``*.pt`` and the like, is refused before anything opens them; pickled files beside safetensors
+weights are never read), and ``trust_remote_code`` stays off unless the config turns it on. Training
 (:func:`load_model`) and evaluation (:func:`load_for_eval`) load the same way; ``option`` names the
 setting the path came from (``model.path``, ``--model``) in error messages.
 """
@@ -37,7 +39,29 @@ def resolve_model_dir(path: str, option: str = "model.path") -> Path:
         raise ConfigError(f"{option}: directory not found: {path} (models load from local directories only)")
     if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise ConfigError(f"{option}: {p} has no config.json: not a Hugging Face model directory")
+    _refuse_pickled_weights(p, option)
     return p
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files that torch and PEFT read with an unpickler: a crafted one can run code when loaded."""
+
+
+def _refuse_pickled_weights(path: Path, option: str) -> None:
+    """Refuse a model or adapter directory whose weights exist only as pickles, before any loader sees
+    it: transformers and PEFT would otherwise fall back to ``torch.load`` on them."""
+    adapter = (path / "adapter_config.json").exists()
+    has_safetensors = (path / "adapter_model.safetensors").exists() if adapter else any(path.glob("*.safetensors"))
+    if has_safetensors:
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        kind = "adapter" if adapter else "model"
+        raise ConfigError(
+            f"{option}: cannot load safetensors weights from {path}: its {kind} weights are pickled "
+            f"({', '.join(pickles)}), which bcat never loads (unpickling can run code); convert them to "
+            "safetensors with the tool that made them (save_pretrained(..., safe_serialization=True))"
+        )
 
 
 def base_model_dir(path: Path, option: str = "model.path") -> Path:

@@ -4,7 +4,7 @@ Order: the training pairs (``bcat data pairs``), then the runs in file order, th
 dev (``selection.json``, or ``selection-NAME.json`` for named ones), then the arms that come from a
 selection, then the report. Each run:
 
-1. ``bcat train ... --resume`` into ``CACHE/train/KEY`` (checkpoints every ``training.save_steps``,
+1. ``bcat train ... --resume-if-possible`` into ``CACHE/train/KEY`` (checkpoints every ``training.save_steps``,
    snapshots at the curve steps); skipped once ``training_summary.json`` is there;
 2. ``bcat eval`` of the final model on dev, on test and the OOD suite as the arm asks, and of the
    snapshots on the curve's dev groups, each into ``CACHE/eval/KEY/SPLIT``; skipped once that
@@ -239,7 +239,7 @@ class Study:
                 tdir = self.train_dir(run)
                 if not (tdir / "training_summary.json").is_file():
                     self._command([*train_argv(self.spec.model, self.pairs, tdir, None, run.overrides,
-                                               self.spec.data.train_languages), "--resume"], tdir, run)
+                                               self.spec.data.train_languages), "--resume-if-possible"], tdir, run)
             for step in self.eval_steps(run):
                 if (step.output / "metrics.json").is_file():
                     continue

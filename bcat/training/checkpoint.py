@@ -98,31 +98,114 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def resume_point(out_dir: Path) -> Path | None:
-    """:func:`latest_checkpoint` as rank 0 sees it, on every rank (every rank must call this): only rank 0
-    reads the output directory, so it need not be shared between machines."""
-    return broadcast_object(latest_checkpoint(out_dir) if process_index() == 0 else None)
+CHECKPOINT_FILES = ("state.json", "trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
+STATE_KEYS = {"step": int, "tokens": int, "processes": int, "sampler": dict, "scheduler": dict,
+              "optimizer_param_groups": list}
+"""What ``state.json`` must hold, and the type of each value."""
+
+
+def check_checkpoint(path: Path, processes: int) -> dict:
+    """Check every file of a checkpoint against the format :func:`save_checkpoint` writes, reading only
+    ``state.json`` and the safetensors headers (no tensor is loaded); return the parsed ``state.json``.
+
+    Refused (:class:`TrainingError`, one message naming the file and what is wrong): a symlinked
+    folder or file, a missing file, a ``state.json`` without one of :data:`STATE_KEYS` or whose step
+    is not the folder's, another number of processes, optimizer or RNG tensors whose names, shapes or
+    types are not what this format and this machine's torch give, a scheduler at another step.
+    """
+    def bad(what: str) -> TrainingError:
+        return TrainingError(f"checkpoint {path} {what}; delete it to resume from the one before, or start "
+                             "again without --resume in another training.output_dir")
+
+    for f in [path, *(path / name for name in CHECKPOINT_FILES)]:
+        if f.is_symlink():  # a checkpoint is rewritten and pruned in place: it must be the run's own files
+            raise bad(f"has a symbolic link ({f.name} -> {os.readlink(f)}): its files must be real files in the run's folder")
+        if not f.exists():
+            raise bad(f"lacks {f.name}")
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        shapes = {name: _header(path / f"{name}.safetensors") for name in ("trainable", "optimizer", "rng")}
+    except Exception as e:  # json and safetensors each raise their own types
+        raise TrainingError(_unreadable(path, e)) from None
+    if not isinstance(state, dict):
+        raise bad("has a state.json that is not a JSON object")
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise bad(f"has a state.json whose '{key}' is missing or not a {kind.__name__}")
+    if not isinstance(state.get("run", {}), dict) or not isinstance(state.get("resumes", []), list):
+        raise bad("has a state.json whose 'run' is not an object or whose 'resumes' is not a list")
+    step = state["step"]
+    if path.name != f"step-{step:08d}" or state["tokens"] < 0:
+        raise bad(f"has a state.json at step {step} with {state['tokens']} tokens, in a folder named {path.name}")
+    if state["processes"] != processes:
+        raise TrainingError(f"checkpoint {path} was written by {state['processes']} process(es), this run has "
+                            f"{processes}: resume with the same number of processes (the data order of each rank "
+                            "depends on it)")
+    if state["scheduler"].get("last_epoch") != step:
+        raise bad(f"has a learning-rate scheduler at step {state['scheduler'].get('last_epoch')!r}, not {step}")
+    error = _tensor_mismatch(shapes, state["optimizer_param_groups"], processes)
+    if error:
+        raise bad(error)
+    return state
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    reason = (str(error).splitlines() or [""])[0]
+    return f"checkpoint {path} cannot be read safely ({type(error).__name__}: {reason}); delete it to resume from the one before"
+
+
+def _header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype)}`` of a safetensors file, from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def _tensor_mismatch(shapes: dict, param_groups: list, processes: int) -> str | None:
+    """What in the optimizer and RNG files does not fit the trainable parameters and this machine, if anything."""
+    trainable = shapes["trainable"]
+    grouped = [n for g in param_groups for n in (g.get("params", []) if isinstance(g, dict) else [None])]
+    if sorted(map(str, grouped)) != sorted(trainable):
+        return "has optimizer parameter groups that do not name its trainable parameters"
+    for key, (shape, _) in shapes["optimizer"].items():
+        name, _, entry = key.rpartition("/")
+        if name not in trainable:
+            return f"has optimizer state '{key}' for a parameter it does not train"
+        want = () if entry == "step" else trainable[name][0]
+        if shape != want:
+            return f"has optimizer state '{key}' of shape {list(shape)}, its parameter needs {list(want)}"
+    cpu = tuple(torch.get_rng_state().shape)
+    for rank in range(processes):
+        got = shapes["rng"].get(f"cpu.{rank}")
+        if got != (cpu, "U8"):
+            return f"has no usable CPU random state for rank {rank} (found {got}, this torch needs {list(cpu)} bytes)"
+        cuda = shapes["rng"].get(f"cuda.{rank}")
+        if cuda is not None and torch.cuda.is_available() and cuda != (tuple(torch.cuda.get_rng_state().shape), "U8"):
+            return f"has a CUDA random state for rank {rank} that this torch cannot take ({cuda})"
+    return None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, processes: int = 1) -> dict:
     """Restore a checkpoint (every rank must call this; only rank 0 reads ``path``); anything unreadable or
-    not matching this run is a :class:`TrainingError` on every rank."""
+    not matching this run (:func:`check_checkpoint`, then the model's trainable parameters) is a
+    :class:`TrainingError` on every rank, raised before anything is restored."""
     weights, optimizer_state, small = {}, {}, None
     if process_index() == 0:
         state, rng = {}, {}
         try:
-            state = json.loads((path / "state.json").read_text())
+            state = check_checkpoint(path, processes)
             weights = load_file(path / "trainable.safetensors")
             optimizer_state = {"state": {}, "param_groups": state["optimizer_param_groups"]}
             for key, value in load_file(path / "optimizer.safetensors").items():
                 name, entry = key.rsplit("/", 1)
                 optimizer_state["state"].setdefault(name, {})[entry] = value
             rng = load_file(path / "rng.safetensors")
-            error = _mismatch(path, model, weights, state, processes)
-        except Exception as e:  # safetensors, json and missing keys each raise their own types
-            reason = (str(e).splitlines() or [""])[0]
-            error = (f"checkpoint {path} cannot be read safely ({type(e).__name__}: {reason}); "
-                     "delete it to resume from the one before")
+            error = _mismatch(path, model, weights)
+        except TrainingError as e:
+            error = str(e)
+        except Exception as e:  # a file changed since it was checked: safetensors and json raise their own types
+            error = _unreadable(path, e)
         small = {"error": error, "state": state, "rng": rng}
     small = broadcast_object(small)
     if small["error"] is not None:
@@ -136,10 +219,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, processes: int = 1)
     return state
 
 
-def _mismatch(path: Path, model, weights: dict, state: dict, processes: int) -> str | None:
-    if state.get("processes") != processes:
-        return (f"checkpoint {path} was written by {state.get('processes')} process(es), this run has {processes}: "
-                "resume with the same number of processes (the data order of each rank depends on it)")
+def _mismatch(path: Path, model, weights: dict) -> str | None:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params) or any(tuple(weights[n].shape) != tuple(p.shape) for n, p in params.items()):
         return (f"checkpoint {path} does not match this model's trainable parameters "

@@ -7,13 +7,13 @@ the group sampler deals micro-batches to ranks directly, and ``accelerate`` stil
 placement and DDP/FSDP2 through ``accelerate launch`` (:mod:`bcat.training.distributed`); bf16 mixed
 precision is an autocast inside the forward (:class:`bcat.model.loading.Precision`).
 
-Order of work: validate config, data, aligned layers and output directory (nothing is written
-before that), load the model, check its fast forward paths, fit the hidden-state standardisation,
-optionally precompute DPO reference log-probs, then per optimizer step: collate the step's
-``gradient_accumulation_steps`` micro-batches and count their tokens / pairs / variants over all
-ranks (every term is normalised by the whole step, :mod:`bcat.training.objectives`), then per
-micro-batch one forward -> loss terms -> backward; then clip (a non-finite gradient norm stops
-the run), optimizer step, schedule, log, checkpoint.
+Order of work: validate config, data, aligned layers, output directory and what there is to resume
+(:mod:`bcat.training.resume`; nothing is written before that), load the model, check its fast
+forward paths, fit the hidden-state standardisation, optionally precompute DPO reference log-probs,
+then per optimizer step: collate the step's ``gradient_accumulation_steps`` micro-batches and
+count their tokens / pairs / variants over all ranks (every term is normalised by the whole step,
+:mod:`bcat.training.objectives`), then per micro-batch one forward -> loss terms -> backward; then
+clip (a non-finite gradient norm stops the run), optimizer step, schedule, log, checkpoint.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from bcat.model.forward import (
 )
 from bcat.model.loading import (
     add_lora,
+    base_model_dir,
     count_parameters,
     load_model,
     load_tokenizer,
@@ -52,12 +53,13 @@ from bcat.model.loading import (
     training_precision,
 )
 from bcat.model.trim import special_id, trim_vocabulary
-from bcat.training.checkpoint import load_checkpoint, resume_point, save_checkpoint
+from bcat.training.checkpoint import load_checkpoint, save_checkpoint
 from bcat.training.distributed import full_model_state, make_accelerator, parallelism, prepare
 from bcat.training.hidden import fit_hidden_standardization
 from bcat.training.objectives import COUNT_KEYS, compute_loss, loss_counts, nonfinite_gradient_terms, reference_logps
-from bcat.training.outputs import check_output_dir, required_free_bytes, truncate_log
+from bcat.training.outputs import check_apart, check_output_dir, required_free_bytes, truncate_log
 from bcat.training.reference import reference_key, reference_table
+from bcat.training.resume import Resume, describe_changes, plan_resume, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,11 @@ def _scheduler(cfg: TrainConfig, optimizer):
                          num_training_steps=cfg.training.max_steps)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run training as configured; returns the training summary (also written to disk)."""
+def train(cfg: TrainConfig, resume: Resume = False) -> dict:
+    """Run training as configured; returns the training summary (also written to disk).
+
+    ``resume``: ``False`` starts a run, ``True`` continues one from its newest checkpoint, ``"if-possible"``
+    continues where there is a checkpoint and starts where there is no run (:mod:`bcat.training.resume`)."""
     from accelerate.utils import gather_object
 
     t_start = time.time()
@@ -93,6 +98,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if not cfg.data.train:
         raise ConfigError("data.train is not set: give a JSONL/Parquet file of parallel records")
     precision = training_precision(cfg.model, accelerator.device)
+    model_dir = resolve_model_dir(cfg.model.path)
+    check_apart(out, [model_dir, base_model_dir(model_dir)])
     hidden_layers = resolve_hidden_layers(cfg.model.path, cfg.alignment.hidden_layers,
                                           trust_remote_code=cfg.model.trust_remote_code)
     records, report = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
@@ -101,7 +108,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     examples = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.prompt_truncation_side)
     sampler = build_sampler(cfg, examples, accelerator.num_processes, accelerator.process_index)
     if is_main:  # the only process that writes
-        check_output_dir(out, resume, min_free_bytes=required_free_bytes(cfg))
+        check_output_dir(out, min_free_bytes=required_free_bytes(cfg))
+    settings = run_settings(cfg, examples) if is_main else None  # recorded in checkpoints (rank 0 writes them)
+    resume_from = plan_resume(out, resume, cfg, settings, sampler, accelerator.num_processes)
     if report.dropped_groups_without_anchor and is_main:
         log.info("bcat: dropped %d groups without the anchor language", report.dropped_groups_without_anchor)
 
@@ -148,7 +157,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     ref_table, reference = None, None
     if cfg.objective.name == "dpo":
         if cfg.objective.precompute_reference:
-            key = reference_key(examples, tokenizer, model, resolve_model_dir(cfg.model.path), cfg.data.max_length,
+            key = reference_key(examples, tokenizer, model, model_dir, cfg.data.max_length,
                                 cfg.data.prompt_truncation_side) if cfg.objective.cache_reference else None
             ref_table = reference_table(policy, examples, collator, key)
         elif cfg.model.lora:
@@ -173,13 +182,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         log.warning("bcat: training.grad_ratio_steps is ignored under FSDP2 (the probe would perturb sharded steps)")
 
     # -- 4. resume ----------------------------------------------------------------------------------
-    step, tokens = 0, 0
-    if resume and (ckpt := resume_point(out)) is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator.num_processes)
+    step, tokens, resumes = 0, 0, []
+    if resume_from is not None:
+        state = load_checkpoint(resume_from.path, model, optimizer, scheduler, accelerator.num_processes)
         step, tokens = state["step"], state["tokens"]
         sampler.load_state_dict(state["sampler"])
+        resumes = [*state.get("resumes", []), {"step": step, "changed": resume_from.changes}]
         if is_main:
-            log.info("bcat: resumed from %s (step %d)", ckpt, step)
+            log.info("bcat: resumed from %s (step %d)", resume_from.path, step)
+            if resume_from.changes:
+                log.info("bcat: changed since that checkpoint: %s", describe_changes(resume_from.changes))
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
@@ -270,10 +282,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             progress.set_postfix(loss=f"{terms['loss']:.4f}")
         if step in tc.snapshot_steps and step < tc.max_steps and is_main:
             save_model(model, tokenizer, out / SNAPSHOTS / f"step-{step:08d}", merged=False, vocab=vocab,
-                       base_dir=resolve_model_dir(cfg.model.path))
+                       base_dir=model_dir)
         if tc.save_steps and step % tc.save_steps == 0 and step < tc.max_steps:
-            save_checkpoint(out, step, model, optimizer, scheduler, {"tokens": tokens, "sampler": sampler.state_dict()},
-                            is_main)
+            save_checkpoint(out, step, model, optimizer, scheduler, {"tokens": tokens, "sampler": sampler.state_dict(),
+                                                                     "run": settings, "resumes": resumes}, is_main)
             accelerator.wait_for_everyone()
     if progress is not None:
         progress.close()
@@ -291,11 +303,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                       "attention": getattr(model.config, "_attn_implementation", None)},
         "hidden_standardization": stats.summary() if stats is not None else None,
         "grad_ratio_probes": {"count": probes["count"], "seconds": round(probes["seconds"], 3)},
+        "resumes": resumes,
     }
     weights = full_model_state(model)  # every rank takes part: with FSDP each holds a shard
     if is_main:
         save_model(model, tokenizer, out, merged=tc.save_merged and cfg.model.lora, vocab=vocab,
-                   base_dir=resolve_model_dir(cfg.model.path), state_dict=weights)
+                   base_dir=model_dir, state_dict=weights)
         tmp = out / "training_summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         tmp.replace(out / "training_summary.json")

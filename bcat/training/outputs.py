@@ -19,10 +19,9 @@ def required_free_bytes(cfg: TrainConfig) -> int:
     return max(200 * 2**20, stored_parameters(cfg.model.path) * 4 * (2 + kept))
 
 
-def check_output_dir(out: Path, resume: bool, min_free_bytes: int) -> None:
-    """Refuse before any work: an unwritable directory, too little disk, or a finished run in the way."""
-    if out.exists() and (out / "training_summary.json").exists() and not resume:
-        raise ConfigError(f"training.output_dir {out} already holds a finished run; choose another directory")
+def check_output_dir(out: Path, min_free_bytes: int) -> None:
+    """Refuse before any work: an unwritable directory or too little disk (a run in the way:
+    :mod:`bcat.training.resume`)."""
     parent = out if out.exists() else out.parent
     while not parent.exists():
         parent = parent.parent
@@ -37,6 +36,18 @@ def check_output_dir(out: Path, resume: bool, min_free_bytes: int) -> None:
         raise ConfigError(
             f"training.output_dir {out}: {free / 2**30:.1f} GiB free, the run needs about {min_free_bytes / 2**30:.1f} GiB"
         )
+
+
+def check_apart(out: Path, model_dirs: list[Path]) -> None:
+    """Refuse an output directory that is, or is inside, or holds a model directory the run reads: the
+    run would write its model over the model it loads, or a later ``--model`` would load the wrong one."""
+    target = out.expanduser().resolve()
+    for model_dir in model_dirs:
+        source = model_dir.expanduser().resolve()
+        if target == source or source in target.parents or target in source.parents:
+            where = ("is" if target == source else "is inside" if source in target.parents else "holds")
+            raise ConfigError(f"training.output_dir {out} {where} the model directory {model_dir}: "
+                              "write the run to a directory of its own, outside the model's")
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -10,7 +10,7 @@ from bcat.cli import main
 def test_demo_with_baseline_runs_every_step(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--model", str(tiny_model_dir), "--output", str(out), "--eval-groups", "1", "--steps", "2",
-            "--baseline", "training.threads=1", "data.max_length=256"]
+            "--baseline", "training.threads=1", "data.max_length=256", "training.save_steps=1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for name in ("eval_base", "eval_baseline", "eval_bcat"):
@@ -25,6 +25,9 @@ def test_demo_with_baseline_runs_every_step(tmp_path, tiny_model_dir, capsys):
     assert (out / "report.html").exists()
     assert "baseline" in printed and "non_english_mean" in printed
 
-    # A second run reuses both finished trainings.
+    # A second run reuses the finished training and continues the one a kill interrupted after its checkpoint.
+    (out / "train_baseline" / "training_summary.json").unlink()
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("reusing the finished training run") == 2
+    assert capsys.readouterr().out.count("reusing the finished training run") == 1
+    resumed = json.loads((out / "train_baseline" / "training_summary.json").read_text())
+    assert resumed["steps"] == 2 and [r["step"] for r in resumed["resumes"]] == [1]

@@ -21,11 +21,13 @@ def _isolated(monkeypatch, tmp_path):
 
 @pytest.fixture
 def train(tiny_model_dir, capsys):
-    """``bcat train`` in this process: ``train(out_dir, data, *overrides, model=..., resume=..., debug=...)``.
+    """``bcat train`` in this process: ``train(out_dir, data, *overrides, model=..., resume=..., debug=...)``
+    (``resume``: ``True`` for ``--resume``, ``"if-possible"`` for ``--resume-if-possible``).
     One torch thread: deterministic, and fast on a machine whose few cores are shared."""
 
     def run(out, data, *overrides, model=None, resume=False, debug=False, steps=2) -> Result:
-        argv = (["--debug"] if debug else []) + ["train"] + (["--resume"] if resume else [])
+        flag = {True: ["--resume"], "if-possible": ["--resume-if-possible"]}.get(resume, [])
+        argv = (["--debug"] if debug else []) + ["train"] + flag
         argv += [f"model.path={model or tiny_model_dir}", f"data.train={data}", f"training.output_dir={out}",
                  f"training.max_steps={steps}", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", "training.threads=1",
                   *overrides]

@@ -25,6 +25,7 @@ from reliability.support import (
     run_cli,
     tree,
 )
+from safetensors.torch import load_file
 
 from bcat.cli import main
 
@@ -63,6 +64,44 @@ def test_model_with_only_a_pickled_checkpoint_is_refused(tmp_path, train, data, 
     captured = capsys.readouterr()
     assert_clean_failure(Result(rc, captured.out, captured.err), "--model: cannot load safetensors weights")
     assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("pickled", ["adapter_model.bin", "adapter_model.pt"])
+def test_adapter_with_only_pickled_weights_is_refused_before_it_is_read(tmp_path, train, data, capsys, monkeypatch,
+                                                                         pickled):
+    """A LoRA adapter folder whose weights are a pickle: neither training on it nor evaluating it opens the
+    file (PEFT would fall back to ``torch.load`` on ``adapter_model.bin``)."""
+    run = tmp_path / "run"
+    assert train(run, data, steps=1).rc == 0
+    adapter = run / "model"
+    weights = load_file(adapter / "adapter_model.safetensors")
+    (adapter / "adapter_model.safetensors").unlink()
+    torch.save(weights, adapter / pickled)
+    opened = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a) or real_load(*a, **k))
+    out = tmp_path / "out"
+    assert_clean_failure(train(out, data, model=adapter), "model.path: cannot load safetensors weights",
+                         f"adapter weights are pickled ({pickled})")
+    rc = main(["eval", "--model", str(run), "--output", str(out), "--limit", "1"])
+    captured = capsys.readouterr()
+    assert_clean_failure(Result(rc, captured.out, captured.err), "--model: cannot load safetensors weights",
+                         f"({pickled})")
+    assert opened == [] and not out.exists()
+
+
+def test_pickles_beside_safetensors_weights_are_never_read(tmp_path, train, data, tiny_model_dir, monkeypatch):
+    """A model folder with a stray pickle next to its safetensors (an optimizer state, an old checkpoint) trains
+    from the safetensors; the pickle is not opened."""
+    marker = tmp_path / "PWNED"
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    for name in ("optimizer.pt", "pytorch_model.bin", "rng_state.pth"):
+        with open(model / name, "wb") as f:
+            pickle.dump({"x": _Payload(marker)}, f)
+    opened = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a))
+    assert train(tmp_path / "out", data, model=model, steps=1).rc == 0
+    assert opened == [] and not marker.exists()
 
 
 def _calls(name: str):

@@ -209,7 +209,7 @@ def test_killed_mid_training_a_rerun_resumes_from_the_checkpoint(tmp_path, tiny_
     assert not (tmp_path / "results" / "grouped-s0.json").exists()
     calls: list = []
     assert Study(load_study(path), execute=in_process(calls)).run_all() == 0
-    assert [c[0] for c in calls] == ["train"] and calls[0][-1] == "--resume"
+    assert [c[0] for c in calls] == ["train"] and calls[0][-1] == "--resume-if-possible"
     steps = [json.loads(line)["step"] for line in (train_dir / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))
     log = (tmp_path / "cache" / "commands.jsonl").read_text().splitlines()

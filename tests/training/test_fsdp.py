@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from helpers import parallel_records, train_log_without_times, write_jsonl
@@ -169,11 +170,10 @@ def test_fsdp_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model_dir,
             assert proc.poll() is None, (tmp_path / "killed.stderr").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within the time limit"
             time.sleep(0.005)
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank: a machine going down
-        proc.wait(timeout=60)
+        _kill_tree(proc)  # the launcher and every rank: a machine going down
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc)
         stderr.close()
     done = _checkpoint_steps(killed)[-1]
     assert 2 <= done < steps and not (killed / "training_summary.json").exists()
@@ -198,6 +198,20 @@ def test_fsdp_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model_dir,
                               timeout=300)
         assert done.returncode == 2, done.stderr[-2000:]
         assert "was written by 2 process(es), this run has 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process below it: the ranks run in sessions of their own, so killing
+    the launcher's process group alone leaves them training to the end."""
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for rank in ranks:
+        try:
+            rank.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)
+    psutil.wait_procs(ranks, timeout=60)
 
 
 def _free_port() -> int:
