@@ -133,8 +133,14 @@ def test_source_reads_torch_files_with_weights_only_and_never_unpickles():
         base = node.func.value
         if isinstance(base, ast.Name):
             assert base.id not in ("pickle", "dill", "cloudpickle", "marshal"), f"{path}:{node.lineno}"
-            if base.id == "yaml":
-                assert node.func.attr == "safe_load", f"{path}:{node.lineno}"
+            if base.id == "yaml":  # safe_load, or load with bcat's strict loader (a SafeLoader subclass)
+                loader = _keyword(node, "Loader")
+                assert node.func.attr == "safe_load" or (isinstance(loader, ast.Name) and loader.id == "StrictYamlLoader"), \
+                    f"{path}:{node.lineno}"
+    from bcat.config import StrictYamlLoader
+    import yaml
+
+    assert issubclass(StrictYamlLoader, yaml.SafeLoader)
     for name in ("load_state", "FileSystemReader", "load_custom_state"):
         assert not list(_calls(name)), name
     for path in sorted(PACKAGE.rglob("*.py")):
