@@ -20,6 +20,7 @@ from bcat.evaluation.compare import CompareOptions, run_compare
 from bcat.evaluation.evaluate import RagOptions, run_eval
 from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
 from bcat.evaluation.scoring import rescore
+from bcat.output import claim_output
 from bcat.report.render import run_report
 
 
@@ -126,8 +127,10 @@ def _add_language_options(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def cmd_compare(args) -> int:
-    run_compare(CompareOptions(runs_a=args.run_a.split(","), runs_b=args.run_b.split(","), output=args.output,
-                               bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha, data=args.data))
+    options = CompareOptions(runs_a=args.run_a.split(","), runs_b=args.run_b.split(","), output=args.output,
+                             bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha, data=args.data)
+    with claim_output(Path(options.output), "--output"):
+        run_compare(options)
     return 0
 
 

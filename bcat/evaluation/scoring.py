@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -42,6 +41,7 @@ from bcat.evaluation.metrics import (LANGUAGE_ID_NOT_MEASURED, LanguageIdentifie
                                      score_item)
 from bcat.evaluation.summary import summarize
 from bcat.languages import ANCHOR, SEEN
+from bcat.output import claim_output, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -221,17 +221,19 @@ def rag_metrics(data_path: Path, items: Sequence[RagItem], summary: dict) -> dic
 
 
 def write_outputs(output: Path, metrics: dict, predictions: Optional[Sequence[dict]]) -> None:
-    """Write ``predictions.jsonl`` (when given) and ``metrics.json`` into ``output``: each written to a
-    temporary file first and renamed, so a failure never leaves a half-written file."""
-    output.mkdir(parents=True, exist_ok=True)
+    """Write ``predictions.jsonl`` (when given) and ``metrics.json`` into ``output``, replacing the folder
+    whole (:func:`bcat.output.replace_dir`, the folder's other files kept): a failure at any point
+    leaves the old pair or the new one, never new answers beside old metrics."""
     files = []
     if predictions is not None:
         files.append(("predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)))
     files.append(("metrics.json", json.dumps(metrics, ensure_ascii=False, indent=2) + "\n"))
-    for name, text in files:
-        (output / f"{name}.tmp").write_text(text, encoding="utf-8")
-    for name, _ in files:
-        os.replace(output / f"{name}.tmp", output / name)
+
+    def write(folder: Path) -> None:
+        for name, text in files:
+            (folder / name).write_text(text, encoding="utf-8")
+
+    replace_dir(output, write, carry=True)
 
 
 # --- bcat score -----------------------------------------------------------------------------------------
@@ -299,6 +301,12 @@ def rescore(data: Path, predictions_file: Path, output: Path, *, anchor: Optiona
     scoring cannot know (model, generation options) and the scoring options it used (anchor,
     seen languages, bootstrap); the arguments given here override the latter.
     """
+    with claim_output(output, "--output", replaced=True):
+        return _rescore(data, predictions_file, output, anchor=anchor, seen=seen, unseen=unseen,
+                        bootstrap=bootstrap, seed=seed)
+
+
+def _rescore(data: Path, predictions_file: Path, output: Path, *, anchor, seen, unseen, bootstrap, seed) -> dict:
     eval_file = predictions_file.parent / "metrics.json"
     base: dict = {}
     if eval_file.is_file():

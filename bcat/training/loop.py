@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ from bcat.model.loading import (
     training_precision,
 )
 from bcat.model.trim import special_id, trim_vocabulary
+from bcat.output import lock_output
 from bcat.training.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from bcat.training.distributed import full_model_state, make_accelerator, parallelism, prepare
 from bcat.training.hidden import fit_hidden_standardization
@@ -78,7 +79,13 @@ def _scheduler(cfg: TrainConfig, optimizer):
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run training as configured; returns the training summary (also written to disk)."""
+    """Run training as configured; returns the training summary (also written to disk). The output
+    directory is held for this run from its check to the end (:func:`bcat.output.lock_output`)."""
+    with ExitStack() as held:
+        return _train(cfg, resume, held)
+
+
+def _train(cfg: TrainConfig, resume: bool, held: ExitStack) -> dict:
     from accelerate.utils import gather_object
 
     t_start = time.time()
@@ -102,6 +109,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     sampler = build_sampler(cfg, examples, accelerator.num_processes, accelerator.process_index)
     if is_main:  # the only process that writes
         check_output_dir(out, resume, min_free_bytes=required_free_bytes(cfg))
+        held.enter_context(lock_output(out, "training.output_dir"))
     if report.dropped_groups_without_anchor and is_main:
         log.info("bcat: dropped %d groups without the anchor language", report.dropped_groups_without_anchor)
 
