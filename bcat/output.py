@@ -196,8 +196,9 @@ def replace_dir(target: Path, write: Callable[[Path], None], carry: bool = False
     ``target`` as it was and nothing beside it."""
     target = Path(target)
     restore_dir(target)
+    for stale in target.parent.glob(f".{target.name}.new-*"):  # of a killed writer (the caller holds the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     new = _aside(target, f"new-{os.getpid()}")
-    shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     try:
         write(new)

@@ -27,6 +27,7 @@ from markupsafe import Markup
 
 from bcat.errors import BcatError
 from bcat.evaluation.compare import BETTER, WORSE, Run, compare_runs, load_run
+from bcat.evaluation.scoring import check_metrics
 from bcat.output import claim_output, replace_dir
 from bcat.report.charts import headline_chart, loss_chart, per_language_chart
 from bcat.report.loss import training_logs
@@ -88,6 +89,8 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamp
 def _report_sections(run_dirs, n_resamples: int, seed: int, alpha: float, train_runs) -> tuple[list, str, str]:
     """The report's sections, title and HTML cards."""
     runs = [load_run(d, need_items=False) for d in run_dirs]
+    for run in runs:
+        check_metrics(run.metrics, run.path / "metrics.json")
     logs = [log for log in training_logs(runs, [str(d) for d in train_runs]) if log.entries]
     names = run_names(runs)
     langs, unseen = all_languages(runs)
