@@ -251,6 +251,14 @@ class TrainConfig:
                 "alignment.hidden_loss=infonce with batch.groups_per_batch=1 is identically 0: its negatives are the "
                 "anchors of the OTHER groups in the micro-batch, and there are none; set batch.groups_per_batch=2 "
                 "or more, or alignment.hidden_loss=cosine, or alignment.hidden_weight=0")
+        without_pairs = {"no_anchor": "it removes the anchor records",
+                         "monolingual": "it puts one language in each micro-batch"}
+        on = [f"alignment.{k}" for k in ALIGNMENT_WEIGHTS if getattr(a, k) > 0]
+        if on and self.batch.mode in without_pairs:
+            raise ConfigError(
+                f"{', '.join(on)} > 0 with batch.mode={self.batch.mode} is identically 0: the alignment terms pull "
+                f"each translation toward its anchor in the same micro-batch, and {without_pairs[self.batch.mode]}; "
+                f"set {', '.join(k + '=0' for k in on)}, or use batch.mode=grouped")
         if a.hidden_layers is not None and (not a.hidden_layers or min(a.hidden_layers) < 0):
             raise ConfigError(f"config key 'alignment.hidden_layers' must list indices into hidden_states "
                               f"(0 = embeddings, 1..L = transformer layers), got {a.hidden_layers!r}")
@@ -263,6 +271,7 @@ class TrainConfig:
 OBJECTIVES = ("sft", "dpo", "orpo")
 BATCH_MODES = ("grouped", "shuffled", "monolingual", "no_anchor")
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flex_attention")
+ALIGNMENT_WEIGHTS = ("hidden_weight", "output_weight", "token_kl_weight")
 HIDDEN_LOSSES = ("cosine", "mse", "infonce")
 HIDDEN_STANDARDIZATIONS = ("standardize", "center", "none")
 SCHEDULERS = ("cosine", "linear", "constant")

@@ -7,6 +7,7 @@ returning an exit code; the work itself happens in the library modules those fun
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -14,6 +15,9 @@ import sys
 import warnings
 
 from bcat.errors import BcatError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""Errors of a full disk or quota: reported in one line, like the user's errors."""
 
 # (module, subcommand group or None). Order is the order of `bcat --help`.
 COMMAND_MODULES = [
@@ -93,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("bcat: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        _close_progress_bars()
+        if args.debug:
+            raise
+        # The writers replace files and folders whole, so what was there before is still intact.
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"bcat: error: {e.strerror or 'the disk is full'}{where}; free some space and run the command again "
+              "(a training run continues from its last checkpoint with --resume)", file=sys.stderr)
+        return BcatError.exit_code
 
 
 def quiet_library_warnings() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bcat.cli.arguments import positive, positive_float
 from bcat.errors import ConfigError
 
 
@@ -17,10 +18,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--data", required=True, help="parallel records (training format: prompt + completion or chosen)")
     p.add_argument("--layers", default=None,
                    help="comma-separated indices into hidden_states, or 'all' (default: the middle layer, as training)")
-    p.add_argument("--groups", type=int, default=20, help="groups used: half fit the statistics, half are measured")
+    p.add_argument("--groups", type=positive, default=20, help="groups used: half fit the statistics, half are measured")
     p.add_argument("--stats-records", type=int, default=32, help="records the statistics are fitted on (as training)")
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.1, help="InfoNCE temperature")
+    p.add_argument("--max-length", type=positive, default=512)
+    p.add_argument("--temperature", type=positive_float, default=0.1, help="InfoNCE temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, help="also write the result as JSON here")
     p.set_defaults(func=_main)

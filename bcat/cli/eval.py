@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bcat.cli.arguments import non_negative, positive
 from bcat.errors import BcatError
 from bcat.evaluation.compare import CompareOptions, run_compare
 from bcat.evaluation.evaluate import RagOptions, run_eval
 from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
-from bcat.evaluation.scoring import rescore
+from bcat.evaluation.scoring import read_metrics, rescore
+from bcat.output import claim_output
 from bcat.report.render import run_report
 
 
@@ -27,22 +29,8 @@ def _codes(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _positive_or_auto(text: str) -> int | None:
-    return None if text == "auto" else _positive(text)
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return None if text == "auto" else positive(text)
 
 
 def _alpha(text: str) -> float:
@@ -53,7 +41,7 @@ def _alpha(text: str) -> float:
 
 
 def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool) -> None:
-    p.add_argument("--bootstrap", type=_positive, default=2000, metavar="N",
+    p.add_argument("--bootstrap", type=positive, default=2000, metavar="N",
                    help="bootstrap resamples (over groups) for the 95%% intervals (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (and of the choice of shots)")
     if with_alpha:
@@ -126,8 +114,13 @@ def _add_language_options(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def cmd_compare(args) -> int:
-    run_compare(CompareOptions(runs_a=args.run_a.split(","), runs_b=args.run_b.split(","), output=args.output,
-                               bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha, data=args.data))
+    options = CompareOptions(runs_a=args.run_a.split(","), runs_b=args.run_b.split(","), output=args.output,
+                             bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha, data=args.data)
+    with claim_output(Path(options.output), "--output"):
+        for run in map(Path, options.runs_a + options.runs_b):
+            if (run / "metrics.json").is_file():
+                read_metrics(run / "metrics.json")
+        run_compare(options)
     return 0
 
 
@@ -147,7 +140,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the finished evaluation in --output (by default a folder with metrics.json is refused)")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+    p.add_argument("--limit", type=positive, default=None, metavar="N",
                    help="evaluate the first N groups only (all their languages)")
     p.add_argument("--languages", type=_codes, default=None, metavar="CODES",
                    help="comma-separated languages to evaluate (default: all in the file)")
@@ -161,8 +154,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_or_auto, default=None,
                    help=f"most prompts decoded together, or auto (default: {RagOptions.batch_size} on the CPU, "
                         "sized to the free memory on a GPU)")
-    p.add_argument("--max-new-tokens", type=_positive, default=32, help="generation budget per answer (default 32)")
-    p.add_argument("--shots", type=_non_negative, default=0, help="solved examples in each prompt (default 0)")
+    p.add_argument("--max-new-tokens", type=positive, default=32, help="generation budget per answer (default 32)")
+    p.add_argument("--shots", type=non_negative, default=0, help="solved examples in each prompt (default 0)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
                    help="render prompts with the tokenizer's chat template: auto (if it has one), on, off (default)")
     p.add_argument("--ood-tasks", type=_codes, default=None, metavar="TASKS",
@@ -193,7 +186,7 @@ def add_score_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
     _add_language_options(p, "what the eval's metrics.json next to PRED.jsonl recorded, else the training run of "
                              "its model; without either, every scored language counts as seen")
-    p.add_argument("--bootstrap", type=_positive, default=None, metavar="N",
+    p.add_argument("--bootstrap", type=positive, default=None, metavar="N",
                    help="bootstrap resamples (default: the eval's, else 2000)")
     p.add_argument("--seed", type=int, default=None, help="seed of the bootstrap (default: the eval's, else 0)")
     p.set_defaults(func=cmd_score)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from bcat.batching.plan import batch_plan, build_sampler
+from bcat.cli.arguments import positive
 from bcat.config import CONFIG_HELP, load_config
 from bcat.data.records import load_records
 from bcat.data.tokenization import tokenize_records
@@ -16,8 +17,8 @@ from bcat.model.loading import load_tokenizer
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("plan", help="print the batch plan (which records each micro-batch holds)")
     p.add_argument("--config", help=CONFIG_HELP)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps to show (default: one epoch)")
-    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--steps", type=positive, default=None, help="optimizer steps to show (default: one epoch)")
+    p.add_argument("--world-size", type=positive, default=1, help="processes the run is planned for (default 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (the default is a readable table)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_main)

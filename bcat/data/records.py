@@ -16,6 +16,7 @@ Every problem is reported as ``FILE:LINE: field 'F': what is wrong``.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             raise DataError(str(path), None, None, f"not a readable Parquet file ({e})") from None
         yield from enumerate(table.to_pylist(), start=1)
         return
+    if not path.is_file():
+        raise DataError(str(path), None, None, "not a regular file (a device, a pipe or a socket cannot be data)")
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raise DataError(str(path), 1, None, "starts with a UTF-8 byte-order mark (BOM); save the file as UTF-8 without BOM")
@@ -95,11 +98,55 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
         except UnicodeDecodeError as e:
             raise DataError(str(path), number, None, f"not valid UTF-8 (byte {e.start}); the file must be UTF-8") from None
         try:
-            yield number, json.loads(text)
+            obj = json.loads(text, parse_int=_parse_int)
         except json.JSONDecodeError as e:
             last = number == len(lines) or (number == len(lines) - 1 and not lines[-1].strip())
             hint = " (the last line looks truncated)" if last else ""
             raise DataError(str(path), number, None, f"not valid JSON{hint}: {e.msg}") from None
+        except RecursionError:
+            raise DataError(str(path), number, None, "not valid JSON: nested too deeply") from None
+        check_values(obj, str(path), number)
+        yield number, obj
+
+
+class _LongInteger(str):
+    """An integer literal longer than Python converts (``sys.get_int_max_str_digits()``, 4300 by
+    default); kept as text so that :func:`check_values` can name the field it sits in."""
+
+
+def _parse_int(text: str) -> int | _LongInteger:
+    limit = sys.get_int_max_str_digits()
+    return _LongInteger(text) if limit and len(text.lstrip("-")) > limit else int(text)
+
+
+def _unencodable(text: str) -> bool:
+    """A string the tokenizer cannot take: a lone UTF-16 surrogate (``"\\ud800"`` in JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_values(obj: Any, path: str, line: int) -> None:
+    """Refuse values that parse as JSON but no later step can take, naming the field: lone surrogates
+    (in keys or strings) and integers too long to convert. Iterative, so any nesting depth that
+    ``json`` accepted is walked."""
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, _LongInteger):
+            raise DataError(path, line, where or None, f"an integer of {len(value.lstrip('-'))} digits (at most {sys.get_int_max_str_digits()})")
+        if isinstance(value, str) and _unencodable(value):
+            raise DataError(path, line, where or None, "holds a lone surrogate (invalid Unicode text, such as \"\\ud800\")")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{where}.{key}" if where else key
+                if _unencodable(key):
+                    raise DataError(path, line, where or None, "a key holds a lone surrogate (invalid Unicode text)")
+                stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
 
 
 def _check_text(value: Any, path: str, line: int, name: str) -> Text:

@@ -16,6 +16,7 @@ import importlib
 import inspect
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -45,6 +46,7 @@ from bcat.evaluation.sharding import (
     num_processes,
     process_device,
 )
+from bcat.output import claim_output
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,13 @@ def ood_arguments(ood, args) -> dict:
 
 
 def run_eval(args) -> dict:
-    """Everything ``bcat eval`` does; returns the metrics written to ``OUTPUT/metrics.json``."""
+    """Everything ``bcat eval`` does; returns the metrics written to ``OUTPUT/metrics.json``. The output
+    folder is checked and held before anything is read (only the main process writes)."""
+    with claim_output(Path(args.output), "--output", replaced=True) if is_main_process() else nullcontext():
+        return _run_eval(args)
+
+
+def _run_eval(args) -> dict:
     from bcat import __version__
     from bcat.model.loading import load_for_eval
 
@@ -209,21 +217,9 @@ def run_eval(args) -> dict:
                                       seen=getattr(args, "seen", None), unseen=getattr(args, "unseen", None),
                                       bundled_data=is_bundled_data(data_path))
     ood = _load_ood() if "ood" in suites else None
-    created = is_main_process() and not output.exists()
-    if is_main_process():  # fail on an unwritable --output before loading the model
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise BcatError(f"--output: cannot create {output}: {e}") from e
-
     started = time.time()
-    try:
-        model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code,
-                                         device=process_device(args.device), dtype=getattr(args, "dtype", "auto"))
-    except BcatError:
-        if created:  # a model that does not load leaves nothing behind
-            output.rmdir()
-        raise
+    model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code,
+                                     device=process_device(args.device), dtype=getattr(args, "dtype", "auto"))
     # the longest row a RAG prompt makes (data.max_length's default) plus the answer budget
     args.batch_size = resolve_batch_size(args.batch_size, model, 2048 + args.max_new_tokens)
     metrics: dict = {"bcat_version": __version__, "model": args.model, "suites": suites,

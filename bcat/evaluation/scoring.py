@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -42,6 +41,7 @@ from bcat.evaluation.metrics import (LANGUAGE_ID_NOT_MEASURED, LanguageIdentifie
                                      score_item)
 from bcat.evaluation.summary import summarize
 from bcat.languages import ANCHOR, SEEN
+from bcat.output import claim_output, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -221,17 +221,78 @@ def rag_metrics(data_path: Path, items: Sequence[RagItem], summary: dict) -> dic
 
 
 def write_outputs(output: Path, metrics: dict, predictions: Optional[Sequence[dict]]) -> None:
-    """Write ``predictions.jsonl`` (when given) and ``metrics.json`` into ``output``: each written to a
-    temporary file first and renamed, so a failure never leaves a half-written file."""
-    output.mkdir(parents=True, exist_ok=True)
+    """Write ``predictions.jsonl`` (when given) and ``metrics.json`` into ``output``, replacing the folder
+    whole (:func:`bcat.output.replace_dir`, the folder's other files kept): a failure at any point
+    leaves the old pair or the new one, never new answers beside old metrics."""
     files = []
     if predictions is not None:
         files.append(("predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)))
     files.append(("metrics.json", json.dumps(metrics, ensure_ascii=False, indent=2) + "\n"))
-    for name, text in files:
-        (output / f"{name}.tmp").write_text(text, encoding="utf-8")
-    for name, _ in files:
-        os.replace(output / f"{name}.tmp", output / name)
+
+    def write(folder: Path) -> None:
+        for name, text in files:
+            (folder / name).write_text(text, encoding="utf-8")
+
+    replace_dir(output, write, carry=True)
+
+
+# --- metrics.json as read back --------------------------------------------------------------------
+
+_NUMBER = (int, float, type(None))
+_INTERVAL = ([_NUMBER], type(None))
+_TABLE = {"*": {"*": _NUMBER}}
+METRICS_SHAPE = {
+    "model": (str, type(None)), "suites": [str], "options": dict, "data": str, "prompt_format": str,
+    "languages": {"anchor": str, "seen": [str], "unseen": [str], "source": str},
+    "per_language": _TABLE, "secondary": _TABLE, "ood": dict, "items": [[str]],
+    "english": _NUMBER, "non_english_mean": _NUMBER, "gap": _NUMBER, "unseen_mean": _NUMBER,
+    "all_languages_correct": _NUMBER, "n_groups": int,
+    "ci": {"level": _NUMBER, "resamples": int, "seed": int, "unit": str, "method": str, "metric": str,
+           "per_language": {"*": _INTERVAL}, "*": _INTERVAL},
+}
+"""What the readers of ``metrics.json`` (score, compare, report) rely on. A rule is a type (or a tuple of
+types and rules: any of them), ``[rule]`` (a list of such items) or a dict (the keys it names; ``"*"``
+for the others). Keys may be missing."""
+
+
+def _shape_error(value, rule, where: str) -> tuple[str, str] | None:
+    """``(field, what is wrong)`` where ``value`` breaks ``rule``, or None."""
+    if isinstance(rule, type) or (isinstance(rule, tuple) and all(isinstance(r, type) for r in rule)):
+        names = " or ".join("null" if r is type(None) else r.__name__ for r in (rule if isinstance(rule, tuple) else (rule,)))
+        return None if isinstance(value, rule) else (where, f"expected {names}, got {type(value).__name__}")
+    if isinstance(rule, tuple):
+        errors = [_shape_error(value, r, where) for r in rule]
+        return None if None in errors else errors[0]
+    if isinstance(rule, list):
+        if not isinstance(value, list):
+            return where, f"expected a list, got {type(value).__name__}"
+        return next((e for i, v in enumerate(value) if (e := _shape_error(v, rule[0], f"{where}[{i}]"))), None)
+    if not isinstance(value, dict):
+        return where, f"expected an object, got {type(value).__name__}"
+    for key, item in value.items():
+        sub = rule.get(key, rule.get("*"))
+        if sub is not None and (e := _shape_error(item, sub, f"{where}.{key}" if where else key)):
+            return e
+    return None
+
+
+def check_metrics(metrics, path: Path) -> dict:
+    """Refuse a ``metrics.json`` whose values are not of the types bcat wrote (an edited file), naming the
+    field; returns ``metrics``."""
+    error = _shape_error(metrics, METRICS_SHAPE, "")
+    if error:
+        raise DataError(path, None, error[0] or None, f"{error[1]}, not as bcat writes it (an edited file?); "
+                        "re-run bcat eval or bcat score")
+    return metrics
+
+
+def read_metrics(path: Path) -> dict:
+    """``metrics.json`` read and checked (:func:`check_metrics`)."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise DataError(path, None, None, f"not valid JSON ({getattr(e, 'msg', e)})") from None
+    return check_metrics(metrics, path)
 
 
 # --- bcat score -----------------------------------------------------------------------------------------
@@ -299,13 +360,16 @@ def rescore(data: Path, predictions_file: Path, output: Path, *, anchor: Optiona
     scoring cannot know (model, generation options) and the scoring options it used (anchor,
     seen languages, bootstrap); the arguments given here override the latter.
     """
+    with claim_output(output, "--output", replaced=True):
+        return _rescore(data, predictions_file, output, anchor=anchor, seen=seen, unseen=unseen,
+                        bootstrap=bootstrap, seed=seed)
+
+
+def _rescore(data: Path, predictions_file: Path, output: Path, *, anchor, seen, unseen, bootstrap, seed) -> dict:
     eval_file = predictions_file.parent / "metrics.json"
     base: dict = {}
     if eval_file.is_file():
-        try:
-            base = json.loads(eval_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise BcatError(f"{eval_file}: not valid JSON ({e.msg})") from None
+        base = read_metrics(eval_file)
     evaluated_subset = base.get("options") or {}  # the eval's --languages and --limit pick the items it answered
     items = load_items(data, languages=evaluated_subset.get("languages"), limit_groups=evaluated_subset.get("limit"))
     pairs = load_predictions(predictions_file, items)

@@ -18,6 +18,7 @@ from bcat.config import ModelConfig
 from bcat.model.builtin import licence_files
 from bcat.model.loading import TRAINED_MODEL_SUBDIR, load_model
 from bcat.model.trim import TrimmedVocab
+from bcat.output import replace_dir
 
 
 def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: Path | None = None,
@@ -59,9 +60,9 @@ def save_model(model, tokenizer, out: Path, merged: bool, vocab=None, base_dir: 
         else:
             tokenizer.save_pretrained(tmp)
 
-    _write_atomic(trained, write_trained)
+    replace_dir(trained, write_trained)
     if merged and lora:
-        _write_atomic(out / "merged", write_merged)
+        replace_dir(out / "merged", write_merged)
 
 
 def absolute_base_path(adapter_dir: Path) -> None:
@@ -73,14 +74,6 @@ def absolute_base_path(adapter_dir: Path) -> None:
     if base and not Path(base).is_absolute():
         config["base_model_name_or_path"] = str(Path(base).absolute())
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-
-
-def _write_atomic(target: Path, write) -> None:
-    tmp = target.with_name(f"{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
 
 
 def _copy_base_files(base_dir: Path, out_dir: Path) -> None:

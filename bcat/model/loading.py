@@ -247,6 +247,12 @@ def add_lora(model, cfg: ModelConfig):
             f"model.lora_target_modules: {missing or cfg.lora_target_modules} match no linear layer of this model; "
             f"its linear layers are {sorted(present)}"
         )
+    smallest = min((min(m.in_features, m.out_features), name) for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in cfg.lora_target_modules)
+    if cfg.lora_r > smallest[0]:
+        # A rank above a layer's smaller side adds parameters and memory but no capacity.
+        raise ConfigError(f"model.lora_r={cfg.lora_r} exceeds the smaller dimension ({smallest[0]}) of the targeted "
+                          f"layer {smallest[1]}; choose a rank of at most {smallest[0]}")
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

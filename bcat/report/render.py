@@ -27,6 +27,8 @@ from markupsafe import Markup
 
 from bcat.errors import BcatError
 from bcat.evaluation.compare import BETTER, WORSE, Run, compare_runs, load_run
+from bcat.evaluation.scoring import check_metrics
+from bcat.output import claim_output, replace_dir
 from bcat.report.charts import headline_chart, loss_chart, per_language_chart
 from bcat.report.loss import training_logs
 from bcat.report.tables import (
@@ -76,7 +78,19 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamp
     found next to the evaluated models)."""
     if not run_dirs:
         raise BcatError("report: give at least one eval directory")
+    output = Path(output)
+    with claim_output(output, "--output", replaced=True):
+        sections, title, cards = _report_sections(run_dirs, n_resamples, seed, alpha, train_runs)
+        replace_dir(output, lambda folder: write_document(sections, folder, title, "bcat report", cards=cards),
+                    carry=True)
+    return output / "report.md", output / "report.html"
+
+
+def _report_sections(run_dirs, n_resamples: int, seed: int, alpha: float, train_runs) -> tuple[list, str, str]:
+    """The report's sections, title and HTML cards."""
     runs = [load_run(d, need_items=False) for d in run_dirs]
+    for run in runs:
+        check_metrics(run.metrics, run.path / "metrics.json")
     logs = [log for log in training_logs(runs, [str(d) for d in train_runs]) if log.entries]
     names = run_names(runs)
     langs, unseen = all_languages(runs)
@@ -113,7 +127,7 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamp
                                            "tuned model with its base, language by language."]
                          + [part for task, table in ood for part in (f"### {task}", table)]))
 
-    return write_document(sections, Path(output), _title(names), "bcat report", cards=_cards(runs, names))
+    return sections, _title(names), _cards(runs, names)
 
 
 def write_document(sections: list, output: Path, title: str, generator: str, stem: str = "report",

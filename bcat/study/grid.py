@@ -328,8 +328,9 @@ def validate(spec: StudySpec) -> StudySpec:
                 cfg = load_config(None, [*spec.training, *arm.overrides])
             except ConfigError as e:
                 raise bad(f"arms[{names.index(arm.name)}].overrides", f"(with 'training'): {e}") from None
-            if cfg.training.save_steps < 1:
-                raise bad("training", f"must set training.save_steps (arm {arm.name}): a run resumes from its checkpoints")
+            if not 1 <= cfg.training.save_steps < cfg.training.max_steps:
+                raise bad("training", f"must set training.save_steps below training.max_steps (arm {arm.name}): a run "
+                          "resumes from its checkpoints")
             if cfg.batch.mode not in spec.timing.step_s:
                 raise bad("timing.step_s", f"has no time for batch.mode={cfg.batch.mode} (arm {arm.name})")
             groups = spec.data.train_groups

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -53,6 +53,7 @@ from bcat.model.loading import (
     training_precision,
 )
 from bcat.model.trim import special_id, trim_vocabulary
+from bcat.output import lock_output
 from bcat.training.checkpoint import load_checkpoint, save_checkpoint
 from bcat.training.distributed import full_model_state, make_accelerator, parallelism, prepare
 from bcat.training.hidden import fit_hidden_standardization
@@ -83,7 +84,13 @@ def train(cfg: TrainConfig, resume: Resume = False) -> dict:
     """Run training as configured; returns the training summary (also written to disk).
 
     ``resume``: ``False`` starts a run, ``True`` continues one from its newest checkpoint, ``"if-possible"``
-    continues where there is a checkpoint and starts where there is no run (:mod:`bcat.training.resume`)."""
+    continues where there is a checkpoint and starts where there is no run (:mod:`bcat.training.resume`).
+    The output directory is held for this run from its check to the end (:func:`bcat.output.lock_output`)."""
+    with ExitStack() as held:
+        return _train(cfg, resume, held)
+
+
+def _train(cfg: TrainConfig, resume: Resume, held: ExitStack) -> dict:
     from accelerate.utils import gather_object
 
     t_start = time.time()
@@ -107,10 +114,11 @@ def train(cfg: TrainConfig, resume: Resume = False) -> dict:
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     examples = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.prompt_truncation_side)
     sampler = build_sampler(cfg, examples, accelerator.num_processes, accelerator.process_index)
-    if is_main:  # the only process that writes
-        check_output_dir(out, min_free_bytes=required_free_bytes(cfg))
     settings = run_settings(cfg, examples) if is_main else None  # recorded in checkpoints (rank 0 writes them)
     resume_from = plan_resume(out, resume, cfg, settings, sampler, accelerator.num_processes)
+    if is_main:  # the only process that writes
+        check_output_dir(out, min_free_bytes=required_free_bytes(cfg))
+        held.enter_context(lock_output(out, "training.output_dir"))
     if report.dropped_groups_without_anchor and is_main:
         log.info("bcat: dropped %d groups without the anchor language", report.dropped_groups_without_anchor)
 

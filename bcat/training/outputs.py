@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 from bcat.config import TrainConfig
 from bcat.errors import ConfigError
 from bcat.model.loading import stored_parameters
+from bcat.output import check_writable
 from bcat.training.checkpoint import CHECKPOINTS_KEPT
 
 
@@ -22,15 +22,10 @@ def required_free_bytes(cfg: TrainConfig) -> int:
 def check_output_dir(out: Path, min_free_bytes: int) -> None:
     """Refuse before any work: an unwritable directory or too little disk (a run in the way:
     :mod:`bcat.training.resume`)."""
-    parent = out if out.exists() else out.parent
+    check_writable(out, "training.output_dir")
+    parent = out
     while not parent.exists():
         parent = parent.parent
-    probe = parent / f".bcat-write-test-{time.time_ns()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"training.output_dir {out} is not writable ({e.strerror})") from None
     free = shutil.disk_usage(parent).free
     if free < min_free_bytes:
         raise ConfigError(

@@ -37,3 +37,51 @@ def train(tiny_model_dir, capsys):
         return Result(rc, cap.out, cap.err)
 
     return run
+
+
+@pytest.fixture
+def cli(capsys):
+    """Any ``bcat`` command in this process: ``cli("eval", "--model", ...)`` -> :class:`Result`."""
+
+    def run(*argv) -> Result:
+        capsys.readouterr()
+        rc = main([str(a) for a in argv])
+        cap = capsys.readouterr()
+        return Result(rc, cap.out, cap.err)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model_dir):
+    """``(data, eval directory)``: the tiny model evaluated on three groups of RAG QA."""
+    from helpers import qa_records, write_jsonl
+
+    root = tmp_path_factory.mktemp("evaluated")
+    data = write_jsonl(root / "qa.jsonl", qa_records())
+    out = root / "eval"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+                 "--max-new-tokens", "2", "--bootstrap", "50", "--batch-size", "8"]) == 0
+    return data, out
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An existing folder nobody can write into, root included: mode 0555, and where root ignores the
+    mode, the immutable attribute (``chattr +i``); skipped where neither holds."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        if not immutable:
+            folder.chmod(0o755)
+            pytest.skip("cannot make a read-only folder here (root, and no chattr +i)")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)

@@ -37,6 +37,9 @@ BAD = [
     ("empty_completion_sft.jsonl", "sft", [], 1, "completion", "is empty"),
     ("bad_message.jsonl", "dpo", [], 2, "chosen[0]", "'role' and 'content'"),
     ("not_parquet.parquet", "dpo", [], None, None, "not a readable Parquet file"),
+    ("lone_surrogate.jsonl", "dpo", [], 2, "chosen", "lone surrogate"),
+    ("deeply_nested.jsonl", "dpo", [], 2, None, "nested too deeply"),
+    ("huge_integer.jsonl", "dpo", [], 2, "group", "an integer of 5000 digits"),
 ]
 
 

@@ -1,0 +1,103 @@
+"""Settings that would silently do nothing, impossible numbers, a full disk, a device as data, an absurd LoRA
+rank and an edited metrics.json: each ends in one clear message (exit 2), not a traceback or a silent run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import parallel_records, write_jsonl
+from reliability.support import assert_clean_failure
+
+from bcat.config import load_config
+from bcat.errors import ConfigError
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_jsonl(tmp_path / "d.jsonl", parallel_records(2))
+
+
+@pytest.mark.parametrize("mode", ["no_anchor", "monolingual"])
+@pytest.mark.parametrize("weight", ["hidden_weight", "output_weight", "token_kl_weight"])
+def test_alignment_terms_that_are_identically_zero_are_refused(mode, weight):
+    with pytest.raises(ConfigError, match=f"alignment.{weight} > 0 with batch.mode={mode} is identically 0"):
+        load_config(None, [f"batch.mode={mode}", f"alignment.{weight}=1.0"])
+    load_config(None, [f"batch.mode={mode}"])  # the ablation itself, without alignment terms, is fine
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["plan", "--world-size", "0"], "argument --world-size: must be at least 1, got 0"),
+    (["plan", "--steps", "-5"], "argument --steps: must be at least 1, got -5"),
+    (["diagnose", "--data", "x.jsonl", "--temperature", "0"], "argument --temperature: must be a positive number"),
+])
+def test_impossible_numbers_are_refused_by_the_parser(capsys, argv, words):
+    from bcat.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_device_as_data_is_refused(tmp_path, train, cli):
+    assert_clean_failure(cli("data", "check", "/dev/zero"), "/dev/zero:", "not a regular file")
+    out = tmp_path / "out"
+    assert_clean_failure(train(out, "/dev/zero"), "/dev/zero:", "not a regular file")
+    assert not out.exists()
+
+
+def test_absurd_lora_rank_is_refused(tmp_path, train, data):
+    out = tmp_path / "out"
+    assert_clean_failure(train(out, data, "model.lora_r=100000"), "model.lora_r=100000 exceeds the smaller dimension")
+    assert not out.exists()
+
+
+def test_disk_full_while_writing_eval_outputs(tmp_path, cli, evaluated, monkeypatch):
+    data, run = evaluated
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    before = {p: p.read_bytes() for p in out.iterdir()}
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    result = cli("score", "--data", data, "--predictions", run / "predictions.jsonl", "--output", out)
+    assert_clean_failure(result, "No space left on device", "free some space")
+    assert {p: p.read_bytes() for p in out.iterdir()} == before  # the previous outputs, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing half-written beside them
+
+
+def test_disk_full_during_training(tmp_path, train, data, monkeypatch):
+    import bcat.training.checkpoint as checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    assert_clean_failure(train(tmp_path / "out", data, "training.save_steps=1"), "No space left on device")
+
+
+@pytest.mark.parametrize("edit,field", [
+    ([], None),
+    ({"per_language": 5}, "per_language"),
+    ({"per_language": {"en": {"n": "three"}}}, "per_language.en.n"),
+    ({"languages": {"seen": "en"}}, "languages.seen"),
+    ({"ci": {"gap": "narrow"}}, "ci.gap"),
+])
+@pytest.mark.parametrize("command", ["score", "compare", "report"])
+def test_edited_metrics_json_is_refused(tmp_path, cli, evaluated, edit, field, command):
+    data, run = evaluated
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited)
+    (edited / "metrics.json").write_text(json.dumps(edit))
+    argv = {"score": ["score", "--data", data, "--predictions", edited / "predictions.jsonl", "--output", tmp_path / "o"],
+            "compare": ["compare", run, edited, "--output", tmp_path / "o", "--bootstrap", "20"],
+            "report": ["report", run, edited, "--output", tmp_path / "o", "--bootstrap", "20"]}[command]
+    result = cli(*argv)
+    assert_clean_failure(result, f"{edited / 'metrics.json'}:", "not as bcat writes it",
+                         *([f"field '{field}'"] if field else []))
+    assert not (tmp_path / "o").exists()
