@@ -79,8 +79,8 @@ def run(args, model_dir: Path, data: Path, work: Path) -> dict:
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    import bcat.training.loop as bt
     from bcat.config import load_config
+    from bcat.training.loop import prepare_run, run_training
 
     steps = 2 * (args.warmup + args.rounds)
     orders = [arm for order in protocol.round_orders(ARMS, args.warmup + args.rounds) for arm in order]
@@ -101,21 +101,22 @@ def run(args, model_dir: Path, data: Path, work: Path) -> dict:
         clock["wall"].append(time.perf_counter())
         clock["cpu"].append(time.process_time())
 
-    real_sampler, real_loss = bt.build_sampler, bt.compute_loss
-    bt.build_sampler = lambda *a, **k: Twice(real_sampler(*a, **k))
-
-    def compute_loss(policy, batch, objective, alignment, *a, **k):
-        return real_loss(policy, batch, objective, alignment if orders[clock["done"]] == "on" else off, *a, **k)
-
-    bt.compute_loss = compute_loss
     handle = register_optimizer_step_post_hook(after_step)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         torch.set_num_threads(THREADS)
-        bt.train(cfg)
+        with prepare_run(cfg) as prepared:
+            prepared.sampler = Twice(prepared.sampler)
+            loss_on = prepared.loss
+            loss_off = dataclasses.replace(loss_on, alignment=off)
+
+            def loss(policy, batch, counts, probe=False):
+                return (loss_on if orders[clock["done"]] == "on" else loss_off)(policy, batch, counts, probe=probe)
+
+            prepared.loss = loss
+            run_training(prepared)
     finally:
         handle.remove()
-        bt.build_sampler, bt.compute_loss = real_sampler, real_loss
     wall = [b - a for a, b in zip([t0] + clock["wall"], clock["wall"])]
     cpu = [b - a for a, b in zip([c0] + clock["cpu"], clock["cpu"])]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

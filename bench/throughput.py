@@ -87,8 +87,8 @@ trained on the synthetic text) built here; ``builtin:gemma3-270m`` = the built-i
 is off since ``bench/results/trim-cost-gemma3-270m.json``). ``--trim`` times the opt-in trimmed
 vocabulary instead (``bcat.model.trim``, the ids the data uses): the same trimmed model and the same
 remapped token ids for every configuration: the benchmark trims once, the same way for TRL and bcat
-(bcat's own ``model.trim_vocab`` is turned off and its loader patched to return the benchmark's
-trimmed model).
+(bcat's own ``model.trim_vocab`` is turned off; the trimmed model, a tokenizer answering in trimmed
+ids and the remapped examples go to ``bcat.training.loop.prepare_run`` as parts).
 
 Targets (the script prints the measured truth whether or not they are met):
 
@@ -448,9 +448,8 @@ def trimmed_setup(model_dir: str, data_path: str):
 def run_bcat(spec: dict, clock: StepClock) -> dict:
     import torch
 
-    import bcat.training.loop as bt
-    from bcat.batching.collate import GroupCollator
     from bcat.config import load_config
+    from bcat.training.loop import prepare_run, run_training
 
     conf = BCAT_CONFIGS[spec["config"]]
     out = Path(spec["workdir"]) / "runs" / f"{spec['config']}-{spec['shape']}"
@@ -473,85 +472,60 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
         overrides.append("model.trim_vocab=false")  # the benchmark trims (below), the same way for TRL
     cfg = load_config(None, overrides)
 
-    info: dict = {}
-    pad_holder = {}
+    torch.set_num_threads(THREADS)
+    with prepare_run(cfg, **(_trimmed_parts(cfg, spec) if spec["trim"] else {})) as run:
+        # Counted from here on: the clock attributes tokens to the step windows, which open after preparation.
+        info: dict = {"flop_params": model_flop_params(run.model)}  # LoRA parameters are excluded by name
+        _count_policy_tokens(run.model, clock, run.collator.pad_token_id)
+        if spec.get("profile"):
+            label_alignment(run.model)
+        collate = run.collator
 
-    class CountingCollator(GroupCollator):
-        def __call__(self, examples):
-            batch = super().__call__(examples)
+        def counting_collator(examples):
+            batch = collate(examples)
             clock.add("unpacked", int(batch["attention_mask"].sum()))
-            pad_holder["pad"] = self.pad_token_id
             return batch
 
-    bt.GroupCollator = CountingCollator
-    if spec["trim"]:
-        _patch_trimmed(bt, spec)
-    real_add_lora = bt.add_lora
-
-    def add_lora_counting(model, model_cfg):
-        info["flop_params"] = model_flop_params(model)
-        peft = real_add_lora(model, model_cfg)
-        _count_policy_tokens(peft, clock, lambda: pad_holder.get("pad", 0))
-        if spec.get("profile"):
-            label_alignment(peft)
-        return peft
-
-    bt.add_lora = add_lora_counting
-    torch.set_num_threads(THREADS)
-    summary = bt.train(cfg)
+        run.collator = counting_collator
+        summary = run_training(run)
     terms = summary["final_terms"]
     info.update({"final_loss": terms.get("loss"), "final_main": terms.get("main")})
     return info
 
 
-def _patch_trimmed(bt, spec: dict) -> None:
-    """Make ``bcat.training.loop`` train the benchmark's trimmed model on remapped ids (the same model TRL gets).
-
-    The loop sees: the trimmed model from the loader, examples whose ids are already mapped to the
-    trimmed vocabulary, and a tokenizer whose special-token ids and length are the trimmed ones.
-    """
-    import torch
-
+def _trimmed_parts(cfg, spec: dict) -> dict:
+    """The benchmark's trimmed model, a tokenizer answering in trimmed ids and the data tokenized in
+    them (the same model TRL gets), as parts for ``bcat.training.loop.prepare_run``."""
+    from bcat.data.records import load_records
+    from bcat.data.tokenization import tokenize_records
+    from bcat.model.loading import load_tokenizer
     from bcat.model.trim import TrimmedVocab
 
     load, kept = trimmed_setup(spec["model_dir"], spec["data"])
-    real_tokenize, real_load_tokenizer = bt.tokenize_records, bt.load_tokenizer
-    state = {}
+    inner = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    vocab = TrimmedVocab.from_ids(kept, old_vocab_size=len(inner))
 
     class TrimmedTokenizer:
-        def __init__(self, inner):
-            self.inner = inner
-
         def __getattr__(self, name):
-            value = getattr(self.inner, name)
+            value = getattr(inner, name)
             if name.endswith("_token_id") and isinstance(value, int):
-                return int(state["vocab"].encode_ids([value])[0])
+                return int(vocab.encode_ids([value])[0])
             return value
 
         def __len__(self):
             return len(kept)
 
         def __call__(self, *a, **k):
-            return self.inner(*a, **k)
+            return inner(*a, **k)
 
-    def load_tokenizer(path, trust_remote_code=False):
-        inner = real_load_tokenizer(path, trust_remote_code)
-        state["vocab"] = TrimmedVocab.from_ids(kept, old_vocab_size=len(inner))
-        return TrimmedTokenizer(inner)
-
-    def tokenize_records(records, tokenizer, *a, **k):
-        examples = real_tokenize(records, getattr(tokenizer, "inner", tokenizer), *a, **k)
-        vocab = state["vocab"]
-        for e in examples:
-            e.prompt_ids = vocab.encode_ids(e.prompt_ids)
-            e.completions = tuple(vocab.encode_ids(c) for c in e.completions)
-        return examples
-
-    def load_model(model_cfg, device=None):
-        model, _ = load()
-        return model.to(device or torch.device("cpu"))
-
-    bt.load_tokenizer, bt.tokenize_records, bt.load_model = load_tokenizer, tokenize_records, load_model
+    records, _ = load_records(cfg.data.train, cfg.objective.name, cfg.data.anchor, cfg.data.languages,
+                              cfg.data.drop_groups_without_anchor)
+    examples = tokenize_records(records, inner, cfg.data.max_length, cfg.data.prompt_truncation_side)
+    for e in examples:
+        e.prompt_ids = vocab.encode_ids(e.prompt_ids)
+        e.completions = tuple(vocab.encode_ids(c) for c in e.completions)
+    model, _ = load()
+    return {"model": model, "tokenizer": TrimmedTokenizer(), "examples": examples}
 
 
 def run_trl(spec: dict, clock: StepClock) -> dict:

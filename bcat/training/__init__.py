@@ -6,5 +6,5 @@
 - :mod:`~bcat.training.reference`: DPO reference log-probs, precomputed and cached on disk;
 - :mod:`~bcat.training.checkpoint`: atomic, resumable checkpoints;
 - :mod:`~bcat.training.outputs`: the output directory, checked before any work;
-- :mod:`~bcat.training.loop`: the training loop, in one function.
+- :mod:`~bcat.training.loop`: the training loop: preparing a run, then running it in one function.
 """
