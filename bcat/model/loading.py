@@ -40,7 +40,26 @@ def resolve_model_dir(path: str, option: str = "model.path") -> Path:
     if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise ConfigError(f"{option}: {p} has no config.json: not a Hugging Face model directory")
     _refuse_pickled_weights(p, option)
+    _refuse_outside_links(p, option)
     return p
+
+
+def _refuse_outside_links(path: Path, option: str) -> None:
+    """Refuse a file of the model directory that is a symbolic link leading outside it (or nowhere): what
+    a model directory holds should be what gets loaded. Links into the same Hugging Face cache repository
+    (``snapshots/REV/FILE -> ../../blobs/HASH``) are how that cache stores every model, and are allowed."""
+    roots = [path.resolve()]
+    if path.parent.name == "snapshots":
+        roots.append((path.parent.parent / "blobs").resolve())
+    for f in sorted(path.iterdir()):
+        if not f.is_symlink():
+            continue
+        target = f.resolve()
+        if not target.exists():
+            raise ConfigError(f"{option}: {f} is a symbolic link to {target}, which does not exist")
+        if not any(target.is_relative_to(root) for root in roots):
+            raise ConfigError(f"{option}: {f} is a symbolic link to {target}, outside the model directory; copy the "
+                              "file into the directory (or load the model from where the file is)")
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

@@ -101,3 +101,41 @@ def test_edited_metrics_json_is_refused(tmp_path, cli, evaluated, edit, field, c
     assert_clean_failure(result, f"{edited / 'metrics.json'}:", "not as bcat writes it",
                          *([f"field '{field}'"] if field else []))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_file_linked_from_outside_the_model_folder_is_refused(tmp_path, tiny_model_dir):
+    from bcat.model.loading import resolve_model_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = next(model.glob("*.safetensors"))
+    outside = tmp_path / "elsewhere" / weights.name
+    outside.parent.mkdir()
+    weights.rename(outside)
+    weights.symlink_to(outside)
+    with pytest.raises(ConfigError, match="outside the model directory"):
+        resolve_model_dir(str(model))
+    weights.unlink()
+    weights.symlink_to(tmp_path / "gone.safetensors")
+    with pytest.raises(ConfigError, match="which does not exist"):
+        resolve_model_dir(str(model))
+
+
+def test_a_hugging_face_cache_snapshot_with_links_to_its_blobs_loads(tmp_path, tiny_model_dir):
+    from bcat.model.loading import load_model, resolve_model_dir
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, f in enumerate(sorted(tiny_model_dir.iterdir())):
+        if f.is_file():
+            shutil.copy(f, blobs / f"blob{i}")
+            (snapshot / f.name).symlink_to(Path("../../blobs") / f"blob{i}")
+    assert resolve_model_dir(str(snapshot)) == snapshot
+    import torch
+
+    linked, original = (load_model(load_config(None, [f"model.path={p}", "model.lora=false"]).model, torch.device("cpu"))
+                        for p in (snapshot, tiny_model_dir))
+    for (name, a), (_, b) in zip(linked.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a, b), name
