@@ -73,7 +73,7 @@ class RagOptions(ScoringOptions):
     """Generate with the vocabulary restricted to the ids of the prompts (plus the
     :func:`bcat.model.trim.kept_token_ids` margin), the model trimmed in place. Exact for the prompts, but
     the model can then only answer with those ids: off by default, as it changes some answers
-    (see the README's "Vocabulary trimming" section for what it changed and saved)."""
+    (docs/builtin.md, "Vocabulary trimming", says what it changed and saved)."""
 
 
 def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions = RagOptions(),
