@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -125,6 +126,61 @@ def verdict(ci: Optional[list[float]], p: Optional[float], alpha: float = 0.05) 
     return SAME
 
 
+def _point(matrix: GroupMatrix, stat) -> float:
+    return float(stat(language_accuracy(matrix.values)[None, :])[0])
+
+
+@dataclass
+class _Paired:
+    """The per-seed correctness matrices of both sides (paired by position) and the intervals drawn from
+    them: a group bootstrap with one seed pair, the hierarchical bootstrap with several."""
+
+    a: list[GroupMatrix]
+    b: list[GroupMatrix]
+    n_resamples: int
+    seed: int
+    level: float
+
+    @cached_property
+    def mean_a(self) -> GroupMatrix:
+        return GroupMatrix(self.a[0].groups, self.a[0].langs, np.mean([m.values for m in self.a], axis=0))
+
+    @cached_property
+    def mean_b(self) -> GroupMatrix:
+        return GroupMatrix(self.b[0].groups, self.b[0].langs, np.mean([m.values for m in self.b], axis=0))
+
+    def rows(self, keep: Sequence[bool]) -> "_Paired":
+        """The same comparison on the groups where ``keep`` is true."""
+        def pick(m: GroupMatrix) -> GroupMatrix:
+            return GroupMatrix([g for g, k in zip(m.groups, keep) if k], m.langs, m.values[np.asarray(keep, bool)])
+        return _Paired([pick(m) for m in self.a], [pick(m) for m in self.b], self.n_resamples, self.seed, self.level)
+
+    def interval(self, stat) -> tuple[Optional[list[float]], Optional[float], Optional[list[float]]]:
+        """(the interval, its bootstrap p-value or None, the groups-only interval or None)."""
+        groups_only = paired_bootstrap_ci(self.mean_a.values, self.mean_b.values, stat, n_resamples=self.n_resamples,
+                                          seed=self.seed, level=self.level)
+        if len(self.a) == 1:
+            return groups_only, None, None
+        samples = hierarchical_paired_differences([m.values for m in self.a], [m.values for m in self.b], stat,
+                                                  n_resamples=self.n_resamples, seed=self.seed)
+        return percentile_interval(samples, self.level), bootstrap_p_value(samples), groups_only
+
+    def headline(self, stats: dict, alpha: float) -> dict:
+        """Each headline statistic: A, B, B - A, its interval and verdict (the interval alone decides)."""
+        ma, mb = self.mean_a, self.mean_b
+        rows = {}
+        for name, stat in stats.items():
+            va, vb = _point(ma, stat), _point(mb, stat)
+            ci, _, ci_groups = self.interval(stat)
+            v = verdict(ci, None, alpha)
+            if name == "gap":  # the signed gap (English minus the rest): lower is the goal
+                v = {BETTER: GAP_UP, WORSE: GAP_DOWN}.get(v, SAME)
+            rows[name] = {"a": va, "b": vb, "diff": vb - va, "ci": ci, "verdict": v}
+            if len(self.a) > 1:
+                rows[name]["ci_groups_only"] = ci_groups
+        return rows
+
+
 def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, n_resamples: int = 2000,
                  seed: int = 0, alpha: float = 0.05, level: float = 0.95,
                  kinds: Optional[dict[str, str]] = None, groups: Optional[set[str]] = None) -> dict:
@@ -152,22 +208,9 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
     def matrices(runs: list[Run]) -> list[GroupMatrix]:
         return [GroupMatrix.from_items([(g, l, r.correct[(g, l)]) for g, l in keys], langs) for r in runs]
 
-    per_seed_a, per_seed_b = matrices(runs_a), matrices(runs_b)
-    ma = GroupMatrix(per_seed_a[0].groups, langs, np.mean([m.values for m in per_seed_a], axis=0))
-    mb = GroupMatrix(per_seed_b[0].groups, langs, np.mean([m.values for m in per_seed_b], axis=0))
-
-    def interval(stat) -> tuple[Optional[list[float]], Optional[float], Optional[list[float]]]:
-        """(the interval, its bootstrap p-value or None, the groups-only interval or None)."""
-        if n_seeds == 1:
-            return paired_bootstrap_ci(ma.values, mb.values, stat, n_resamples=n_resamples, seed=seed, level=level), \
-                None, None
-        samples = hierarchical_paired_differences([m.values for m in per_seed_a], [m.values for m in per_seed_b],
-                                                  stat, n_resamples=n_resamples, seed=seed)
-        groups_only = paired_bootstrap_ci(ma.values, mb.values, stat, n_resamples=n_resamples, seed=seed, level=level)
-        return percentile_interval(samples, level), bootstrap_p_value(samples), groups_only
-
-    def point(matrix: GroupMatrix, stat) -> float:
-        return float(stat(language_accuracy(matrix.values)[None, :])[0])
+    paired = _Paired(matrices(runs_a), matrices(runs_b), n_resamples=n_resamples, seed=seed, level=level)
+    per_seed_a, per_seed_b = paired.a, paired.b
+    ma, mb = paired.mean_a, paired.mean_b
 
     per_lang = {}
     for lang in langs:
@@ -179,7 +222,7 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
             b_only_a += int(((xa == 1) & (xb == 0)).sum())  # right in A, wrong in B
             c_only_b += int(((xa == 0) & (xb == 1)).sum())
         pa, pb = float(ma.values[present, col].mean()), float(mb.values[present, col].mean())
-        ci, p_boot, ci_groups = interval(lambda acc, c=col: acc[:, c])
+        ci, p_boot, ci_groups = paired.interval(lambda acc, c=col: acc[:, c])
         mcnemar = mcnemar_exact(b_only_a, c_only_b)
         per_lang[lang] = {
             "a": pa, "b": pb, "diff": pb - pa, "ci": ci,
@@ -193,20 +236,10 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
         per_lang[lang]["verdict"] = verdict(per_lang[lang]["ci"], p_adj, alpha)
 
     stats = headline_statistics(langs, anchor, seen, unseen)
-    headline = {}
-    for name, stat in stats.items():
-        va, vb = point(ma, stat), point(mb, stat)
-        ci, _, ci_groups = interval(stat)
-        v = verdict(ci, None, alpha)
-        if name == "gap":  # the signed gap (English minus the rest): lower is the goal
-            v = {BETTER: GAP_UP, WORSE: GAP_DOWN}.get(v, SAME)
-        headline[name] = {"a": va, "b": vb, "diff": vb - va, "ci": ci, "verdict": v}
-        if n_seeds > 1:
-            headline[name]["ci_groups_only"] = ci_groups
+    headline = paired.headline(stats, alpha)
 
     per_seed = [{"a": str(ra.path), "b": str(rb.path),
-                 "diff": {name: point(GroupMatrix(mb_.groups, langs, mb_.values), stat)
-                          - point(GroupMatrix(ma_.groups, langs, ma_.values), stat) for name, stat in stats.items()}}
+                 "diff": {name: _point(mb_, stat) - _point(ma_, stat) for name, stat in stats.items()}}
                 for ra, rb, ma_, mb_ in zip(runs_a, runs_b, per_seed_a, per_seed_b)]
 
     def side(runs: list[Run]) -> dict:
@@ -238,9 +271,8 @@ def compare_runs(a: Union[Run, Sequence[Run]], b: Union[Run, Sequence[Run]], *, 
     if kinds:
         out["by_kind"] = {}
         for kind in sorted(set(kinds[g] for g, _ in keys if g in kinds)):
-            part = compare_runs(runs_a, runs_b, n_resamples=n_resamples, seed=seed, alpha=alpha, level=level,
-                                groups={g for g, _ in keys if kinds.get(g) == kind})
-            out["by_kind"][kind] = {"n_groups": part["n_groups"], "headline": part["headline"]}
+            part = paired.rows([kinds.get(g) == kind for g in ma.groups])
+            out["by_kind"][kind] = {"n_groups": len(part.mean_a.groups), "headline": part.headline(stats, alpha)}
     return out
 
 
