@@ -170,7 +170,7 @@ def hierarchical_paired_differences(values_a: Sequence[np.ndarray], values_b: Se
 
     When the seeds agree this is the paired group bootstrap (identical seeds give exactly its
     interval); when they disagree, the seed draw widens it. With few seeds the seed level has few
-    distinct draws (10 multisets for 3 seeds), so the interval is coarse, but it no longer treats
+    distinct draws (10 multisets for 3 seeds), so the interval is coarse, but it does not treat
     the trained models as fixed.
 
     >>> same = [np.array([[1.0], [0.0]] * 20)] * 3
