@@ -206,8 +206,10 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
     sr = StudyResults(spec, results)
     sections: list[tuple[str, list]] = []
     planned, done = len(sr.planned), len(sr.finished)
+    waiting = len(grid.expand(spec, {s.name: s.candidates[0] for s in spec.selection})) - planned
     status = (f"{done} of {planned} planned runs finished" + ("" if done == planned else "; the others are not in "
-              "these tables yet") + f". Study file: `{spec.source}`. Dev ({spec.data.dev}) for every choice, "
+              "these tables yet") + (f"; {waiting} more runs wait for a selection on dev" if waiting else "")
+              + f". Study file: `{spec.source}`. Dev ({spec.data.dev}) for every choice, "
               f"test ({spec.data.test}) once per run. The headline metric is each language's accuracy as "
               "`bcat eval` scores it: strict accuracy (the first line names an accepted answer and no other "
               "candidate value of the item).")

@@ -50,3 +50,23 @@ def test_a_gap_that_shrinks_because_english_falls_is_called_a_loss():
 def test_no_positive_baseline_gap_has_nothing_to_close():
     text = statement(comparison(english=(0.72, 0.68), non_english=(0.76, 0.64), gap=(-0.04, 0.04)))
     assert "the shuffled baseline has no positive gap to close" in text
+
+
+
+def test_the_status_counts_the_runs_that_wait_for_a_selection(tmp_path):
+    import yaml
+
+    from bcat.study.grid import load_study
+    from bcat.study.report import build_study_report
+
+    arms = [{"name": f"{mode}_lr{lr}", "overrides": [f"batch.mode={mode}", f"training.learning_rate={lr}"]}
+            for lr in ("0.0001", "0.0004") for mode in ("grouped", "shuffled")] + [
+        {"name": "grouped", "from_selection": "grouped", "seeds": [0, 1], "test": True, "twin": "shuffled"},
+        {"name": "shuffled", "from_selection": "shuffled", "seeds": [0, 1], "test": True}]
+    spec = {"name": "sel", "model": "some/model", "results": str(tmp_path / "results"),
+            "training": ["training.max_steps=4", "training.save_steps=2"], "arms": arms,
+            "selection": [{"name": m, "candidates": [f"{m}_lr0.0001", f"{m}_lr0.0004"]} for m in ("grouped", "shuffled")]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    report, _ = build_study_report(load_study(tmp_path / "study.yaml"), tmp_path / "results")
+    assert ("0 of 4 planned runs finished; the others are not in these tables yet; 4 more runs wait for a "
+            "selection on dev") in report.read_text(encoding="utf-8")
