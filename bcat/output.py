@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bcat.errors import BcatError
+from bcat.errors import OptionError
 
 LOCK_NAME = ".bcat.lock"
 
@@ -40,26 +40,28 @@ def _nearest_existing(path: Path) -> Path:
 
 def _probe(folder: Path, label: str, path: Path) -> None:
     if not folder.is_dir():
-        raise BcatError(f"{label} {path} is not writable ({folder} is not a directory)")
+        raise OptionError.about(label, f" {path} is not writable ({folder} is not a directory)")
     probe = folder / f".bcat-write-test-{os.getpid()}-{time.time_ns()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise BcatError(f"{label} {path} is not writable ({e.strerror or e})") from None
+        raise OptionError.about(label, f" {path} is not writable ({e.strerror or e})") from None
 
 
 def check_writable(path: Path, label: str, replaced: bool = False) -> None:
     """Refuse, before any work, an output folder bcat could not write: create and remove a file where
     the output goes (in ``path``, or its nearest existing parent). ``replaced``: the folder is written
-    by :func:`replace_dir`, which also needs its parent writable and cannot move the working directory."""
+    by :func:`replace_dir`, which also needs its parent writable and cannot move the working directory.
+    ``label``: the option that named the folder (``output``, ``training.output_dir``), which the error
+    names (:class:`bcat.errors.OptionError`)."""
     path = Path(path)
     _probe(_nearest_existing(path), label, path)
     if replaced:
         _probe(_nearest_existing(path.absolute().parent), label, path)
         if Path.cwd().resolve().is_relative_to(path.resolve()):
-            raise BcatError(f"{label} {path} holds the working directory; it is replaced as a whole when written, "
-                            "so give a folder below it")
+            raise OptionError.about(label, f" {path} holds the working directory; it is replaced as a whole when "
+                                           "written, so give a folder below it")
 
 
 class OutputLock:
@@ -121,8 +123,8 @@ def lock_output(folder: Path, label: str) -> OutputLock:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            raise BcatError(f"{label} {folder} is in use by another bcat process: {_holder(lock_file)}; wait for it "
-                            "to finish or choose another folder") from None
+            raise OptionError.about(label, f" {folder} is in use by another bcat process: {_holder(lock_file)}; "
+                                           "wait for it to finish or choose another folder") from None
         try:  # the holder before us may have removed the file between our open and our flock
             if os.stat(lock_file).st_ino == os.fstat(fd).st_ino:
                 break

@@ -14,7 +14,8 @@ import os
 import sys
 import warnings
 
-from bcat.errors import BcatError
+from bcat.cli.arguments import option_flags
+from bcat.errors import BcatError, OptionError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 """Errors of a full disk or quota: reported in one line, like the user's errors."""
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
             # also after the subcommand (`bcat train --debug`); SUPPRESS keeps a `--debug` given before it
             if "--debug" not in command._option_string_actions:
                 command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+            command.set_defaults(option_flags=option_flags(command))
     return parser
 
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         if args.debug:
             raise
-        print(f"bcat: error: {e}", file=sys.stderr)
+        print(f"bcat: error: {message(e, getattr(args, 'option_flags', None))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         _close_progress_bars()
@@ -108,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bcat: error: {e.strerror or 'the disk is full'}{where}; free some space and run the command again "
               "(a training run continues from its last checkpoint with --resume)", file=sys.stderr)
         return BcatError.exit_code
+
+
+def message(error: BcatError, flags: dict[str, str] | None) -> str:
+    """The error as a command-line user reads it: the library options it names spelled as the command's
+    flags (``batch_size`` -> ``--batch-size``, :func:`bcat.cli.arguments.option_flags`)."""
+    return error.render(flags) if isinstance(error, OptionError) else str(error)
 
 
 def quiet_library_warnings() -> None:

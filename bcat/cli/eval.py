@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bcat.cli.arguments import non_negative, positive
-from bcat.errors import BcatError
+from bcat.cli.arguments import non_negative, options_from, positive
 from bcat.evaluation.compare import CompareOptions, run_compare
-from bcat.evaluation.evaluate import RagOptions, run_eval
+from bcat.evaluation.evaluate import EvalOptions, GenerationOptions, run_eval
 from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
-from bcat.evaluation.scoring import read_metrics, rescore
+from bcat.evaluation.scoring import BootstrapOptions, read_metrics, rescore
 from bcat.output import claim_output
-from bcat.report.render import run_report
+from bcat.report.render import ReportOptions, run_report
 
 
 def _codes(text: str) -> list[str]:
@@ -41,11 +40,13 @@ def _alpha(text: str) -> float:
 
 
 def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool) -> None:
-    p.add_argument("--bootstrap", type=positive, default=2000, metavar="N",
-                   help="bootstrap resamples (over groups) for the 95%% intervals (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (and of the choice of shots)")
+    p.add_argument("--bootstrap", type=positive, default=BootstrapOptions.bootstrap, metavar="N",
+                   help=f"bootstrap resamples (over groups) for the 95%% intervals (default {BootstrapOptions.bootstrap})")
+    p.add_argument("--seed", type=int, default=BootstrapOptions.seed,
+                   help="seed of the bootstrap (and of the choice of shots)")
     if with_alpha:
-        p.add_argument("--alpha", type=_alpha, default=0.05, help="significance level of the verdicts (default 0.05)")
+        p.add_argument("--alpha", type=_alpha, default=ReportOptions.alpha,
+                       help=f"significance level of the verdicts (default {ReportOptions.alpha})")
 
 
 def _number(value, absent: str, signed: bool = False) -> str:
@@ -86,12 +87,7 @@ def _print_headline(metrics: dict, output: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    if args.languages is not None and not args.languages:
-        raise BcatError("--languages: give at least one language code")
-    if (Path(args.output) / "metrics.json").exists() and not args.overwrite:
-        raise BcatError(f"--output {args.output} holds a finished evaluation (metrics.json): choose another folder, "
-                        "or pass --overwrite to replace it")
-    _print_headline(run_eval(args), args.output)
+    _print_headline(run_eval(options_from(EvalOptions, args)), args.output)
     return 0
 
 
@@ -116,7 +112,7 @@ def _add_language_options(p: argparse.ArgumentParser, default: str) -> None:
 def cmd_compare(args) -> int:
     options = CompareOptions(runs_a=args.run_a.split(","), runs_b=args.run_b.split(","), output=args.output,
                              bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha, data=args.data)
-    with claim_output(Path(options.output), "--output"):
+    with claim_output(Path(options.output), "output"):
         for run in map(Path, options.runs_a + options.runs_b):
             if (run / "metrics.json").is_file():
                 read_metrics(run / "metrics.json")
@@ -125,7 +121,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    run_report(args)
+    run_report(options_from(ReportOptions, args))
     return 0
 
 
@@ -134,9 +130,10 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                        description="Generate answers for a multilingual RAG QA file and score them per language; "
                                    "writes OUTPUT/metrics.json and OUTPUT/predictions.jsonl.")
     p.add_argument("--model", required=True, help="local model or adapter directory, or builtin:NAME")
-    p.add_argument("--data", default="builtin",
+    p.add_argument("--data", default=EvalOptions.data,
                    help="RAG QA JSONL (group, lang, question, passages, answers), or 'builtin' (default)")
-    p.add_argument("--suite", default="rag", help="comma-separated suites: rag, ood (default rag)")
+    p.add_argument("--suite", type=_codes, default=EvalOptions.suite,
+                   help=f"comma-separated suites: rag, ood (default {','.join(EvalOptions.suite)})")
     p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the finished evaluation in --output (by default a folder with metrics.json is refused)")
@@ -152,11 +149,13 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                         "instruction (the format of bcat/resources/eval/instructions.tsv); its rows come before the "
                         "bundled ones. A tag without a row uses its language subtag's (pt-BR -> pt)")
     p.add_argument("--batch-size", type=_positive_or_auto, default=None,
-                   help=f"most prompts decoded together, or auto (default: {RagOptions.batch_size} on the CPU, "
+                   help=f"most prompts decoded together, or auto (default: {GenerationOptions.batch_size} on the CPU, "
                         "sized to the free memory on a GPU)")
-    p.add_argument("--max-new-tokens", type=positive, default=32, help="generation budget per answer (default 32)")
-    p.add_argument("--shots", type=non_negative, default=0, help="solved examples in each prompt (default 0)")
-    p.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
+    p.add_argument("--max-new-tokens", type=positive, default=EvalOptions.max_new_tokens,
+                   help=f"generation budget per answer (default {EvalOptions.max_new_tokens})")
+    p.add_argument("--shots", type=non_negative, default=EvalOptions.shots,
+                   help=f"solved examples in each prompt (default {EvalOptions.shots})")
+    p.add_argument("--chat-template", choices=["auto", "on", "off"], default=EvalOptions.chat_template,
                    help="render prompts with the tokenizer's chat template: auto (if it has one), on, off (default)")
     p.add_argument("--ood-tasks", type=_codes, default=None, metavar="TASKS",
                    help=f"comma-separated tasks of the ood suite, from {', '.join(OOD_TASKS)} "
@@ -165,8 +164,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--trim-vocab", action="store_true",
                    help="generate with the vocabulary restricted to the ids of the prompts (faster with a large "
                         "vocabulary; the model can then only answer with those ids)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--device", default=EvalOptions.device, help=f"torch device (default {EvalOptions.device})")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=EvalOptions.dtype,
                    help="weights and compute: auto (default) is fp32 on the CPU and bf16 on a GPU that has it")
     p.add_argument("--trust-remote-code", action="store_true", help="run Python code shipped with the model")
     _add_stats_options(p, with_alpha=False)

@@ -60,7 +60,7 @@ from bcat.bundled import resource
 from bcat.data.candidates import derive_candidates, fillers_by_language
 from bcat.data.normalize import normalize
 from bcat.data.records import check_language_code, read_rows
-from bcat.errors import BcatError, DataError
+from bcat.errors import BcatError, DataError, OptionError
 from bcat.languages import primary_subtag
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,8 @@ def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,
         present = {i.lang for i in items}
         missing = [l for l in languages if l not in present]
         if missing:
-            raise BcatError(f"--languages: {', '.join(missing)} not in {path} (it has {', '.join(sorted(present))})")
+            raise OptionError(f"{{languages}}: {', '.join(missing)} not in {path} (it has {', '.join(sorted(present))})",
+                              "languages")
         items = [i for i in items if i.lang in set(languages)]
     if limit_groups is not None:
         keep = set(list(dict.fromkeys(i.group for i in items))[:limit_groups])
@@ -420,7 +421,7 @@ def uses_chat_template(tokenizer, mode: str) -> bool:
     """Decide plain vs chat prompts: ``on`` needs a chat template, ``auto`` uses one if present."""
     has = bool(getattr(tokenizer, "chat_template", None))
     if mode == "on" and not has:
-        raise BcatError("--chat-template on, but the tokenizer has no chat template")
+        raise OptionError("{chat_template} on, but the tokenizer has no chat template", "chat_template")
     return has and mode in ("on", "auto")
 
 

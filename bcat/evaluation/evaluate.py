@@ -1,6 +1,12 @@
 """``bcat eval``: run the suites on one model and write ``metrics.json`` and ``predictions.jsonl``.
 
-Library use::
+Library use: everything the command does (:class:`EvalOptions` has a field per flag)::
+
+    from bcat.evaluation.evaluate import EvalOptions, run_eval
+
+    metrics = run_eval(EvalOptions(model="runs/bcat/final", data="test.jsonl", output="out/bcat", shots=2))
+
+or one model already in memory on items of one's own::
 
     from bcat.evaluation.evaluate import evaluate_rag
     from bcat.model.loading import load_for_eval
@@ -31,9 +37,10 @@ from bcat.data.rag import (
     wordings_for,
 )
 from bcat.bundled import resource
-from bcat.errors import BcatError
+from bcat.errors import OptionError
 from bcat.evaluation.generation import greedy_generate
 from bcat.evaluation.scoring import (
+    BootstrapOptions,
     ScoringOptions,
     rag_metrics,
     resolve_languages,
@@ -54,9 +61,9 @@ BUILTIN_DATA = "kb/test.jsonl"
 SUITES = ("rag", "ood")
 
 
-@dataclass
-class RagOptions(ScoringOptions):
-    """How the RAG suite prompts and decodes (and, inherited, scores and summarises)."""
+@dataclass(kw_only=True)
+class GenerationOptions:
+    """How the RAG suite prompts and decodes."""
 
     batch_size: int = 32
     """Most prompts decoded together (continuous batching: a finished row's place goes to the next
@@ -74,6 +81,62 @@ class RagOptions(ScoringOptions):
     :func:`bcat.model.trim.kept_token_ids` margin), the model trimmed in place. Exact for the prompts, but
     the model can then only answer with those ids: off by default, as it changes some answers
     (docs/builtin.md, "Vocabulary trimming", says what it changed and saved)."""
+
+
+@dataclass
+class RagOptions(GenerationOptions, ScoringOptions):
+    """How the RAG suite prompts and decodes, and (:class:`ScoringOptions`) scores and summarises."""
+
+
+@dataclass(kw_only=True)
+class EvalOptions(GenerationOptions, BootstrapOptions):
+    """What ``bcat eval`` does, as a Python call: :func:`run_eval`. Each field is the flag of the same name
+    (``batch_size``: ``--batch-size``); errors name the field (:class:`bcat.errors.OptionError`)."""
+
+    model: str
+    """Local model or adapter directory, a ``bcat train`` output directory, or ``builtin:NAME``."""
+    output: str
+    """Directory for ``metrics.json`` and ``predictions.jsonl``, replaced whole when they are written."""
+    data: str = "builtin"
+    """RAG QA JSONL file (group, lang, question, passages, answers), or ``builtin``: the bundled test split
+    (the data every number bcat reports is measured on)."""
+    suite: Sequence[str] = ("rag",)
+    """Suites to run: ``rag`` (the headline) and ``ood`` (the out-of-domain suite, opt-in: it generates long
+    answers)."""
+    overwrite: bool = False
+    """Replace a finished evaluation (``output`` holding ``metrics.json``); off, so that a repeated command
+    never silently replaces a result."""
+    limit: Optional[int] = None
+    """Evaluate the first N groups only (all their languages; for ``ood``, N items per language and task);
+    ``None``: all."""
+    languages: Optional[Sequence[str]] = None
+    """Languages to evaluate (``None``: all in the data; for ``ood``, narrowed to those it has data for)."""
+    anchor: Optional[str] = None
+    """The anchor language. ``None``: the model's training run says (``config.yaml``: ``data.anchor``),
+    else English. Given with a training run, it may repeat the run's, not contradict it
+    (:func:`bcat.evaluation.scoring.resolve_languages`)."""
+    seen: Optional[Sequence[str]] = None
+    """Languages seen in training; the other evaluated ones are reported as unseen. ``None``: the training
+    run says, else every evaluated language counts as seen (no unseen mean)."""
+    unseen: Optional[Sequence[str]] = None
+    """Languages NOT seen in training, instead of ``seen``."""
+    instructions: Optional[str] = None
+    """Prompt wording per language: a tab-separated file with the columns lang, passage, question, answer,
+    instruction (the format of ``bcat/resources/eval/instructions.tsv``), its rows before the bundled ones.
+    ``None``: the bundled wording only (a tag without a row uses its language subtag's: pt-BR -> pt)."""
+    ood_tasks: Optional[Sequence[str]] = None
+    """Tasks of the ``ood`` suite (:data:`bcat.evaluation.ood.OOD_TASKS`); ``None``:
+    :data:`bcat.evaluation.ood.DEFAULT_OOD_TASKS`."""
+    batch_size: Optional[int] = None
+    """Most prompts decoded together (:attr:`GenerationOptions.batch_size`); ``None``: sized by
+    :func:`resolve_batch_size` (the CPU default, or what a GPU's free memory holds)."""
+    device: str = "cpu"
+    """Torch device (the CPU by default: it works everywhere)."""
+    dtype: str = "auto"
+    """Weights and compute: ``auto`` (fp32 on the CPU, bf16 on a GPU that has it:
+    :func:`bcat.model.loading.load_for_eval`), ``float32``, ``bfloat16`` or ``float16``."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model; off, as that code could do anything."""
 
 
 def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions = RagOptions(),
@@ -97,7 +160,7 @@ def evaluate_rag(model, tokenizer, items: Sequence[RagItem], options: RagOptions
 
 
 def resolve_batch_size(requested: int | None, model, tokens_per_row: int) -> int:
-    """``requested``, or for ``None`` (``--batch-size auto``): :attr:`RagOptions.batch_size` on the CPU, and on
+    """``requested``, or for ``None`` (auto): :attr:`GenerationOptions.batch_size` on the CPU, and on
     a GPU the rows that fit its free memory (:func:`bcat.evaluation.generation.decode_batch_size`)."""
     import torch
 
@@ -107,7 +170,7 @@ def resolve_batch_size(requested: int | None, model, tokens_per_row: int) -> int
         return requested
     weights = next(model.parameters())
     if weights.device.type != "cuda":
-        return RagOptions.batch_size
+        return GenerationOptions.batch_size
     free, _ = torch.cuda.mem_get_info(weights.device)
     return decode_batch_size(model.config, free, tokens_per_row, weights.element_size())
 
@@ -131,19 +194,20 @@ def prompt_wordings(languages: Sequence[str], instructions: Optional[str] = None
     user = read_wording_file(instructions) if instructions else None
     choices, missing = wordings_for(languages, user, str(instructions or ""))
     if missing:
-        raise BcatError(f"no prompt wording for language {', '.join(repr(l) for l in missing)} (nor for its language "
-                        f"subtag): give it with --instructions FILE.tsv, a tab-separated file with the columns lang, "
-                        f"passage, question, answer, instruction, like bcat/resources/eval/instructions.tsv")
+        raise OptionError(f"no prompt wording for language {', '.join(repr(l) for l in missing)} (nor for its "
+                          "language subtag): give it with {instructions} FILE.tsv, a tab-separated file with the "
+                          "columns lang, passage, question, answer, instruction, like "
+                          "bcat/resources/eval/instructions.tsv", "instructions")
     return {l: c.wording for l, c in choices.items()}, {l: c.source for l, c in choices.items()}
 
 
 def resolve_data(data: str) -> Path:
-    """The data file for ``--data``: a path, or ``builtin`` for the bundled test split."""
+    """The data file of :attr:`EvalOptions.data`: a path, or ``builtin`` for the bundled test split."""
     if data == "builtin":
         path = resource(BUILTIN_DATA)
         if not path.is_file():
-            raise BcatError(f"--data builtin: the bundled test split bcat/resources/{BUILTIN_DATA} is not present in this "
-                            "installation; pass a JSONL file with --data")
+            raise OptionError(f"{{data}} builtin: the bundled test split bcat/resources/{BUILTIN_DATA} is not present "
+                              "in this installation; give a JSONL file as {data}", "data")
         return path
     return Path(data)
 
@@ -153,12 +217,13 @@ def is_bundled_data(path: Path) -> bool:
     return path.resolve() == resource(BUILTIN_DATA).resolve()
 
 
-def parse_suites(text: str) -> list[str]:
-    """``rag,ood`` -> ``['rag', 'ood']``, refusing unknown names."""
-    suites = [s.strip() for s in text.split(",") if s.strip()]
+def check_suites(suites: Sequence[str]) -> list[str]:
+    """The suites to run, refusing unknown names and none (a string is one name)."""
+    suites = [s.strip() for s in ([suites] if isinstance(suites, str) else suites) if s.strip()]
     bad = [s for s in suites if s not in SUITES]
     if bad or not suites:
-        raise BcatError(f"--suite: unknown suite {', '.join(bad) or '(none)'}; choose from {', '.join(SUITES)}")
+        raise OptionError(f"{{suite}}: unknown suite {', '.join(bad) or '(none)'}; choose from {', '.join(SUITES)}",
+                          "suite")
     return suites
 
 
@@ -167,75 +232,86 @@ def _load_ood():
         ood = importlib.import_module("bcat.evaluation.ood.suite")
     except ModuleNotFoundError as e:
         if e.name == "bcat.evaluation.ood.suite":
-            raise BcatError("--suite ood: the out-of-domain suite (bcat.evaluation.ood.suite) is not available in "
-                            "this installation") from None
+            raise OptionError("{suite} ood: the out-of-domain suite (bcat.evaluation.ood.suite) is not available in "
+                              "this installation", "suite") from None
         raise
     return ood
 
 
-def ood_arguments(ood, args) -> dict:
-    """Keyword arguments for ``ood.run_ood`` from the ``bcat eval`` options it accepts.
+def ood_arguments(ood, options: EvalOptions, batch_size: int) -> dict:
+    """Keyword arguments for ``ood.run_ood`` from the :class:`EvalOptions` it accepts.
 
-    ``--languages`` is narrowed to the languages the OOD suite has data for; ``--limit`` caps the
-    items per language and task; ``--ood-tasks`` picks tasks.
+    ``languages`` is narrowed to the languages the OOD suite has data for; ``limit`` caps the
+    items per language and task; ``ood_tasks`` picks tasks.
     """
     accepted = inspect.signature(ood.run_ood).parameters
-    kwargs: dict = {"batch_size": args.batch_size, "limit": args.limit}
-    if args.languages:
+    kwargs: dict = {"batch_size": batch_size, "limit": options.limit}
+    if options.languages:
         supported = getattr(ood, "OOD_LANGS", None)
-        kwargs["languages"] = [l for l in args.languages if supported is None or l in supported]
+        kwargs["languages"] = [l for l in options.languages if supported is None or l in supported]
         if not kwargs["languages"]:
-            raise BcatError(f"--suite ood: none of --languages {','.join(args.languages)} has OOD data")
-    if getattr(args, "ood_tasks", None):
-        kwargs["tasks"] = tuple(args.ood_tasks)
+            raise OptionError(f"{{suite}} ood: none of {{languages}} {','.join(options.languages)} has OOD data",
+                              "suite", "languages")
+    if options.ood_tasks:
+        kwargs["tasks"] = tuple(options.ood_tasks)
     return {k: v for k, v in kwargs.items() if k in accepted}
 
 
-def run_eval(args) -> dict:
+def check_options(options: EvalOptions) -> None:
+    """Refuse, before any work, an empty ``languages`` and an ``output`` that holds a finished evaluation
+    (unless ``overwrite``)."""
+    if options.languages is not None and not options.languages:
+        raise OptionError("{languages}: give at least one language code", "languages")
+    if (Path(options.output) / "metrics.json").exists() and not options.overwrite:
+        raise OptionError(f"{{output}} {options.output} holds a finished evaluation (metrics.json): choose another "
+                          "folder, or pass {overwrite} to replace it", "output", "overwrite")
+
+
+def run_eval(options: EvalOptions) -> dict:
     """Everything ``bcat eval`` does; returns the metrics written to ``OUTPUT/metrics.json``. The output
     folder is checked and held before anything is read (only the main process writes)."""
-    with claim_output(Path(args.output), "--output", replaced=True) if is_main_process() else nullcontext():
-        return _run_eval(args)
+    check_options(options)
+    with claim_output(Path(options.output), "output", replaced=True) if is_main_process() else nullcontext():
+        return _run_eval(options)
 
 
-def _run_eval(args) -> dict:
+def _run_eval(options: EvalOptions) -> dict:
     from bcat import __version__
     from bcat.model.loading import load_for_eval
 
-    suites = parse_suites(args.suite)
-    output = Path(args.output)
+    suites = check_suites(options.suite)
+    output = Path(options.output)
     items, data_path, languages, wordings, wording_sources = None, None, None, None, {}
     if "rag" in suites:  # validate the data, the wording and the training run's config before loading any model
-        data_path = resolve_data(args.data)
-        items = load_items(data_path, languages=args.languages, limit_groups=args.limit)
+        data_path = resolve_data(options.data)
+        items = load_items(data_path, languages=options.languages, limit_groups=options.limit)
         evaluated = list(dict.fromkeys(i.lang for i in items))
-        wordings, wording_sources = prompt_wordings(evaluated, getattr(args, "instructions", None))
+        wordings, wording_sources = prompt_wordings(evaluated, options.instructions)
         for lang, source in wording_sources.items():
             if source != "bundled":
                 log.info("bcat eval: prompt wording for %s: %s", lang, source)
-        languages = resolve_languages(args.model, evaluated, anchor=getattr(args, "anchor", None),
-                                      seen=getattr(args, "seen", None), unseen=getattr(args, "unseen", None),
-                                      bundled_data=is_bundled_data(data_path))
+        languages = resolve_languages(options.model, evaluated, anchor=options.anchor, seen=options.seen,
+                                      unseen=options.unseen, bundled_data=is_bundled_data(data_path))
     ood = _load_ood() if "ood" in suites else None
     started = time.time()
-    model, tokenizer = load_for_eval(args.model, trust_remote_code=args.trust_remote_code,
-                                     device=process_device(args.device), dtype=getattr(args, "dtype", "auto"))
+    model, tokenizer = load_for_eval(options.model, trust_remote_code=options.trust_remote_code,
+                                     device=process_device(options.device), dtype=options.dtype)
     # the longest row a RAG prompt makes (data.max_length's default) plus the answer budget
-    args.batch_size = resolve_batch_size(args.batch_size, model, 2048 + args.max_new_tokens)
-    metrics: dict = {"bcat_version": __version__, "model": args.model, "suites": suites,
+    batch_size = resolve_batch_size(options.batch_size, model, 2048 + options.max_new_tokens)
+    metrics: dict = {"bcat_version": __version__, "model": options.model, "suites": suites,
                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     if ood is not None:  # before any trimming: perplexities are over the full vocabulary
-        metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, args))
+        metrics["ood"] = ood.run_ood(model, tokenizer, **ood_arguments(ood, options, batch_size))
     if items is not None:
         anchor, seen, source = languages
-        options = RagOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, shots=args.shots,
-                             chat_template=args.chat_template, anchor=anchor, seen=seen, languages_source=source,
-                             bootstrap=args.bootstrap, seed=args.seed, trim_vocab=args.trim_vocab)
-        summary, predictions = evaluate_rag(model, tokenizer, items, options, wordings)
-        metrics["options"] = {"batch_size": options.batch_size, "max_new_tokens": options.max_new_tokens,
-                              "shots": options.shots, "chat_template": options.chat_template, "limit": args.limit,
-                              "languages": args.languages, "trim_vocab": options.trim_vocab,
-                              "prompt_wording": wording_sources}
+        rag = RagOptions(batch_size=batch_size, max_new_tokens=options.max_new_tokens, shots=options.shots,
+                         chat_template=options.chat_template, anchor=anchor, seen=seen, languages_source=source,
+                         bootstrap=options.bootstrap, seed=options.seed, trim_vocab=options.trim_vocab)
+        summary, predictions = evaluate_rag(model, tokenizer, items, rag, wordings)
+        metrics["options"] = {"batch_size": rag.batch_size, "max_new_tokens": rag.max_new_tokens,
+                              "shots": rag.shots, "chat_template": rag.chat_template, "limit": options.limit,
+                              "languages": None if options.languages is None else list(options.languages),
+                              "trim_vocab": rag.trim_vocab, "prompt_wording": wording_sources}
         metrics.update(rag_metrics(data_path, items, summary))
     metrics["seconds"] = round(time.time() - started, 1)
     metrics["processes"] = num_processes()

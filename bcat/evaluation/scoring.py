@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 from bcat.data.normalize import first_line
 from bcat.data.rag import RagItem, instruction_table, load_items
 from bcat.data.records import read_rows
-from bcat.errors import BcatError, DataError
+from bcat.errors import BcatError, DataError, OptionError
 from bcat.evaluation.metrics import (LANGUAGE_ID_NOT_MEASURED, LanguageIdentifier, language_id_available,
                                      score_item)
 from bcat.evaluation.summary import summarize
@@ -50,8 +50,20 @@ DATA_SOURCE = ("the data: every evaluated language counts as seen (no training r
 BUNDLED_SOURCE = "bcat's bundled split (bcat/languages.py SEEN/UNSEEN), for the built-in model on the bundled data"
 
 
+@dataclass(kw_only=True)
+class BootstrapOptions:
+    """The resampling behind every confidence interval (eval, score, report)."""
+
+    bootstrap: int = 2000
+    """Bootstrap resamples for the confidence intervals (percentile intervals want about 1000 or more: Efron and
+    Tibshirani, *An Introduction to the Bootstrap*, 1993)."""
+    seed: int = 0
+    """Seed of the bootstrap (and, in ``bcat eval``, of the choice of shots): fixed, so a re-run gives the same
+    intervals."""
+
+
 @dataclass
-class ScoringOptions:
+class ScoringOptions(BootstrapOptions):
     """How answers are scored and summarised."""
 
     anchor: str = ANCHOR
@@ -60,10 +72,6 @@ class ScoringOptions:
     """Languages seen in training (``None``: every evaluated language); the other evaluated ones are unseen."""
     languages_source: str = DATA_SOURCE
     """Where ``anchor`` and ``seen`` came from, recorded in ``metrics.json``."""
-    bootstrap: int = 2000
-    """Bootstrap resamples for the confidence intervals."""
-    seed: int = 0
-    """Seed of the bootstrap (and, in ``bcat eval``, of the choice of shots)."""
     languages: Optional[Sequence[str]] = field(default=None)
     """Restrict the language ID to these (default: the languages evaluated)."""
 
@@ -100,9 +108,10 @@ def trained_languages(run: Path) -> tuple[str, tuple[str, ...], str]:
     return cfg.data.anchor, tuple(trained), f"the training run: all of its training data ({summary_file})"
 
 
-def _contradiction(option: str, given: Sequence[str], run_value: Sequence[str], source: str) -> BcatError:
-    return BcatError(f"{option} {','.join(given)} contradicts {source}: {','.join(run_value)}. The training run "
-                     f"says which languages the model saw; drop {option}.")
+def _contradiction(option: str, given: Sequence[str], run_value: Sequence[str], source: str) -> OptionError:
+    name = "{" + option + "}"
+    return OptionError(f"{name} {','.join(given)} contradicts {source}: {','.join(run_value)}. The training run "
+                       f"says which languages the model saw; drop {name}.", option)
 
 
 def resolve_languages(model: Optional[str], evaluated: Sequence[str], *, anchor: Optional[str] = None,
@@ -122,18 +131,18 @@ def resolve_languages(model: Optional[str], evaluated: Sequence[str], *, anchor:
     ('en', 'pt-BR')
     """
     if seen is not None and unseen is not None:
-        raise BcatError("--seen and --unseen: give one of them")
+        raise OptionError("{seen} and {unseen}: give one of them", "seen", "unseen")
     if anchor is not None and anchor not in evaluated:
-        raise BcatError(f"--anchor {anchor}: not among the evaluated languages ({', '.join(evaluated)})")
+        raise OptionError(f"{{anchor}} {anchor}: not among the evaluated languages ({', '.join(evaluated)})", "anchor")
     run = training_run_dir(model)
     if run is not None:
         run_anchor, run_seen, source = trained_languages(run)
         if anchor is not None and anchor != run_anchor:
-            raise _contradiction("--anchor", [anchor], [run_anchor], f"{run / 'config.yaml'} (data.anchor)")
+            raise _contradiction("anchor", [anchor], [run_anchor], f"{run / 'config.yaml'} (data.anchor)")
         if seen is not None and set(seen) | {run_anchor} != set(run_seen) | {run_anchor}:
-            raise _contradiction("--seen", seen, run_seen, source)
+            raise _contradiction("seen", seen, run_seen, source)
         if unseen is not None and set(unseen) & (set(run_seen) | {run_anchor}):
-            raise _contradiction("--unseen", unseen, run_seen, source)
+            raise _contradiction("unseen", unseen, run_seen, source)
         return run_anchor, run_seen, source
     if seen is not None or unseen is not None or anchor is not None:
         sources = [f"anchor from --anchor"] if anchor is not None else []
@@ -306,7 +315,7 @@ def load_predictions(path: Path, items: Sequence[RagItem]) -> list[tuple[RagItem
     the items would not be the data's score.
     """
     if not path.is_file():
-        raise BcatError(f"--predictions: file not found: {path}")
+        raise OptionError(f"{{predictions}}: file not found: {path}", "predictions")
     by_key = {(i.group, i.lang): i for i in items}
     found: dict[tuple[str, str], tuple[int, dict]] = {}
     for line_no, rec in read_rows(path):
@@ -360,7 +369,7 @@ def rescore(data: Path, predictions_file: Path, output: Path, *, anchor: Optiona
     scoring cannot know (model, generation options) and the scoring options it used (anchor,
     seen languages, bootstrap); the arguments given here override the latter.
     """
-    with claim_output(output, "--output", replaced=True):
+    with claim_output(output, "output", replaced=True):
         return _rescore(data, predictions_file, output, anchor=anchor, seen=seen, unseen=unseen,
                         bootstrap=bootstrap, seed=seed)
 

@@ -5,7 +5,7 @@ are accepted (a directory whose weights are pickled, ``pytorch_model.bin``, ``ad
 ``*.pt`` and the like, is refused before anything opens them; pickled files beside safetensors
 weights are never read), and ``trust_remote_code`` stays off unless the config turns it on. Training
 (:func:`load_model`) and evaluation (:func:`load_for_eval`) load the same way; ``option`` names the
-setting the path came from (``model.path``, ``--model``) in error messages.
+setting the path came from (``model.path``, ``model``) in error messages (:class:`bcat.errors.OptionError`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bcat.config import ModelConfig
-from bcat.errors import ConfigError
+from bcat.errors import ConfigError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ def resolve_model_dir(path: str, option: str = "model.path") -> Path:
     if (p / TRAINED_MODEL_SUBDIR / "config.json").exists() or (p / TRAINED_MODEL_SUBDIR / "adapter_config.json").exists():
         p = p / TRAINED_MODEL_SUBDIR
     if not p.is_dir():
-        raise ConfigError(f"{option}: directory not found: {path} (models load from local directories only)")
+        raise OptionError.about(option, f": directory not found: {path} (models load from local directories only)")
     if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
-        raise ConfigError(f"{option}: {p} has no config.json: not a Hugging Face model directory")
+        raise OptionError.about(option, f": {p} has no config.json: not a Hugging Face model directory")
     _refuse_pickled_weights(p, option)
     _refuse_outside_links(p, option)
     return p
@@ -56,10 +56,10 @@ def _refuse_outside_links(path: Path, option: str) -> None:
             continue
         target = f.resolve()
         if not target.exists():
-            raise ConfigError(f"{option}: {f} is a symbolic link to {target}, which does not exist")
+            raise OptionError.about(option, f": {f} is a symbolic link to {target}, which does not exist")
         if not any(target.is_relative_to(root) for root in roots):
-            raise ConfigError(f"{option}: {f} is a symbolic link to {target}, outside the model directory; copy the "
-                              "file into the directory (or load the model from where the file is)")
+            raise OptionError.about(option, f": {f} is a symbolic link to {target}, outside the model directory; "
+                                            "copy the file into the directory (or load the model from where the file is)")
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -76,8 +76,8 @@ def _refuse_pickled_weights(path: Path, option: str) -> None:
     pickles = sorted(f.name for f in path.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         kind = "adapter" if adapter else "model"
-        raise ConfigError(
-            f"{option}: cannot load safetensors weights from {path}: its {kind} weights are pickled "
+        raise OptionError.about(
+            option, f": cannot load safetensors weights from {path}: its {kind} weights are pickled "
             f"({', '.join(pickles)}), which bcat never loads (unpickling can run code); convert them to "
             "safetensors with the tool that made them (save_pretrained(..., safe_serialization=True))"
         )
@@ -90,7 +90,7 @@ def base_model_dir(path: Path, option: str = "model.path") -> Path:
         return path
     base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
-        raise ConfigError(f"{option}: {adapter_cfg} has no base_model_name_or_path; cannot find the base model")
+        raise OptionError.about(option, f": {adapter_cfg} has no base_model_name_or_path; cannot find the base model")
     return resolve_model_dir(base, option)
 
 
@@ -109,12 +109,12 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, option: st
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
         _refuse_remote_code(e, path, option)
-        raise ConfigError(f"{option}: {path} has no usable tokenizer ({e})") from None
+        raise OptionError.about(option, f": {path} has no usable tokenizer ({e})") from None
     if tokenizer.pad_token_id is None:
         # bcat masks padding with attention and target masks and never trains on pad positions, so
         # reusing EOS as pad cannot hide the EOS at the end of completions.
         if tokenizer.eos_token_id is None:
-            raise ConfigError(f"{option}: the tokenizer in {path} has neither a pad nor an EOS token")
+            raise OptionError.about(option, f": the tokenizer in {path} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
         log.info("bcat: the tokenizer has no pad token; using EOS (%r) as pad", tokenizer.eos_token)
     return tokenizer
@@ -123,11 +123,11 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, option: st
 def _refuse_remote_code(error: Exception, path, option: str) -> None:
     """Turn transformers' "needs trust_remote_code" refusal into one clear line (the code never ran)."""
     if "trust_remote_code" in str(error):
-        setting = "model.trust_remote_code=true" if option == "model.path" else "--trust-remote-code"
-        raise ConfigError(
-            f"{option}: {path} needs to run Python code shipped with the model (auto_map in its config); "
-            f"bcat does not run it unless you set {setting}"
-        ) from None
+        problem = (f": {path} needs to run Python code shipped with the model (auto_map in its config); bcat does not "
+                   "run it unless you set ")
+        if option == "model.path":  # a training config
+            raise OptionError.about(option, problem + "model.trust_remote_code=true") from None
+        raise OptionError("{" + option + "}" + problem + "{trust_remote_code}", option, "trust_remote_code") from None
 
 
 def stored_parameters(path: str | Path) -> int:
@@ -228,10 +228,10 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None, option: str
             base_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, use_safetensors=True, **attention
         )
     except OSError as e:
-        raise ConfigError(f"{option}: cannot load safetensors weights from {base_path} ({e})") from None
+        raise OptionError.about(option, f": cannot load safetensors weights from {base_path} ({e})") from None
     except ValueError as e:
         _refuse_remote_code(e, base_path, option)
-        raise ConfigError(f"{option}: cannot load the model in {base_path} ({str(e).splitlines()[0]})") from None
+        raise OptionError.about(option, f": cannot load the model in {base_path} ({str(e).splitlines()[0]})") from None
     if base_path != path:
         from peft import PeftModel
 
@@ -248,10 +248,10 @@ def load_for_eval(path: str, trust_remote_code: bool = False, device: str = "cpu
     per decode step; greedy answers can differ from fp32's where the top two logits are within bf16
     rounding, which ``bench/gpu_check.py`` measures)."""
     cfg = ModelConfig(path=path, dtype=dtype, trust_remote_code=trust_remote_code)
-    model = load_model(cfg, torch.device(device), option="--model")
+    model = load_model(cfg, torch.device(device), option="model")
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    return model.eval(), load_tokenizer(path, trust_remote_code, option="--model")
+    return model.eval(), load_tokenizer(path, trust_remote_code, option="model")
 
 
 def add_lora(model, cfg: ModelConfig):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bcat.errors import BcatError
+from bcat.errors import OptionError
 from bcat.evaluation.compare import Run
 from bcat.evaluation.scoring import training_run_dir
 
@@ -41,7 +41,8 @@ def read_train_log(run_dir: Path) -> TrainLog:
     mid-write) are skipped, as on resume."""
     log_file = run_dir / "train_log.jsonl"
     if not log_file.is_file():
-        raise BcatError(f"--train-run: {run_dir} has no train_log.jsonl (is it a `bcat train` output directory?)")
+        raise OptionError(f"{{train_run}}: {run_dir} has no train_log.jsonl (is it a `bcat train` output directory?)",
+                          "train_run")
     entries = []
     for line in log_file.read_text(encoding="utf-8").splitlines():
         try:

@@ -5,7 +5,7 @@ unseen mean, with 95% intervals) and its chart, and the same numbers under the o
 with exactly two runs, the ``bcat compare`` verdict table; strict accuracy per language side by
 side (unseen languages marked); the other scorers per language; answer language and agreement
 with English; a few example answers per language in every run (question, gold, answer, verdict);
-the training loss per language of the training runs (``--train-run DIR``, or found next to each
+the training loss per language of the training runs (``train_run``, or found next to each
 evaluated model); and the out-of-domain results when present.
 
 ``report.html`` embeds its charts as base64 PNG (one file to attach to a review); ``report.md``
@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jinja2
 from markdown_it import MarkdownIt
@@ -27,7 +27,7 @@ from markupsafe import Markup
 
 from bcat.errors import BcatError
 from bcat.evaluation.compare import BETTER, WORSE, Run, compare_runs, load_run
-from bcat.evaluation.scoring import check_metrics
+from bcat.evaluation.scoring import BootstrapOptions, check_metrics
 from bcat.output import claim_output, replace_dir
 from bcat.report.charts import headline_chart, loss_chart, per_language_chart
 from bcat.report.loss import training_logs
@@ -79,7 +79,7 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, n_resamp
     if not run_dirs:
         raise BcatError("report: give at least one eval directory")
     output = Path(output)
-    with claim_output(output, "--output", replaced=True):
+    with claim_output(output, "output", replaced=True):
         sections, title, cards = _report_sections(run_dirs, n_resamples, seed, alpha, train_runs)
         replace_dir(output, lambda folder: write_document(sections, folder, title, "bcat report", cards=cards),
                     carry=True)
@@ -242,10 +242,27 @@ def _html(sections, title: str, generator: str, cards: Sequence[Card] = ()) -> s
         sections=[(heading, [_html_part(p, cards) for p in parts]) for heading, parts in sections])
 
 
-def run_report(args) -> tuple[Path, Path]:
-    """Everything ``bcat report`` does."""
-    output = args.output or (args.runs[0] if len(args.runs) == 1 else "report")
-    md, page = build_report(args.runs, output, n_resamples=args.bootstrap, seed=args.seed, alpha=args.alpha,
-                            train_runs=args.train_run or ())
+@dataclass(kw_only=True)
+class ReportOptions(BootstrapOptions):
+    """What ``bcat report`` does, as a Python call: :func:`run_report`. Each field is the command's option
+    of the same name; errors name the field (:class:`bcat.errors.OptionError`)."""
+
+    runs: Sequence[str]
+    """``bcat eval`` output directories, the baseline first."""
+    output: Optional[str] = None
+    """Directory for ``report.md``, ``report.html`` and the charts. ``None``: the run itself for one run (the
+    report sits beside its metrics), else ``report``."""
+    train_run: Optional[Sequence[str]] = None
+    """``bcat train`` output directories whose per-language loss curves (``train_log.jsonl``) to draw.
+    ``None``: the training runs found next to the evaluated models."""
+    alpha: float = 0.05
+    """Significance level of the verdicts with two runs (the conventional 5%)."""
+
+
+def run_report(options: ReportOptions) -> tuple[Path, Path]:
+    """Everything ``bcat report`` does; returns the paths of ``report.md`` and ``report.html``."""
+    output = options.output or (options.runs[0] if len(options.runs) == 1 else "report")
+    md, page = build_report(options.runs, output, n_resamples=options.bootstrap, seed=options.seed,
+                            alpha=options.alpha, train_runs=options.train_run or ())
     print(f"wrote {md} and {page}")
     return md, page
