@@ -107,7 +107,7 @@ def check_same_items(a: Run, b: Run) -> None:
         raise BcatError(
             f"cannot compare {a.path} and {b.path}: different items ({len(only_a)} only in the first"
             f"{': ' + show(only_a) if only_a else ''}; {len(only_b)} only in the second"
-            f"{': ' + show(only_b) if only_b else ''}). Evaluate both on the same data, --languages and --limit.")
+            f"{': ' + show(only_b) if only_b else ''}). Evaluate both on the same data, languages and limit.")
 
 
 def verdict(ci: Optional[list[float]], p: Optional[float], alpha: float = 0.05) -> str:

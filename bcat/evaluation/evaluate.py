@@ -98,8 +98,8 @@ class EvalOptions(GenerationOptions, BootstrapOptions):
     output: str
     """Directory for ``metrics.json`` and ``predictions.jsonl``, replaced whole when they are written."""
     data: str = "builtin"
-    """RAG QA JSONL file (group, lang, question, passages, answers), or ``builtin``: the bundled test split
-    (the data every number bcat reports is measured on)."""
+    """RAG QA JSONL file (group, lang, question, passages, answers), or ``builtin``: the bundled test split (the
+    default, so that a model can be evaluated without data of one's own)."""
     suite: Sequence[str] = ("rag",)
     """Suites to run: ``rag`` (the headline) and ``ood`` (the out-of-domain suite, opt-in: it generates long
     answers)."""
