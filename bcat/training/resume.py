@@ -40,6 +40,8 @@ RECORDS_KEY = "data.train (content)"
 
 CHANGEABLE = {
     "training.output_dir": "the run's folder may have been moved",
+    "data.train": "the data file may have been moved or copied; its tokenized records must be the same "
+                  "(data.train (content))",
     "training.logging_steps": "how often the log is written",
     "training.log_batch_items": "what the log holds",
     "training.threads": "CPU threads: speed (sums may round differently in the last bits)",

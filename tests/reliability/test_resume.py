@@ -112,12 +112,22 @@ def test_resume_with_changed_settings_is_refused_naming_the_keys(train, data, ki
 def test_resume_with_other_data_is_refused(tmp_path, train, data, killed):
     other = write_jsonl(tmp_path / "other.jsonl", parallel_records(4))
     result = train(killed, other, "training.save_steps=1", steps=3, resume=True)
-    assert_clean_failure(result, f"data.train ('{data}' -> '{other}')")
+    assert_clean_failure(result, "data.train (content): the tokenized records differ")
     records = parallel_records(3)
     records[0]["prompt"] += " (edited)"
     write_jsonl(data, records)  # the same file name, other records
     result = train(killed, data, "training.save_steps=1", steps=3, resume=True)
     assert_clean_failure(result, "data.train (content): the tokenized records differ")
+
+
+def test_resume_from_a_moved_copy_of_the_same_data_is_allowed_and_recorded(tmp_path, train, data, killed):
+    moved = tmp_path / "elsewhere" / "copy.jsonl"
+    moved.parent.mkdir()
+    shutil.copy(data, moved)
+    result = train(killed, moved, "training.save_steps=1", steps=3, resume=True)
+    assert result.rc == 0, result.err[-2000:]
+    resumes = json.loads((killed / "training_summary.json").read_text())["resumes"]
+    assert resumes == [{"step": 2, "changed": {"data.train": [str(data.resolve()), str(moved.resolve())]}}]
 
 
 def test_resume_records_the_changes_it_allows(train, data, killed):
