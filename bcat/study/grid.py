@@ -274,6 +274,8 @@ def validate(spec: StudySpec) -> StudySpec:
         raise bad("curve", "steps and groups must be positive")
     if spec.data.train and not Path(spec.data.train).is_file():
         raise bad("data.train", f"names no file: {spec.data.train}")
+    if not spec.data.train and not resolve_data(spec.data.train_qa).is_file():
+        raise bad("data.train_qa", f"names no file: {spec.data.train_qa}")
     for key in ("dev_groups", "test_groups", "train_groups"):
         if (getattr(spec.data, key) or 1) < 1:
             raise bad(f"data.{key}", "must be positive or null")

@@ -210,6 +210,24 @@ def test_train_groups_must_make_whole_epochs(tmp_path):
     assert pairs.pairs != Study(load_study(study_file(tmp_path))).pairs  # another subset, another file
 
 
+def test_the_pairs_are_named_by_the_content_of_their_source_not_its_path(tmp_path):
+    """The same QA file in two checkouts gives the same pairs file name (the cached pairs are found), another
+    file another name; the trainings' keys do not depend on it."""
+    from bcat.bundled import resource
+
+    names = {}
+    for folder, text in [("a", "x"), ("b", "x"), ("c", "y")]:
+        qa = tmp_path / folder / "qa.jsonl"
+        qa.parent.mkdir()
+        qa.write_text(resource("kb/train.jsonl").read_text(encoding="utf-8") + text, encoding="utf-8")
+        study = Study(load_study(study_file(tmp_path, data={"train_qa": str(qa)})))
+        names[folder] = study.pairs.name
+        assert study.pairs.parent == tmp_path / "cache"
+    assert names["a"] == names["b"] != names["c"]
+    with pytest.raises(ConfigError, match=r"'data.train_qa' names no file"):
+        load_study(study_file(tmp_path, data={"train_qa": str(tmp_path / "none.jsonl")}))
+
+
 def test_pairs_command_draws_the_groups():
     from pathlib import Path
 
