@@ -17,11 +17,11 @@ import typing
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from bcat.bundled import resource
 from bcat.errors import ConfigError
@@ -284,9 +284,12 @@ def _get(obj: Any, dotted: str) -> Any:
 
 
 def valid_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """All dotted keys of a config class, e.g. ``objective.beta``."""
+    """All dotted keys of a config class, e.g. ``objective.beta`` (a field the constructor does not take
+    is not a key)."""
     keys = []
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         sub = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None  # type: ignore[arg-type]
         keys += valid_keys(sub, f"{prefix}{f.name}.") if sub else [prefix + f.name]
     return keys
@@ -321,26 +324,31 @@ TRAINER_NAMES: dict[str, tuple[str, str]] = {
 """The usual Hugging Face / TRL trainer argument names whose bcat key has another name (or meaning)."""
 
 
-def suggest_key(key: str) -> list[str]:
-    """What an unknown key probably meant: a trainer's name for it (:data:`TRAINER_NAMES`), the keys
-    whose last part is the same (``lr`` -> ``training.learning_rate``, ``training.beta`` ->
-    ``objective.beta``), else the closest spelling. Each entry is ``'key'`` with an optional note.
+def suggest_key(key: str, keys: Optional[list[str]] = None) -> list[str]:
+    """What an unknown key probably meant among ``keys`` (default: :class:`TrainConfig`'s, whose usual
+    trainer names are known too, :data:`TRAINER_NAMES`): the keys whose last part is the same
+    (``lr`` -> ``training.learning_rate``, ``training.beta`` -> ``objective.beta``), else the closest
+    spelling. Each entry is ``'key'`` with an optional note.
 
     >>> suggest_key("training.lr"), suggest_key("seed"), suggest_key("objective.bta")
     (["'training.learning_rate'"], ["'batch.seed'", "'training.seed'"], ["'objective.beta'"])
+    >>> suggest_key("arms[1].nmae", ["arms[1].name", "arms[1].seeds"])
+    ["'arms[1].name'"]
     """
     leaf = key.rsplit(".", 1)[-1].lower().replace("-", "_")
-    if leaf in TRAINER_NAMES:
-        target, note = TRAINER_NAMES[leaf]
-        return [f"'{target}'" + (f" ({note})" if note else "")]
-    same_leaf = sorted(k for k in valid_keys() if k.rsplit(".", 1)[-1] == leaf)
+    if keys is None:
+        if leaf in TRAINER_NAMES:
+            target, note = TRAINER_NAMES[leaf]
+            return [f"'{target}'" + (f" ({note})" if note else "")]
+        keys = valid_keys()
+    same_leaf = sorted(k for k in keys if k.rsplit(".", 1)[-1] == leaf)
     if same_leaf:
         return [f"'{k}'" for k in same_leaf]
-    return [f"'{k}'" for k in difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)]
+    return [f"'{k}'" for k in difflib.get_close_matches(key, keys, n=1, cutoff=0.5)]
 
 
-def _unknown_key_error(key: str, source: str) -> ConfigError:
-    close = suggest_key(key)
+def _unknown_key_error(key: str, source: str, keys: Optional[list[str]] = None) -> ConfigError:
+    close = suggest_key(key, keys)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return ConfigError(f"{source}: unknown config key '{key}'{hint}")
 
@@ -361,7 +369,8 @@ class StrictYamlLoader(yaml.SafeLoader):
     - aliases (``*name``): a few hundred bytes of nested aliases expand to gigabytes;
     - a key given twice in one mapping, which YAML would resolve silently to the last value;
     - ``${...}``: OmegaConf would resolve it as an interpolation (``${oc.env:VAR}`` reads the
-      environment into the config), so a config means what it says, nothing more.
+      environment into the config), so a config means what it says, nothing more;
+    - ``???``: OmegaConf would read it as "no value yet" instead of the text.
     """
 
     def compose_node(self, parent, index):
@@ -384,6 +393,8 @@ class StrictYamlLoader(yaml.SafeLoader):
 
     def construct_yaml_str(self, node):
         value = super().construct_yaml_str(node)
+        if value == "???":
+            raise ConfigRefused("'???' is OmegaConf's mark of a missing value: give the value itself", node.start_mark)
         if "${" in value:
             raise ConfigRefused(f"{value!r}: ${{...}} interpolation is not accepted in bcat configs "
                                 "(it would be resolved, e.g. from the environment); write the value itself",
@@ -426,18 +437,18 @@ def _yaml_problem(e: yaml.YAMLError, source: str) -> str:
     return f"{where}: not valid YAML: {what}"
 
 
-def _override_layer(item: str):
-    """``key=value`` as a config layer; the value is read as YAML (``[a,b]``, ``1e-4``, ``null``)
-    by :class:`StrictYamlLoader`, as OmegaConf's dotlist would with its own loader."""
+def _override_layer(item: str) -> dict:
+    """``key=value`` as a config layer (a nested mapping); the value is read as YAML (``[a,b]``, ``1e-4``,
+    ``null``) by :class:`StrictYamlLoader`, as OmegaConf's dotlist would with its own loader."""
     key, text = (part.strip() for part in item.split("=", 1))
     try:
         value = yaml.load(text, Loader=StrictYamlLoader)
     except yaml.YAMLError as e:
         problem = e.problem if isinstance(e, ConfigRefused) else f"not valid YAML: {getattr(e, 'problem', e)}"
         raise ConfigError(f"override '{item}': {problem}") from None
-    layer = OmegaConf.create()
-    OmegaConf.update(layer, key, value, merge=True)
-    return layer
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 BUILTIN_CONFIGS = ("dpo", "orpo", "sft")
@@ -463,25 +474,66 @@ def config_file(path: str | Path) -> Path:
     return file
 
 
-def _check_lists(cfg: Any, prefix: str = "") -> None:
-    """Every ``list[T]`` field holds only ``T``s: OmegaConf lets a nested list or a mapping through."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value, key = getattr(cfg, f.name), prefix + f.name
-        if dataclasses.is_dataclass(value):
-            _check_lists(value, key + ".")
-            continue
-        kinds = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if typing.get_origin(t) is list]
-        if kinds and isinstance(value, list):
-            item = typing.get_args(kinds[0])[0]
-            if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"config key '{key}' must be a list of {item.__name__}, got {value!r}")
+T = TypeVar("T")
+
+
+def build(cls: type[T], layers: list[tuple[str, Any]]) -> T:
+    """A ``cls`` (a dataclass whose fields all have defaults) from its defaults and each ``(source, mapping)``
+    layer on top, type-checked by OmegaConf (``OmegaConf.structured``, then ``OmegaConf.to_object``).
+
+    This is the one place where OmegaConf's errors become :class:`ConfigError`: each names the layer's
+    source and the dotted key (``arms[1].seeds[0]``), an unknown key with the closest valid one."""
+    merged = OmegaConf.structured(cls)
+    for source, layer in layers:
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping")
+        try:
+            _merge_into(merged, layer, source)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            if getattr(e, "value", ...) is None:
+                raise ConfigError(f"{source}: config key '{key}' may not be empty") from None
+            reason = str(e.msg).splitlines()[0]
+            raise ConfigError(f"{source}: config key '{key}' has the wrong type: {reason}") from None
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def _merge_into(node: Any, raw: dict, source: str, prefix: str = "") -> None:
+    """Put a YAML mapping into a structured node, in place. A mapping given for a section is merged key
+    by key; any other value replaces the default whole, as it is written (``timing.step_s`` lists only
+    the modes it times), which OmegaConf does for a dict-typed field only on assignment. The items of a
+    list of sections are merged where they stand, because OmegaConf checks the items of a list it
+    merges before they have a place in it, so that its errors could not name their index."""
+    schema = OmegaConf.get_type(node)
+    hints = typing.get_type_hints(schema)
+    keys = {f.name for f in dataclasses.fields(schema) if f.init}
+    for key, value in raw.items():
+        if key not in keys:
+            raise _unknown_key_error(f"{prefix}{key}", source, valid_keys(schema, prefix))
+        hint = hints[key]
+        listed = [typing.get_args(t)[0] for t in (hint, *typing.get_args(hint)) if typing.get_origin(t) is list]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            _merge_into(node[key], value, source, f"{prefix}{key}.")
+        elif listed and dataclasses.is_dataclass(listed[0]) and isinstance(value, list):
+            node[key] = [listed[0]() for _ in value]
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    _merge_into(node[key][i], item, source, f"{prefix}{key}[{i}].")
+                else:
+                    node[key][i] = item  # refused by OmegaConf, naming the index
+        else:
+            try:
+                OmegaConf.update(node, key, value, merge=False)
+            except ValidationError:
+                if listed and isinstance(value, list):  # a nested list or a mapping among the items
+                    raise ConfigError(f"{source}: config key '{prefix}{key}' must be a list of "
+                                      f"{listed[0].__name__}, got {value!r}") from None
+                raise
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Defaults <- YAML file (a path or ``builtin:NAME``) <- ``key=value`` overrides, type-checked and
     validated. Files and override values are read by :class:`StrictYamlLoader`."""
-    schema = OmegaConf.structured(TrainConfig)
     layers = []
     if path is not None:
         file = config_file(path)
@@ -493,7 +545,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
                 if any(k.startswith(key + ".") for k in valid_keys()):
                     raise ConfigError(f"{path}: config key '{key}' is a section: give it a mapping of keys")
                 raise _unknown_key_error(key, str(path))
-        layers.append((str(path), OmegaConf.create(raw)))
+        layers.append((str(path), raw))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
@@ -501,22 +553,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         if key not in valid_keys():
             raise _unknown_key_error(key, "command line")
         layers.append((f"override '{item}'", _override_layer(item)))
-    merged = schema
-    for source, layer in layers:
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except ConfigKeyError as e:
-            raise _unknown_key_error(str(e.full_key), source) from None
-        except (ValidationError, OmegaConfBaseException) as e:
-            key = getattr(e, "full_key", None) or "?"
-            reason = str(e.msg).splitlines()[0]
-            raise ConfigError(f"{source}: config key '{key}' has the wrong type: {reason}") from None
-    try:
-        cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as e:  # e.g. '???', OmegaConf's "missing value"
-        raise ConfigError(f"config key '{getattr(e, 'full_key', '?')}': {str(e.msg).splitlines()[0]}") from None
-    _check_lists(cfg)
-    return cfg.validate()
+    return build(TrainConfig, layers).validate()
 
 
 def to_yaml(cfg: TrainConfig) -> str:

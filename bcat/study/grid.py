@@ -19,17 +19,14 @@ and references between arms.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-
 from bcat.bundled import resource
-from bcat.config import load_config, read_yaml
+from bcat.config import build, load_config, read_yaml
 from bcat.errors import ConfigError
 from bcat.evaluation.scoring import file_sha256
 from bcat.languages import LANGUAGES
@@ -178,8 +175,8 @@ class StudySpec:
     """Largest English drop (accuracy: 0.01 = 1 point) with which an arm still counts as better than its twin."""
     arms: list[ArmSpec] = field(default_factory=list)
 
-    source: str = ""
-    """The file it was read from (not a key)."""
+    source: str = field(default="", init=False)
+    """The file it was read from (set by :func:`load_study`; not a key)."""
 
 
 SEED_CHOICES = ("first", "all", "none")
@@ -190,70 +187,29 @@ SELECTION_METRICS = ("non_english_mean", "unseen_mean", "all_non_english_mean")
 
 # --- reading ---------------------------------------------------------------------------------------
 
-def _build(cls, raw: Any, where: str, source: str):
-    """A dataclass from a YAML mapping, refusing unknown keys and wrong types (naming the key)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    kwargs = {}
-    for key, value in raw.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            raise ConfigError(f"{source}: unknown key '{path}'" + (f"; did you mean '{close[0]}'?" if close else ""))
-        if cls is ArmSpec and key == "from_selection" and isinstance(value, bool):
-            value = ONLY_SELECTION if value else None
-        kwargs[key] = _value(fields[key].type, value, path, source)
-    return cls(**kwargs)
-
-
-_SECTIONS = {"DataSpec": DataSpec, "EvalSpec": EvalSpec, "CurveSpec": CurveSpec, "SelectionSpec": SelectionSpec,
-             "TimingSpec": TimingSpec}
-
-
-def _value(type_text: str, value: Any, path: str, source: str):
-    t = type_text[len("Optional["):-1] if type_text.startswith("Optional[") else type_text
-    if t == "list[SelectionSpec]" and value is None:
-        return []
-    if value is None:
-        if type_text.startswith("Optional["):
-            return None
-        raise ConfigError(f"{source}: '{path}' may not be empty")
-    if t in _SECTIONS:
-        return _build(_SECTIONS[t], value, path, source)
-    if t == "list[SelectionSpec]":
-        items = [value] if isinstance(value, dict) else value
-        if not isinstance(items, list):
-            raise ConfigError(f"{source}: '{path}' must be a selection (a mapping) or a list of them")
-        return [_build(SelectionSpec, v, f"{path}[{i}]" if isinstance(value, list) else path, source)
-                for i, v in enumerate(items)]
-    if t == "list[ArmSpec]":
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: '{path}' must be a list of arms")
-        return [_build(ArmSpec, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
-    checks = {"str": lambda v: isinstance(v, str), "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "bool": lambda v: isinstance(v, bool),
-              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-              "list[int]": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
-                                                                 for x in v),
-              "dict[str, str]": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-              "dict[str, float]": lambda v: isinstance(v, dict) and all(
-                  isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())}
-    if t not in checks:
-        raise TypeError(f"no reader for type {t}")  # a programming error, not a user's
-    if not checks[t](value):
-        raise ConfigError(f"{source}: '{path}' must be {t.replace('list[', 'a list of ').replace(']', 's')}, "
-                          f"got {value!r}")
-    return float(value) if t == "float" else value
-
-
 def load_study(path: str | Path) -> StudySpec:
-    """Read and check a study file; every error names the file and the key. The YAML is read as every
-    bcat config is (:func:`bcat.config.read_yaml`: no aliases, duplicate keys or interpolation)."""
-    spec = _build(StudySpec, read_yaml(path) or {}, "", str(path))
+    """Read and check a study file; every error names the file and the key. The file is read as every
+    bcat config is: :func:`bcat.config.read_yaml` (no aliases, duplicate keys or interpolation), then
+    :func:`bcat.config.build` (the :class:`StudySpec` schema, type-checked by OmegaConf)."""
+    spec = build(StudySpec, [(str(path), _normalised(read_yaml(path)))])
     spec.source = str(path)
     return validate(spec)
+
+
+def _normalised(raw: Any) -> Any:
+    """The two shorthands of a study file that a typed schema cannot hold, written out: ``selection``
+    as one mapping (or empty) is a list of one (or none), and an arm's ``from_selection: true`` names
+    the only selection (``false``: none), where the field holds a name."""
+    if not isinstance(raw, dict):
+        return {} if raw is None else raw
+    raw = dict(raw)
+    if "selection" in raw and (raw["selection"] is None or isinstance(raw["selection"], dict)):
+        raw["selection"] = [] if raw["selection"] is None else [raw["selection"]]
+    if isinstance(raw.get("arms"), list):
+        raw["arms"] = [{**arm, "from_selection": ONLY_SELECTION if arm["from_selection"] else None}
+                       if isinstance(arm, dict) and isinstance(arm.get("from_selection"), bool) else arm
+                       for arm in raw["arms"]]
+    return raw
 
 
 def validate(spec: StudySpec) -> StudySpec:
@@ -318,6 +274,8 @@ def validate(spec: StudySpec) -> StudySpec:
         raise bad("curve", "steps and groups must be positive")
     if spec.data.train and not Path(spec.data.train).is_file():
         raise bad("data.train", f"names no file: {spec.data.train}")
+    if not spec.data.train and not resolve_data(spec.data.train_qa).is_file():
+        raise bad("data.train_qa", f"names no file: {spec.data.train_qa}")
     for key in ("dev_groups", "test_groups", "train_groups"):
         if (getattr(spec.data, key) or 1) < 1:
             raise bad(f"data.{key}", "must be positive or null")

@@ -91,7 +91,9 @@ class Study:
         self.test = resolve_data(spec.data.test)
         d = spec.data
         self.pairs = Path(d.train) if d.train else \
-            self.cache / f"pairs-{_digest([d.train_qa, d.pairs_seed, d.train_groups, str(resolve_data(d.train_qa))])}.jsonl"
+            self.cache / f"pairs-{_digest([file_sha256(resolve_data(d.train_qa)), d.pairs_seed, d.train_groups])}.jsonl"
+        """The training pairs made from ``data.train_qa``, named by its content, not its path, so that a
+        checkout elsewhere finds the pairs it would make."""
         self.eval_key = "e" + _digest([dataclasses.asdict(spec.eval), d.dev, d.dev_groups, d.test, d.test_groups,
                                        spec.curve.groups, file_sha256(self.dev)[:12], file_sha256(self.test)[:12]])
         """Identity of the evaluation settings: a change re-evaluates instead of reusing the cache. The

@@ -114,8 +114,28 @@ def test_each_arm_keeps_its_own_learning_rate_with_english_within_a_point_of_its
     ({"arms": [{"name": "a", "twin": "nobody"}], "selection": None}, "arms[0].twin"),
     ({"training": ["training.max_steps=4"]}, "training.save_steps"),
     ({"selection": {"candidates": ["ghost"], "baseline": "shuffled"}}, "'ghost' must name a trained arm"),
-    ({"eval": {"batch_sise": 3}}, "unknown key 'eval.batch_sise'; did you mean 'batch_size'"),
-    ({"curve": {"steps": "10"}}, "'curve.steps' must be a list of ints"),
+    ({"eval": {"batch_sise": 3}}, "unknown config key 'eval.batch_sise'; did you mean 'eval.batch_size'?"),
+    ({"curve": {"steps": "10"}}, "config key 'curve.steps' has the wrong type"),
+    # read by the same OmegaConf schema and messages as a training config: file and key named
+    ({"arms": [ARMS[0], {"nmae": "x"}]}, "unknown config key 'arms[1].nmae'; did you mean 'arms[1].name'?"),
+    ({"selection": {"candidates": ["grouped"], "metrc": "unseen_mean"}},
+     "unknown config key 'selection[0].metrc'; did you mean 'selection[0].metric'?"),
+    ({"source": "x.yaml"}, "unknown config key 'source'"),  # set by load_study, not a key
+    ({"arms": [ARMS[0], {"name": "a", "seeds": [0, True]}]}, "config key 'arms[1].seeds' must be a list of int, got [0, True]"),
+    ({"bootstrap": "many"}, "config key 'bootstrap' has the wrong type"),
+    ({"training": [["training.max_steps=4"]]}, "config key 'training' must be a list of str"),
+    ({"eval": {"ood_tasks": [{"a": 1}]}}, "config key 'eval.ood_tasks' must be a list of str"),
+    ({"timing": {"step_s": {"grouped": "slow"}}}, "config key 'timing.step_s.grouped' has the wrong type"),
+    ({"arms": [{**ARMS[0], "adopt": {"dev": ["a"]}}]}, "config key 'arms[0].adopt.dev' has the wrong type"),
+    ({"data": "builtin"}, "config key 'data' has the wrong type"),
+    ({"arms": {"name": "a"}}, "config key 'arms' has the wrong type"),
+    ({"arms": [ARMS[0], "grouped"]}, "config key 'arms[1]' has the wrong type"),
+    ({"selection": "grouped"}, "config key 'selection' has the wrong type"),
+    ({"arms": None}, "config key 'arms' may not be empty"),
+    ({"arms": [ARMS[0], {"name": None}]}, "config key 'arms[1].name' may not be empty"),
+    ({"data": {"train_qa": None}}, "config key 'data.train_qa' may not be empty"),
+    # a mapping replaces a dict-valued default whole: the modes it does not time are not timed
+    ({"timing": {"step_s": {"grouped": 4.5}}}, "'timing.step_s' has no time for batch.mode=shuffled"),
 ])
 def test_bad_study_files_are_refused_before_any_work(tmp_path, change, message):
     with pytest.raises(ConfigError) as e:
@@ -190,6 +210,24 @@ def test_train_groups_must_make_whole_epochs(tmp_path):
     assert pairs.pairs != Study(load_study(study_file(tmp_path))).pairs  # another subset, another file
 
 
+def test_the_pairs_are_named_by_the_content_of_their_source_not_its_path(tmp_path):
+    """The same QA file in two checkouts gives the same pairs file name (the cached pairs are found), another
+    file another name; the trainings' keys do not depend on it."""
+    from bcat.bundled import resource
+
+    names = {}
+    for folder, text in [("a", "x"), ("b", "x"), ("c", "y")]:
+        qa = tmp_path / folder / "qa.jsonl"
+        qa.parent.mkdir()
+        qa.write_text(resource("kb/train.jsonl").read_text(encoding="utf-8") + text, encoding="utf-8")
+        study = Study(load_study(study_file(tmp_path, data={"train_qa": str(qa)})))
+        names[folder] = study.pairs.name
+        assert study.pairs.parent == tmp_path / "cache"
+    assert names["a"] == names["b"] != names["c"]
+    with pytest.raises(ConfigError, match=r"'data.train_qa' names no file"):
+        load_study(study_file(tmp_path, data={"train_qa": str(tmp_path / "none.jsonl")}))
+
+
 def test_pairs_command_draws_the_groups():
     from pathlib import Path
 
@@ -220,8 +258,30 @@ def test_the_demo_trains_the_setting_the_study_selected_on_dev():
     assert study == demo
 
 
-def test_a_study_file_is_read_as_strictly_as_a_config(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("name: a\nname: b\narms: [{name: x}]\n", r"study.yaml:2: .*duplicate"),
+    ("name: ${oc.env:HOME}\narms: [{name: x}]\n", r"study.yaml:1: .*interpolation"),
+    ("name: a\narms:\n  - name: ???\n", r"study.yaml:3: .\?\?\?. is OmegaConf's mark of a missing value"),
+    ("- name: a\n", r"study.yaml: the top level must be a mapping"),
+])
+def test_a_study_file_is_read_as_strictly_as_a_config(tmp_path, text, message):
     path = tmp_path / "study.yaml"
-    path.write_text("name: a\nname: b\narms: [{name: x}]\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"study.yaml:2: .*duplicate"):
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
         load_study(path)
+
+
+def test_the_study_file_shorthands(tmp_path):
+    """``from_selection: true`` is the only selection and ``false`` none; ``selection`` may be one mapping,
+    a list of them or empty; sections keep the defaults of the keys they leave out."""
+    spec = load_study(study_file(tmp_path, eval={"max_new_tokens": 8}))
+    arms = {a.name: a for a in spec.arms}
+    assert arms["best"].from_selection == "" and arms["grouped"].from_selection is None
+    assert [s.candidates for s in spec.selection] == [["grouped", "both"]] and spec.selection[0].name == ""
+    assert (spec.eval.max_new_tokens, spec.eval.batch_size) == (8, 12)
+    one_arm = {"arms": [{"name": "a", "from_selection": False}]}
+    assert load_study(study_file(tmp_path, **one_arm, selection=None)).arms[0].from_selection is None
+    assert load_study(study_file(tmp_path, **one_arm, selection=[])).selection == []
+    two = load_study(study_file(tmp_path, arms=PER_ARM, selection=PER_ARM_SELECTIONS))
+    assert [s.name for s in two.selection] == [s["name"] for s in PER_ARM_SELECTIONS]
+    assert two.source == str(tmp_path / "study.yaml")
