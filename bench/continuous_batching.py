@@ -71,13 +71,29 @@ def cut_at_stop(tokens: Sequence[int], decode: Callable[[list[int]], str], eos: 
 def cb_config(prompt_lengths: Sequence[int], max_new_tokens: int, batch_size: int, batch_tokens: int,
               page_size: int = 32):
     """A ``ContinuousBatchingConfig`` whose paged cache holds ``batch_size`` of the longest requests (plus one
-    page each), instead of a share of the machine's free memory; no CUDA graphs, no flash switch."""
-    from transformers import ContinuousBatchingConfig
+    page each), instead of a share of the machine's free memory; no CUDA graphs, no flash switch.
 
+    transformers 5.17 names the page size ``block_size`` and has no ``auto_switch_to_flash``: its manager moves
+    the model to flash attention whenever flash-attn is installed, which would compare another attention kernel
+    than bcat's, so that case stops here with a message."""
+    import dataclasses
+
+    from transformers import ContinuousBatchingConfig
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    size = {"page_size" if "page_size" in fields else "block_size": page_size}
+    if "auto_switch_to_flash" in fields:
+        switch = {"auto_switch_to_flash": False}
+    elif is_flash_attn_2_available(kernels_fallback_ok=True) or is_flash_attn_3_available(kernels_fallback_ok=True):
+        raise SystemExit("continuous_batching: this transformers switches generate_batch to flash attention when "
+                         "flash-attn is installed and cannot be told not to; run it where flash-attn is not installed")
+    else:
+        switch = {}
     pages = math.ceil((max(prompt_lengths) + max_new_tokens) / page_size) + 1
-    return ContinuousBatchingConfig(page_size=page_size, num_blocks=batch_size * pages, max_batch_tokens=batch_tokens,
+    return ContinuousBatchingConfig(**size, num_blocks=batch_size * pages, max_batch_tokens=batch_tokens,
                                     max_requests_per_batch=batch_size, use_cuda_graph=False, use_async_batching=False,
-                                    auto_switch_to_flash=False, allow_block_sharing=False)
+                                    allow_block_sharing=False, **switch)
 
 
 def transformers_generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int, max_new_tokens: int,

@@ -28,7 +28,9 @@ from bcat.model.builtin import BUILTIN_MODELS, BuiltinModel, resolve
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    """A built-in model ``builtin:fake`` whose package is a module in memory; cache under tmp_path."""
+    """A built-in model ``builtin:fake`` whose package is a module in memory; cache under tmp_path. The extra's
+    GGUF reader is a stand-in too: only the (patched) conversion would use it, and these tests also run without the
+    extra installed."""
     payload = b"not really a gguf file"
     module = types.ModuleType("fake_gguf_pkg")
 
@@ -38,6 +40,7 @@ def fake(monkeypatch, tmp_path):
 
     module.assemble = assemble
     monkeypatch.setitem(sys.modules, "fake_gguf_pkg", module)
+    monkeypatch.setitem(sys.modules, "gguf", types.ModuleType("gguf"))
     spec = BuiltinModel(name="fake", package="fake-gguf-pkg", version="1.0", module="fake_gguf_pkg",
                         gguf_sha256=hashlib.sha256(payload).hexdigest(), upstream="none", licence="none",
                         notice_resource="gemma/NOTICE.md", licence_files=())
