@@ -38,7 +38,7 @@ import numpy as np
 from bcat.data.rag import group_kinds
 from bcat.errors import BcatError
 from bcat.evaluation.metrics import HEADLINE_METRIC
-from bcat.evaluation.scoring import file_sha256
+from bcat.evaluation.scoring import BootstrapOptions, file_sha256
 from bcat.evaluation.stats import (
     GroupMatrix,
     bootstrap_p_value,
@@ -379,8 +379,8 @@ def kinds_for(run: Run, data: Optional[str | Path] = None) -> Optional[dict[str,
     return group_kinds(path) or None
 
 
-@dataclass
-class CompareOptions:
+@dataclass(kw_only=True)
+class CompareOptions(BootstrapOptions):
     """What ``bcat compare`` does, as a Python call: :func:`run_compare`."""
 
     runs_a: list[str]
@@ -389,10 +389,6 @@ class CompareOptions:
     """Eval directories to judge against the baseline."""
     output: str
     """Directory for ``comparison.json``."""
-    bootstrap: int = 2000
-    """Bootstrap resamples."""
-    seed: int = 0
-    """Seed of the bootstrap."""
     alpha: float = 0.05
     """Significance level of the per-language verdicts (Holm-adjusted)."""
     data: Optional[str] = None
