@@ -40,7 +40,7 @@ from bcat.report.tables import (
 from bcat.study import grid
 from bcat.study.charts import curve_chart, ood_chart
 from bcat.study.results import ood_means, pooled_metrics, pooled_ood
-from bcat.study.selection import selection_file
+from bcat.study.selection import recorded_pick
 
 PAPER_GAP = {"orpo": (13.6, 3.6), "dpo": (13.9, 4.1)}
 """English minus non-English gap (points) before -> after batch-level alignment, as secondary summaries
@@ -72,11 +72,7 @@ class StudyResults:
 
     def __init__(self, spec: grid.StudySpec, results: Path):
         self.spec, self.results = spec, results
-        self.selections = []
-        for sel in spec.selection:
-            path = selection_file(results, sel)
-            if path.is_file():
-                self.selections.append(json.loads(path.read_text(encoding="utf-8")))
+        self.selections = [pick for pick in (recorded_pick(results, sel) for sel in spec.selection) if pick]
         planned = grid.expand(spec, {s["name"]: s["selected"] for s in self.selections})
         self.planned = planned
         self.finished: list[Finished] = []

@@ -9,7 +9,9 @@ says so).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Optional
 
 from bcat.study.grid import SelectionSpec
 
@@ -17,6 +19,19 @@ from bcat.study.grid import SelectionSpec
 def selection_file(results: Path, sel: SelectionSpec) -> Path:
     """Where a selection's pick is written: ``selection.json``, or ``selection-NAME.json`` when named."""
     return results / (f"selection-{sel.name}.json" if sel.name else "selection.json")
+
+
+def recorded_pick(results: Path, sel: SelectionSpec) -> Optional[dict]:
+    """The pick written for ``sel``, if it was made by ``sel`` as the study file states it now (the same
+    candidates, baseline, metric and tolerance); ``None`` when there is none, or when the grid has changed
+    since (a candidate added, say): that pick waits for ``bcat study`` to make it again."""
+    path = selection_file(results, sel)
+    if not path.is_file():
+        return None
+    out = json.loads(path.read_text(encoding="utf-8"))
+    same = (list(out["candidates"]) == list(sel.candidates) and (out["reference"]["arm"] or "") == sel.baseline
+            and out["metric"] == sel.metric and out["english_tolerance"] == sel.english_tolerance)
+    return out if same else None
 
 
 def pick(sel: SelectionSpec, dev: dict[str, dict], runs: dict[str, str]) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from bcat.study.report import verdict_line
 
 
@@ -53,20 +55,46 @@ def test_no_positive_baseline_gap_has_nothing_to_close():
 
 
 
-def test_the_status_counts_the_runs_that_wait_for_a_selection(tmp_path):
+def rate_grid(tmp_path, rates=("0.0001", "0.0004")):
+    """A study that picks each arm's learning rate on dev, then runs both arms at their picks (2 seeds)."""
     import yaml
 
     from bcat.study.grid import load_study
-    from bcat.study.report import build_study_report
 
     arms = [{"name": f"{mode}_lr{lr}", "overrides": [f"batch.mode={mode}", f"training.learning_rate={lr}"]}
-            for lr in ("0.0001", "0.0004") for mode in ("grouped", "shuffled")] + [
+            for lr in rates for mode in ("grouped", "shuffled")] + [
         {"name": "grouped", "from_selection": "grouped", "seeds": [0, 1], "test": True, "twin": "shuffled"},
         {"name": "shuffled", "from_selection": "shuffled", "seeds": [0, 1], "test": True}]
     spec = {"name": "sel", "model": "some/model", "results": str(tmp_path / "results"),
             "training": ["training.max_steps=4", "training.save_steps=2"], "arms": arms,
-            "selection": [{"name": m, "candidates": [f"{m}_lr0.0001", f"{m}_lr0.0004"]} for m in ("grouped", "shuffled")]}
+            "selection": [{"name": m, "candidates": [f"{m}_lr{lr}" for lr in rates]} for m in ("grouped", "shuffled")]}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
-    report, _ = build_study_report(load_study(tmp_path / "study.yaml"), tmp_path / "results")
-    assert ("0 of 4 planned runs finished; the others are not in these tables yet; 4 more runs wait for a "
-            "selection on dev") in report.read_text(encoding="utf-8")
+    return load_study(tmp_path / "study.yaml")
+
+
+def status(spec, results) -> str:
+    from bcat.study.report import build_study_report
+
+    report, _ = build_study_report(spec, results)
+    return report.read_text(encoding="utf-8").split("## Status", 1)[1].split("##", 1)[0].strip()
+
+
+def test_the_status_counts_the_runs_that_wait_for_a_selection(tmp_path):
+    assert status(rate_grid(tmp_path), tmp_path / "results").startswith(
+        "0 of 4 planned runs finished; the others are not in these tables yet; 4 more runs wait for a selection on dev")
+
+
+def test_a_pick_made_before_the_grid_gained_a_candidate_is_not_used(tmp_path):
+    from bcat.study.selection import pick, selection_file
+
+    spec = rate_grid(tmp_path)
+    dev = {"english": 0.7, "non_english_mean": 0.6}
+    (tmp_path / "results").mkdir()
+    for sel in spec.selection:
+        made = pick(sel, {arm: dev for arm in sel.candidates}, {arm: f"{arm}-s0" for arm in sel.candidates})
+        selection_file(tmp_path / "results", sel).write_text(json.dumps(made), encoding="utf-8")
+    assert status(spec, tmp_path / "results").startswith("0 of 8 planned runs finished;")
+
+    grown = rate_grid(tmp_path, rates=("0.0001", "0.0004", "0.0008"))
+    assert status(grown, tmp_path / "results").startswith(
+        "0 of 6 planned runs finished; the others are not in these tables yet; 4 more runs wait for a selection on dev")
