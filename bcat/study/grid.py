@@ -100,6 +100,10 @@ class SelectionSpec:
     """Dev metric to maximise: ``non_english_mean`` (seen), ``unseen_mean`` or ``all_non_english_mean``."""
     english_tolerance: float = 0.01
     """Largest English drop (accuracy, 0.01 = 1 point) against the baseline a candidate may have."""
+    at_edge: str = "stop"
+    """When the candidates sweep one number (a learning rate, say) and the pick is its smallest or largest
+    value, the best may lie outside the grid: ``stop`` makes the arms from this selection wait until a
+    candidate beyond it is added; ``go_on`` takes the pick (the selection file and report still say so)."""
 
 
 @dataclass
@@ -259,6 +263,8 @@ def validate(spec: StudySpec) -> StudySpec:
             raise bad(f"{key}.candidates", "must list at least one arm")
         if sel.metric not in SELECTION_METRICS:
             raise bad(f"{key}.metric", f"must be one of {', '.join(SELECTION_METRICS)}")
+        if sel.at_edge not in ("stop", "go_on"):
+            raise bad(f"{key}.at_edge", "must be stop or go_on")
     for i, arm in enumerate(spec.arms):
         if arm.from_selection is not None:
             try:

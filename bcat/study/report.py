@@ -40,7 +40,7 @@ from bcat.report.tables import (
 from bcat.study import grid
 from bcat.study.charts import curve_chart, ood_chart
 from bcat.study.results import ood_means, pooled_metrics, pooled_ood
-from bcat.study.selection import recorded_pick
+from bcat.study.selection import edge_note, holds, recorded_pick
 
 PAPER_GAP = {"orpo": (13.6, 3.6), "dpo": (13.9, 4.1)}
 """English minus non-English gap (points) before -> after batch-level alignment, as secondary summaries
@@ -72,8 +72,9 @@ class StudyResults:
 
     def __init__(self, spec: grid.StudySpec, results: Path):
         self.spec, self.results = spec, results
-        self.selections = [pick for pick in (recorded_pick(results, sel) for sel in spec.selection) if pick]
-        planned = grid.expand(spec, {s["name"]: s["selected"] for s in self.selections})
+        made = [(sel, recorded_pick(results, sel)) for sel in spec.selection]
+        self.selections = [(sel, out) for sel, out in made if out]
+        planned = grid.expand(spec, {sel.name: out["selected"] for sel, out in self.selections if holds(sel, out)})
         self.planned = planned
         self.finished: list[Finished] = []
         for run in planned:
@@ -229,12 +230,13 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
         "Not yet: no arm with a shuffled twin has finished on the test split."]))
 
     tables = []
-    for sel in sr.selections:
+    for spec_sel, sel in sr.selections:
         reference = sel["reference"]
         rows = [[arm, fmt(v[sel["metric"]]), fmt(v["english"]), fmt(v["english_vs_reference"], signed=True),
                  "yes" if v["eligible"] else "no"] for arm, v in sel["candidates"].items()]
         note = (f"Selected: {sel['selected']}. Rule: {sel['rule']}." + ("" if sel["english_constraint_met"] else
-                " No candidate kept English within the tolerance, so the pick rests on the metric alone."))
+                " No candidate kept English within the tolerance, so the pick rests on the metric alone.")
+                + (" " + edge_note(spec_sel, sel) if sel.get("at_edge") else ""))
         tables += ([f"### {sel['name']}"] if sel["name"] else []) + [
             Table(["candidate", sel["metric"], "English", "English vs " + (reference["arm"] or "the best candidate"),
                    "eligible"], rows, note)]

@@ -30,6 +30,7 @@ import datetime as _dt
 import fcntl
 import hashlib
 import json
+import operator
 import os
 import shlex
 import shutil
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from bcat.config import load_config, valid_keys
 from bcat.errors import BcatError
 from bcat.evaluation.scoring import file_sha256
 from bcat.study import planning, recording, selection
@@ -135,8 +137,8 @@ class Study:
 
     def picks(self) -> dict[str, str]:
         """Selection name -> the candidate arm it picked, for the selections that can be made now."""
-        made = ((sel.name, self.selection(sel)) for sel in self.spec.selection)
-        return {name: result["selected"] for name, result in made if result is not None}
+        made = ((sel, self.selection(sel)) for sel in self.spec.selection)
+        return {sel.name: out["selected"] for sel, out in made if out is not None and selection.holds(sel, out)}
 
     def run_all(self, max_runs: Optional[int] = None) -> int:
         """Run what is missing; 0 when the grid is complete, 3 when something waits, else the failing exit code."""
@@ -169,6 +171,10 @@ class Study:
             done_now += 1
         self.write_report()
         missing = self.pending_selection()
+        for sel in self.spec.selection:
+            out = self.selection(sel)
+            if out is not None and not selection.holds(sel, out):
+                self.echo(f"bcat study: selection{' ' + sel.name if sel.name else ''}: {selection.edge_note(sel, out)}")
         if waiting or missing:
             self.echo(f"bcat study: not complete: {', '.join(waiting + missing)} still to run; run it again later")
             return 3
@@ -319,7 +325,8 @@ class Study:
         if not all(self.finished(first[a]) for a in feeding):
             return None
         dev = {arm: json.loads(self.result_json(run).read_text())["splits"]["dev"] for arm, run in first.items()}
-        out = selection.pick(sel, dev, {arm: run.name for arm, run in first.items()})
+        settings = {arm: _settings([*self.spec.training, *self.spec_arm_by_name(arm).overrides]) for arm in sel.candidates}
+        out = selection.pick(sel, dev, {arm: run.name for arm, run in first.items()}, settings)
         path = selection.selection_file(self.results, sel)
         text = json.dumps(out, indent=1) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -327,7 +334,8 @@ class Study:
             path.write_text(text, encoding="utf-8")
             self.echo(f"bcat study: selected on dev{' (' + sel.name + ')' if sel.name else ''}: {out['selected']}"
                       + ("" if out["english_constraint_met"] else
-                         " (no candidate kept English within the tolerance: picked on the metric alone)"))
+                         " (no candidate kept English within the tolerance: picked on the metric alone)")
+                      + (f"\n  {selection.edge_note(sel, out)}" if out["at_edge"] else ""))
             if self.commit:
                 git_commit([path], f"study: selection on dev{' (' + sel.name + ')' if sel.name else ''}", self.results)
         return out
@@ -354,6 +362,12 @@ class CommandFailed(Exception):
     def __init__(self, code: int, tail: str):
         super().__init__(f"exit {code}")
         self.code, self.tail = code, tail
+
+
+def _settings(overrides: list[str]) -> dict:
+    """The training config these overrides make, as ``{dotted key: value}``."""
+    cfg = load_config(None, overrides)
+    return {key: operator.attrgetter(key)(cfg) for key in valid_keys()}
 
 
 def _digest(value) -> str:

@@ -91,10 +91,30 @@ def test_a_pick_made_before_the_grid_gained_a_candidate_is_not_used(tmp_path):
     dev = {"english": 0.7, "non_english_mean": 0.6}
     (tmp_path / "results").mkdir()
     for sel in spec.selection:
-        made = pick(sel, {arm: dev for arm in sel.candidates}, {arm: f"{arm}-s0" for arm in sel.candidates})
+        made = pick(sel, {arm: dev for arm in sel.candidates}, {arm: f"{arm}-s0" for arm in sel.candidates},
+                    {arm: {} for arm in sel.candidates})
         selection_file(tmp_path / "results", sel).write_text(json.dumps(made), encoding="utf-8")
     assert status(spec, tmp_path / "results").startswith("0 of 8 planned runs finished;")
 
     grown = rate_grid(tmp_path, rates=("0.0001", "0.0004", "0.0008"))
     assert status(grown, tmp_path / "results").startswith(
         "0 of 6 planned runs finished; the others are not in these tables yet; 4 more runs wait for a selection on dev")
+
+
+def test_runs_from_a_pick_at_the_top_of_the_grid_wait_and_the_report_says_why(tmp_path):
+    from bcat.study.report import build_study_report
+    from bcat.study.selection import pick, selection_file
+
+    spec = rate_grid(tmp_path, rates=("0.0001", "0.0002", "0.0004"))
+    (tmp_path / "results").mkdir()
+    for sel in spec.selection:
+        dev = {arm: {"english": 0.7, "non_english_mean": 0.5 + i / 100} for i, arm in enumerate(sel.candidates)}
+        settings = {arm: {"training.learning_rate": float(arm.rsplit("lr", 1)[1])} for arm in sel.candidates}
+        made = pick(sel, dev, {arm: f"{arm}-s0" for arm in sel.candidates}, settings)
+        assert made["at_edge"]["side"] == "largest"
+        selection_file(tmp_path / "results", sel).write_text(json.dumps(made), encoding="utf-8")
+    assert status(spec, tmp_path / "results").startswith(
+        "0 of 6 planned runs finished; the others are not in these tables yet; 4 more runs wait for a selection on dev")
+    report = build_study_report(spec, tmp_path / "results")[0].read_text(encoding="utf-8")
+    assert "has the largest training.learning_rate the candidates try (0.0004)" in report
+    assert "wait until a candidate beyond it is added" in report

@@ -101,6 +101,43 @@ def test_each_arm_keeps_its_own_learning_rate_with_english_within_a_point_of_its
         "shuffled-s0", "grouped-s0", "shuffled-s1", "grouped-s1", "no_anchor-s0"]
 
 
+SWEEP = [{"name": f"lr{lr}", "overrides": [f"training.learning_rate={lr}"]} for lr in ("0.0001", "0.0002", "0.0004")] + [
+    {"name": "tuned", "from_selection": True, "seeds": [0, 1], "test": True}]
+
+
+@pytest.mark.parametrize("at_edge", ["stop", "go_on"])
+def test_a_pick_at_the_top_of_the_learning_rate_grid_waits_for_a_larger_candidate(tmp_path, capsys, at_edge):
+    path = study_file(tmp_path, arms=SWEEP, selection={"candidates": ["lr0.0001", "lr0.0002", "lr0.0004"], "at_edge": at_edge})
+    study = Study(load_study(path))
+    finish(study, "lr0.0001-s0", 0.60, 0.50)
+    finish(study, "lr0.0002-s0", 0.60, 0.52)
+    finish(study, "lr0.0004-s0", 0.60, 0.55)  # the best is the largest rate tried: a larger one may be better still
+    sel = study.selection(study.spec.selection[0])
+    assert sel["selected"] == "lr0.0004"
+    assert sel["at_edge"] == {"key": "training.learning_rate", "value": 4e-4, "side": "largest"}
+    assert "has the largest training.learning_rate the candidates try (0.0004)" in capsys.readouterr().out
+    if at_edge == "stop":
+        assert study.picks() == {} and study.pending_selection() == ["tuned"]
+        study.write_report = lambda: None  # the stand-in results hold only what the selection reads
+        assert study.run_all() == 3  # nothing left that may run: the tuned arm waits, and the log says why
+        assert "the arms from this selection wait until a candidate beyond it is added" in capsys.readouterr().out
+    else:
+        assert study.picks() == {"": "lr0.0004"} and "tuned-s1" in {r.name for r in study.runs()}
+    # a pick inside the grid goes on whatever at_edge says
+    finish(study, "lr0.0002-s0", 0.60, 0.56)
+    sel = study.selection(study.spec.selection[0])
+    assert sel["selected"] == "lr0.0002" and sel["at_edge"] is None and study.picks() == {"": "lr0.0002"}
+
+
+def test_no_edge_when_the_candidates_differ_in_more_than_one_number(tmp_path):
+    arms = [{"name": f"c{i}", "overrides": [f"training.learning_rate={i}e-4", f"alignment.hidden_weight={i}"]}
+            for i in (1, 2, 3)] + [{"name": "best", "from_selection": True}]
+    study = Study(load_study(study_file(tmp_path, arms=arms, selection={"candidates": ["c1", "c2", "c3"]})))
+    for i in (1, 2, 3):
+        finish(study, f"c{i}-s0", 0.60, 0.5 + i / 100)
+    assert study.selection(study.spec.selection[0])["at_edge"] is None and study.picks() == {"": "c3"}
+
+
 @pytest.mark.parametrize("change, message", [
     ({"arms": PER_ARM, "selection": [{"candidates": ["grouped_lr0.0001"]}, {"candidates": ["shuffled_lr0.0001"]}]},
      "selection[0].name' must name each of several selections"),
@@ -114,6 +151,7 @@ def test_each_arm_keeps_its_own_learning_rate_with_english_within_a_point_of_its
     ({"arms": [{"name": "a", "twin": "nobody"}], "selection": None}, "arms[0].twin"),
     ({"training": ["training.max_steps=4"]}, "training.save_steps"),
     ({"selection": {"candidates": ["ghost"], "baseline": "shuffled"}}, "'ghost' must name a trained arm"),
+    ({"selection": {"candidates": ["grouped"], "at_edge": "warn"}}, "'selection.at_edge' must be stop or go_on"),
     ({"eval": {"batch_sise": 3}}, "unknown config key 'eval.batch_sise'; did you mean 'eval.batch_size'?"),
     ({"curve": {"steps": "10"}}, "config key 'curve.steps' has the wrong type"),
     # read by the same OmegaConf schema and messages as a training config: file and key named
