@@ -118,6 +118,7 @@ def test_a_pick_at_the_top_of_the_learning_rate_grid_waits_for_a_larger_candidat
     assert "has the largest training.learning_rate the candidates try (0.0004)" in capsys.readouterr().out
     if at_edge == "stop":
         assert study.picks() == {} and study.pending_selection() == ["tuned"]
+        assert "the arms from this selection wait until a candidate beyond it is added" in study.plan()[1]
         study.write_report = lambda: None  # the stand-in results hold only what the selection reads
         assert study.run_all() == 3  # nothing left that may run: the tuned arm waits, and the log says why
         assert "the arms from this selection wait until a candidate beyond it is added" in capsys.readouterr().out
