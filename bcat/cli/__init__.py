@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         target = sub
         if group is not None:
             if group not in groups:
-                groups[group] = sub.add_parser(group, help="data files: check, build, pairs").add_subparsers(
-                    dest="data_command", required=True
-                )
+                group_parser = sub.add_parser(group, help="data files: check, build, pairs")
+                # `bcat data --debug check ...` too: --debug goes anywhere on the line
+                group_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                groups[group] = group_parser.add_subparsers(dest="data_command", required=True)
             target = groups[group]
         module.add_cli(target)
         for command in target.choices.values():

@@ -8,20 +8,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from bcat.config import DataConfig
 from bcat.data.kb.build import build, default_output_dir, write_jsonl
 from bcat.data.kb.pairs import DEFAULT_MIX, make_pairs, make_sft, parse_mix, read_qa, sample_groups
 from bcat.data.rag import load_items
 from bcat.data.records import DataReport, Settings, load_records, objective_kind, read_rows
 from bcat.errors import DataError
 from bcat.data.tokenization import length_stats, tokenize_records
-from bcat.languages import ANCHOR
 from bcat.model.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -71,15 +70,18 @@ def _add_check(subparsers) -> None:
                               description="Validate a data file and print a summary. What the file is for (SFT, "
                                           "preference pairs for DPO/ORPO, or evaluation) is read from its first "
                                           "record unless --objective says it.")
-    p.add_argument("file")
+    p.add_argument("file", help="JSONL or Parquet file, or a directory saved with datasets")
     p.add_argument("--objective", default=None, choices=["sft", "dpo", "orpo"],
                    help="check the file as training data for this objective (default: inferred from the records)")
-    p.add_argument("--anchor", default=ANCHOR, help=f"anchor language of training data (default {ANCHOR})")
+    p.add_argument("--anchor", default=DataConfig.anchor,
+                   help=f"anchor language of training data (default {DataConfig.anchor}, as data.anchor)")
     p.add_argument("--drop-groups-without-anchor", action="store_true",
                    help="drop groups that lack the anchor language instead of refusing the file")
     p.add_argument("--tokenizer", help="a local model or tokenizer directory: also print token-length statistics "
                                        "(training data)")
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--max-length", type=int, default=DataConfig.max_length,
+                   help=f"with --tokenizer: most tokens of prompt + completion, prompts trimmed on the left "
+                        f"(default {DataConfig.max_length}, as data.max_length)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_check_main)
 
@@ -153,13 +155,14 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=cmd_build)
 
     p = subparsers.add_parser("pairs", help="make preference pairs (or SFT records) from QA records",
-                              description=cmd_pairs.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              description=cmd_pairs.__doc__)
     p.add_argument("--input", required=True, type=Path, help="QA JSONL, e.g. bcat/resources/kb/train.jsonl")
     p.add_argument("--output", required=True, type=Path, help="output JSONL")
     p.add_argument("--mix", default=_DEFAULT_MIX_TEXT,
-                   help="share of each rejected-answer type: grounding (a distractor passage's answer), "
-                        "language (the English answer), hallucination (an answer in no passage)")
-    p.add_argument("--seed", type=int, default=0, help="seed for drawing each group's pair type (and --groups)")
+                   help="share of each rejected-answer type: grounding (a distractor passage's answer), language "
+                        f"(the English answer), hallucination (an answer in no passage) (default {_DEFAULT_MIX_TEXT})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for drawing each group's pair type (and --groups; default 0)")
     p.add_argument("--groups", type=int, default=None,
                    help="keep only N groups, drawn at random with --seed (default: all), e.g. so that a short run "
                         "covers whole epochs")

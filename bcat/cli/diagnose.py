@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bcat.cli.arguments import positive, positive_float
+from bcat.config import AlignmentConfig, DataConfig
 from bcat.errors import ConfigError
 
 
@@ -18,11 +19,16 @@ def add_cli(subparsers) -> None:
     p.add_argument("--data", required=True, help="parallel records (training format: prompt + completion or chosen)")
     p.add_argument("--layers", default=None,
                    help="comma-separated indices into hidden_states, or 'all' (default: the middle layer, as training)")
-    p.add_argument("--groups", type=positive, default=20, help="groups used: half fit the statistics, half are measured")
-    p.add_argument("--stats-records", type=int, default=32, help="records the statistics are fitted on (as training)")
-    p.add_argument("--max-length", type=positive, default=512)
-    p.add_argument("--temperature", type=positive_float, default=0.1, help="InfoNCE temperature")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--groups", type=positive, default=20,
+                   help="groups used: half fit the statistics, half are measured (default 20, at least 4)")
+    p.add_argument("--stats-records", type=int, default=AlignmentConfig.hidden_stats_records,
+                   help="records the statistics are fitted on (default "
+                        f"{AlignmentConfig.hidden_stats_records}, as alignment.hidden_stats_records)")
+    p.add_argument("--max-length", type=positive, default=DataConfig.max_length,
+                   help=f"most tokens of prompt + completion (default {DataConfig.max_length}, as data.max_length)")
+    p.add_argument("--temperature", type=positive_float, default=AlignmentConfig.temperature,
+                   help=f"InfoNCE temperature (default {AlignmentConfig.temperature}, as alignment.temperature)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of groups and records (default 0)")
     p.add_argument("--output", type=Path, help="also write the result as JSON here")
     p.set_defaults(func=_main)
 

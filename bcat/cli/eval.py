@@ -2,7 +2,7 @@
 
 Examples::
 
-    bcat eval --model runs/bcat/final --data test.jsonl --output out/bcat
+    bcat eval --model runs/bcat --data test.jsonl --output out/bcat        # a `bcat train` output directory
     bcat eval --model builtin:gemma3-270m --data builtin --output out/base --shots 2
     accelerate launch --multi_gpu --num_processes 2 -m bcat.cli eval ...   # items split across processes
     bcat score --data test.jsonl --predictions out/bcat/predictions.jsonl --output out/bcat_rescored
@@ -20,6 +20,7 @@ from bcat.evaluation.compare import CompareOptions, run_compare
 from bcat.evaluation.evaluate import EvalOptions, GenerationOptions, run_eval
 from bcat.evaluation.ood import DEFAULT_OOD_TASKS, OOD_TASKS
 from bcat.evaluation.scoring import BootstrapOptions, read_metrics, rescore
+from bcat.languages import ANCHOR
 from bcat.output import claim_output
 from bcat.report.render import ReportOptions, run_report
 
@@ -39,11 +40,13 @@ def _alpha(text: str) -> float:
     return value
 
 
-def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool) -> None:
+def _add_stats_options(p: argparse.ArgumentParser, with_alpha: bool, resampled: str = "groups",
+                       seeded: str = "the bootstrap") -> None:
     p.add_argument("--bootstrap", type=positive, default=BootstrapOptions.bootstrap, metavar="N",
-                   help=f"bootstrap resamples (over groups) for the 95%% intervals (default {BootstrapOptions.bootstrap})")
+                   help=f"bootstrap resamples (over {resampled}) for the 95%% intervals "
+                        f"(default {BootstrapOptions.bootstrap})")
     p.add_argument("--seed", type=int, default=BootstrapOptions.seed,
-                   help="seed of the bootstrap (and of the choice of shots)")
+                   help=f"seed of {seeded} (default {BootstrapOptions.seed})")
     if with_alpha:
         p.add_argument("--alpha", type=_alpha, default=ReportOptions.alpha,
                        help=f"significance level of the verdicts (default {ReportOptions.alpha})")
@@ -98,13 +101,13 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _add_language_options(p: argparse.ArgumentParser, default: str) -> None:
+def _add_language_options(p: argparse.ArgumentParser, source: str, otherwise: str) -> None:
     p.add_argument("--anchor", default=None, metavar="CODE",
-                   help=f"the anchor language (default: {default})")
+                   help=f"the anchor language (default: {source}; else {ANCHOR})")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--seen", type=_codes, default=None, metavar="CODES",
                        help=f"languages seen in training; the other evaluated ones are reported as unseen "
-                            f"(default: {default})")
+                            f"(default: {source}; {otherwise})")
     split.add_argument("--unseen", type=_codes, default=None, metavar="CODES",
                        help="languages NOT seen in training (instead of --seen)")
 
@@ -142,8 +145,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--languages", type=_codes, default=None, metavar="CODES",
                    help="comma-separated languages to evaluate (default: all in the file)")
     _add_language_options(p, "the model's training run (config.yaml next to its model/: data.anchor, "
-                             "data.languages), which these may repeat but not contradict; without one, every "
-                             "evaluated language counts as seen")
+                             "data.languages), which these may repeat but not contradict",
+                          "without one, bcat's seen/unseen split for the built-in model on the bundled data, "
+                          "else every evaluated language counts as seen")
     p.add_argument("--instructions", default=None, metavar="FILE.tsv",
                    help="prompt wording per language, tab-separated with the columns lang, passage, question, answer, "
                         "instruction (the format of bcat/resources/eval/instructions.tsv); its rows come before the "
@@ -168,7 +172,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=EvalOptions.dtype,
                    help="weights and compute: auto (default) is fp32 on the CPU and bf16 on a GPU that has it")
     p.add_argument("--trust-remote-code", action="store_true", help="run Python code shipped with the model")
-    _add_stats_options(p, with_alpha=False)
+    _add_stats_options(p, with_alpha=False, seeded="the bootstrap and of the choice of shots")
     p.set_defaults(func=cmd_eval)
     return p
 
@@ -184,7 +188,7 @@ def add_score_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, metavar="PRED.jsonl", help="saved answers: group, lang, prediction")
     p.add_argument("--output", required=True, help="directory for metrics.json and predictions.jsonl")
     _add_language_options(p, "what the eval's metrics.json next to PRED.jsonl recorded, else the training run of "
-                             "its model; without either, every scored language counts as seen")
+                             "its model", "without either, every scored language counts as seen")
     p.add_argument("--bootstrap", type=positive, default=None, metavar="N",
                    help="bootstrap resamples (default: the eval's, else 2000)")
     p.add_argument("--seed", type=int, default=None, help="seed of the bootstrap (default: the eval's, else 0)")
@@ -199,7 +203,7 @@ def add_cli(sub) -> None:
 
     p = sub.add_parser("compare", help="compare two eval runs per language (paired bootstrap; seeds counted)",
                        description="Compare run B against baseline A on the same items. Verdict per language: "
-                                   "better/worse when the paired 95%% CI of B - A excludes 0 AND the Holm-adjusted "
+                                   "better/worse when the paired 95% CI of B - A excludes 0 AND the Holm-adjusted "
                                    "p < alpha (over the languages); otherwise no significant change. With one seed "
                                    "per side the interval resamples groups (training noise left out) and p is exact "
                                    "McNemar; with several (comma-separated, paired by position) both come from a "
@@ -213,7 +217,7 @@ def add_cli(sub) -> None:
                         "file named in DIR_A's metrics.json, if it is there unchanged)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="directory for comparison.json (never a default: an eval directory is an input)")
-    _add_stats_options(p, with_alpha=True)
+    _add_stats_options(p, with_alpha=True, resampled="groups, and seeds where several are given")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="Markdown + HTML report of one or more eval runs",
