@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from bcat.cli.arguments import positive
 from bcat.config import DataConfig
 from bcat.data.kb.build import build, default_output_dir, write_jsonl
 from bcat.data.kb.pairs import DEFAULT_MIX, make_pairs, make_sft, parse_mix, read_qa, sample_groups
@@ -79,7 +80,7 @@ def _add_check(subparsers) -> None:
                    help="drop groups that lack the anchor language instead of refusing the file")
     p.add_argument("--tokenizer", help="a local model or tokenizer directory: also print token-length statistics "
                                        "(training data)")
-    p.add_argument("--max-length", type=int, default=DataConfig.max_length,
+    p.add_argument("--max-length", type=positive, default=DataConfig.max_length,
                    help=f"with --tokenizer: most tokens of prompt + completion, prompts trimmed on the left "
                         f"(default {DataConfig.max_length}, as data.max_length)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -163,7 +164,7 @@ def add_cli(subparsers) -> None:
                         f"(the English answer), hallucination (an answer in no passage) (default {_DEFAULT_MIX_TEXT})")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for drawing each group's pair type (and --groups; default 0)")
-    p.add_argument("--groups", type=int, default=None,
+    p.add_argument("--groups", type=positive, default=None,
                    help="keep only N groups, drawn at random with --seed (default: all), e.g. so that a short run "
                         "covers whole epochs")
     p.add_argument("--sft", action="store_true", help="write prompt + completion (the gold answer) instead of pairs")

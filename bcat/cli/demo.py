@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bcat.bundled import resource
+from bcat.cli.arguments import positive
 from bcat.study.commands import ORDINARY_FINE_TUNING, SELECTED_SETTING, eval_argv, pairs_argv, train_argv
 
 BASELINE_OVERRIDES = ORDINARY_FINE_TUNING
@@ -35,10 +36,10 @@ BASELINE_OVERRIDES = ORDINARY_FINE_TUNING
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("demo", help="evaluate, train and re-evaluate the built-in model on the bundled data")
     p.add_argument("--output", default="runs/demo", help="directory for every artefact (default runs/demo)")
-    p.add_argument("--eval-groups", type=int, default=20, help="test groups evaluated (x 11 languages; default 20)")
-    p.add_argument("--steps", type=int, default=120,
+    p.add_argument("--eval-groups", type=positive, default=20, help="test groups evaluated (x 11 languages; default 20)")
+    p.add_argument("--steps", type=positive, default=120,
                    help="training steps = groups of training pairs drawn (one epoch; default 120, as in the study)")
-    p.add_argument("--batch-size", type=int, default=12, help="generation batch size (default 12)")
+    p.add_argument("--batch-size", type=positive, default=12, help="generation batch size (default 12)")
     p.add_argument("--model", default="builtin:gemma3-270m", help="model to tune (default builtin:gemma3-270m)")
     p.add_argument("--baseline", action="store_true",
                    help="also train and evaluate ordinary fine-tuning (shuffled records, no alignment) as a control")

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bcat.cli.arguments import positive
+
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("study", help="run a study grid (arms x seeds) through train/eval/compare, resumably",
@@ -23,7 +25,7 @@ def add_cli(subparsers) -> None:
                       help="print every run, its status and estimated CPU time, and the total; run nothing")
     what.add_argument("--report", action="store_true", help="only rebuild the report from the results folder")
     p.add_argument("--commit", action="store_true", help="git-commit each finished run's results as it finishes")
-    p.add_argument("--max-runs", type=int, default=None, metavar="N", help="stop after N runs finish")
+    p.add_argument("--max-runs", type=positive, default=None, metavar="N", help="stop after N runs finish")
     p.add_argument("--detach", action="store_true",
                    help="run in the background (output to CACHE/study.log); prints the process id and returns")
     p.set_defaults(func=_main)

@@ -88,3 +88,12 @@ def test_debug_between_data_and_its_subcommand(tmp_path, capsys):
     assert main(["data", "check", str(bad)]) == 2
     with pytest.raises(DataError):
         main(["data", "--debug", "check", str(bad)])
+
+
+@pytest.mark.parametrize("argv", [["demo", "--steps", "0"], ["demo", "--eval-groups", "-1"], ["demo", "--batch-size", "0"],
+                                  ["study", "s.yaml", "--max-runs", "0"], ["data", "check", "f.jsonl", "--max-length", "0"],
+                                  ["data", "pairs", "--input", "q.jsonl", "--output", "o.jsonl", "--groups", "0"]])
+def test_a_count_below_one_is_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2 and "must be at least 1, got" in capsys.readouterr().err
