@@ -87,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         quiet_library_warnings()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        # The reader of the output stopped (`bcat data check F | head`): end quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush cannot fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a process ended by a closed pipe
     except BcatError as e:
         _close_progress_bars()
         if args.debug:

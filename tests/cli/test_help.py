@@ -4,7 +4,9 @@ the default it really has, and ``--debug`` goes anywhere on the line, as the REA
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 
 import pytest
 from helpers import parallel_records, write_jsonl
@@ -97,3 +99,14 @@ def test_a_count_below_one_is_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(argv)
     assert e.value.code == 2 and "must be at least 1, got" in capsys.readouterr().err
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
+    good = write_jsonl(tmp_path / "pairs.jsonl", parallel_records(2))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone, as after `bcat data check F | head -1`
+    with os.fdopen(write, "w") as closed_pipe:
+        monkeypatch.setattr(sys, "stdout", closed_pipe)
+        assert main(["data", "check", str(good)]) == 141
+        monkeypatch.undo()
+    assert "Traceback" not in capsys.readouterr().err
