@@ -6,7 +6,7 @@ Usage::
     python bench/throughput.py --model builtin:gemma3-270m --shapes rag     # the built-in model (full vocabulary)
     python bench/throughput.py --model builtin:gemma3-270m --shapes rag --configs bcat-dpo,bcat-dpo-noalign \\
         --profile                                              # + where the alignment time goes
-    python bench/throughput.py --table bench/results/quick-tiny.json          # print a saved result
+    python bench/throughput.py --table bench/results/rag-dpo-gemma3-270m.json  # print a saved result
 
 Every configuration sees the SAME model, the SAME synthetic data, the SAME micro-batch size (pairs
 per optimizer step), 2 torch threads (``OMP_NUM_THREADS`` and ``torch.set_num_threads``), LoRA r=16
