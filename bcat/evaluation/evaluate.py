@@ -117,7 +117,8 @@ class EvalOptions(GenerationOptions, BootstrapOptions):
     (:func:`bcat.evaluation.scoring.resolve_languages`)."""
     seen: Optional[Sequence[str]] = None
     """Languages seen in training; the other evaluated ones are reported as unseen. ``None``: the training
-    run says, else every evaluated language counts as seen (no unseen mean)."""
+    run says, else for the built-in model on the bundled data bcat's bundled split (:mod:`bcat.languages`),
+    else every evaluated language counts as seen (no unseen mean)."""
     unseen: Optional[Sequence[str]] = None
     """Languages NOT seen in training, instead of ``seen``."""
     instructions: Optional[str] = None
