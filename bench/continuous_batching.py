@@ -134,6 +134,11 @@ def load_prompts(args, tokenizer) -> tuple[list[str], list[str]]:
     return [prompts[i] for i in chosen], [f"{items[i].group}/{items[i].lang}" for i in chosen]
 
 
+def default_out(model: str, dry_run: bool) -> Path:
+    """Where the results go without ``--out``; a dry run has its own name, so it never replaces a timed result."""
+    return HERE / "results" / f"continuous-batching-{model.replace(':', '-')}{'-dry-run' if dry_run else ''}.json"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="builtin:gemma3-270m")
@@ -147,7 +152,8 @@ def main(argv=None) -> int:
                     help="transformers: most tokens per forward (default: bcat's prefill chunk)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--out", default=None, help="results JSON (default bench/results/continuous-batching-<model>.json)")
+    ap.add_argument("--out", default=None, help="results JSON (default bench/results/continuous-batching-<model>.json, "
+                                                      "-dry-run.json with --dry-run)")
     ap.add_argument("--note", default="", help="free text stored with the results")
     args = ap.parse_args(argv)
 
@@ -198,7 +204,7 @@ def main(argv=None) -> int:
                     "within_10_percent": protocol.verdict(slowdown, 1.10, at_least=False),
                     "median_s": {n: round(statistics.median(r[n] for r in rounds), 2) for n in NAMES},
                     "deterministic": deterministic})
-    out = Path(args.out) if args.out else HERE / "results" / f"continuous-batching-{args.model.replace(':', '-')}.json"
+    out = Path(args.out) if args.out else default_out(args.model, args.dry_run)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"continuous_batching: {len(prompts) - len(diffs)} of {len(prompts)} predictions identical"

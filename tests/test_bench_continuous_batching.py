@@ -23,3 +23,8 @@ def test_dry_run_compares_the_predictions_of_both_generators(tiny_model_dir, tmp
     assert len(doc["outputs"]["bcat"]) == len(doc["outputs"]["transformers"]) == len(prompts)
     assert len(set(doc["outputs"]["bcat"])) > len(prompts) // 2  # the comparison is not vacuous
     assert doc["identical"] and doc["different_items"] == [] and rc == 0
+
+
+def test_a_dry_run_never_replaces_the_timed_result_by_default():
+    assert bench.default_out("builtin:gemma3-270m", dry_run=False).name == "continuous-batching-builtin-gemma3-270m.json"
+    assert bench.default_out("builtin:gemma3-270m", dry_run=True).name == "continuous-batching-builtin-gemma3-270m-dry-run.json"
