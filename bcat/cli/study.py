@@ -36,7 +36,7 @@ def _main(args) -> int:
     from bcat.study.runner import Study
 
     spec = load_study(args.config)
-    study = Study(spec, commit=args.commit)
+    study = Study(spec, commit=args.commit, read_only=args.plan)
     if args.plan:
         print(study.plan()[1])
         return 0

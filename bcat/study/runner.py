@@ -81,8 +81,10 @@ class Study:
     """One study grid on disk: its cache, its results, and how to run what is missing."""
 
     def __init__(self, spec: StudySpec, *, execute: Execute = subprocess_execute, commit: bool = False,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, read_only: bool = False):
         self.spec = spec
+        self.read_only = read_only
+        """Write nothing (``--plan``): a selection that can be made is made in memory, not written."""
         self.cache = Path(spec.cache or Path("runs") / "study" / spec.name)
         self.results = Path(spec.results)
         self.execute = execute
@@ -329,7 +331,7 @@ class Study:
         out = selection.pick(sel, dev, {arm: run.name for arm, run in first.items()}, settings)
         path = selection.selection_file(self.results, sel)
         text = json.dumps(out, indent=1) + "\n"
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        if not self.read_only and (not path.is_file() or path.read_text(encoding="utf-8") != text):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
             self.echo(f"bcat study: selected on dev{' (' + sel.name + ')' if sel.name else ''}: {out['selected']}"

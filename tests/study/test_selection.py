@@ -112,6 +112,8 @@ def test_a_pick_at_the_top_of_the_learning_rate_grid_waits_for_a_larger_candidat
     finish(study, "lr0.0001-s0", 0.60, 0.50)
     finish(study, "lr0.0002-s0", 0.60, 0.52)
     finish(study, "lr0.0004-s0", 0.60, 0.55)  # the best is the largest rate tried: a larger one may be better still
+    Study(load_study(path), read_only=True).plan()  # --plan makes the pick in memory and writes nothing
+    assert not (study.results / "selection.json").exists()
     sel = study.selection(study.spec.selection[0])
     assert sel["selected"] == "lr0.0004"
     assert sel["at_edge"] == {"key": "training.learning_rate", "value": 4e-4, "side": "largest"}
