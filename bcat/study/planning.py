@@ -15,7 +15,6 @@ from typing import Optional
 from bcat.config import load_config
 from bcat.languages import LANGUAGES
 from bcat.study.grid import Run, StudySpec, expand
-from bcat.study.selection import edge_note, holds
 
 def count_items(path: Path, groups: Optional[int]) -> int:
     """Items ``bcat eval --limit groups`` evaluates in a RAG file (without validating it)."""
@@ -124,10 +123,8 @@ def _plan_text(study, rows: list[dict], counts: dict) -> str:
         lines.append(f"{r['run']:<28}{r['status']:<8}{r['train_s'] / 60:>10.1f}{sum(r['eval_s'].values()) / 60:>10.1f}"
                      f"{r['remaining_s'] / 60:>10.1f}  {evals}{note}")
     left = sum(r["remaining_s"] for r in rows)
-    for sel in spec.selection:
-        out = study.selection(sel)
-        if out is not None and not holds(sel, out):
-            lines += ["", f"selection{' ' + sel.name if sel.name else ''}: {edge_note(sel, out)}"]
+    for line in study.held_back():
+        lines += ["", line]
     lines += ["", f"remaining: {left / 3600:.2f} CPU-hours (shared trainings and evaluations counted once; "
                   "done, cached or adopted steps not counted)", "",
               "arithmetic: train = max_steps x step_s[batch.mode] x records per step / "

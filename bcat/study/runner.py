@@ -173,15 +173,19 @@ class Study:
             done_now += 1
         self.write_report()
         missing = self.pending_selection()
-        for sel in self.spec.selection:
-            out = self.selection(sel)
-            if out is not None and not selection.holds(sel, out):
-                self.echo(f"bcat study: selection{' ' + sel.name if sel.name else ''}: {selection.edge_note(sel, out)}")
+        for line in self.held_back():
+            self.echo(f"bcat study: {line}")
         if waiting or missing:
             self.echo(f"bcat study: not complete: {', '.join(waiting + missing)} still to run; run it again later")
             return 3
         self.echo(f"bcat study: complete; report in {self.results / 'REPORT.md'}")
         return 0
+
+    def held_back(self) -> list[str]:
+        """A line for each selection whose pick lies at an end of the grid and holds its arms back."""
+        made = ((sel, self.selection(sel)) for sel in self.spec.selection)
+        return [f"selection{' ' + sel.name if sel.name else ''}: {selection.edge_note(sel, out)}"
+                for sel, out in made if out is not None and not selection.holds(sel, out)]
 
     def pending_selection(self) -> list[str]:
         """Arms that come from a selection that cannot be made yet."""
