@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import importlib.metadata
 import logging
 import os
+import platform
 import sys
 import warnings
 
+from bcat import __version__
 from bcat.cli.arguments import option_flags
 from bcat.errors import BcatError, OptionError
 
@@ -42,9 +45,34 @@ def offline_by_default() -> None:
 DEBUG_HELP = "show tracebacks for input errors and the libraries' deprecation warnings"
 
 
+def version_line() -> str:
+    """bcat's version and the versions of the stack it runs on, the line a bug report starts with.
+    Read from the installed packages' metadata, so that nothing heavy is imported for it."""
+    def installed(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+    stack = ", ".join(f"{package} {installed(package)}" for package in ("torch", "transformers", "peft", "accelerate"))
+    return f"bcat {__version__} (Python {platform.python_version()}, {stack})"
+
+
+class PrintVersion(argparse.Action):
+    """``--version``: argparse's own version action wraps the line to the terminal's width."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bcat", description="Batch-level Cross-lingual Alignment Tuning")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--version", action=PrintVersion,
+                        help="print the versions of bcat, Python, torch, transformers, peft and accelerate, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for module_name, group in COMMAND_MODULES:

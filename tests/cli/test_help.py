@@ -110,3 +110,17 @@ def test_a_closed_output_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
         assert main(["data", "check", str(good)]) == 141
         monkeypatch.undo()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_version_names_bcat_and_the_stack_on_one_line(capsys):
+    import importlib.metadata
+
+    import bcat
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and line.startswith(f"bcat {bcat.__version__} (Python ")
+    assert f"torch {importlib.metadata.version('torch')}" in line
+    assert f"transformers {importlib.metadata.version('transformers')}" in line
+    assert importlib.metadata.version("bcat") == bcat.__version__  # pyproject reads it from bcat.__version__
