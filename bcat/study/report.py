@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from bcat.config import load_config
 from bcat.evaluation.compare import Run, compare_runs, load_run
@@ -127,8 +127,9 @@ def pooled_mcnemar(comparison: dict, langs: list[str]) -> Optional[float]:
 
 
 def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: str, ood_a: dict, ood_b: dict,
-                 english_tolerance: float) -> list[str]:
-    """The plain statement for one arm against its twin."""
+                 english_tolerance: float, ood_seeds: Sequence = ()) -> list[str]:
+    """The plain statement for one arm against its twin (``ood_seeds``: the seeds both have OOD results of,
+    named because the OOD suite may have run on fewer seeds than the test split)."""
     h, langs = comparison["headline"], comparison["languages"]
     seen_other = [l for l in langs["seen"] if l != langs["anchor"]]
     seeds = comparison.get("seeds_pooled", 1)
@@ -175,7 +176,9 @@ def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: s
                    for task in OOD_HEADLINE if task in ood_a and task in ood_b
                    and ood_a[task].get(OOD_HEADLINE[task]) is not None and ood_b[task].get(OOD_HEADLINE[task]) is not None]
     if ood_changes:
-        lines.append(f"- OOD change (points, mean over languages): {'; '.join(ood_changes)}.")
+        which = (f"; seed {ood_seeds[0]} only" if len(ood_seeds) == 1 else
+                 f"; seeds {', '.join(map(str, ood_seeds))}" if ood_seeds else "")
+        lines.append(f"- OOD change (points, mean over languages{which}): {'; '.join(ood_changes)}.")
     if en and non:
         rises = non["ci"] is not None and non["ci"][0] > 0
         keeps = en["diff"] >= -english_tolerance
@@ -183,11 +186,13 @@ def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: s
             lines.append(f"- **Better** than {twin}: non-English rises (interval above 0) and English falls by at most "
                          f"{english_tolerance * 100:g} points.")
         else:
-            why = [] if rises else ["non-English does not rise significantly"]
+            falls = non["ci"] is not None and non["ci"][1] < 0
+            why = ([] if rises else [f"non-English falls by {-non['diff'] * 100:.1f} points (interval below 0)" if falls
+                                     else "non-English does not rise significantly"])
             why += [] if keeps else [f"English falls by {-en['diff'] * 100:.1f} points (more than {english_tolerance * 100:g})"]
             shrink = " The gap shrinks because English falls: a loss, not a gain." if (
                 gap and gap["diff"] < 0 and not keeps) else ""
-            lines.append(f"- **Not better** than {twin}: {'; '.join(why)}.{shrink}")
+            lines.append(f"- **{'Worse' if falls else 'Not better'}** than {twin}: {'; '.join(why)}.{shrink}")
     return lines
 
 
@@ -221,10 +226,11 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
             continue
         split, comparison = found
         objective = next((f.objective for f in sr.finished if f.run.arm == arm), "-")
-        a_run, b_run = sr.pooled(twin, "ood"), sr.pooled(arm, "ood")
+        ood_seeds = sorted({f.run.seed for f in sr.of_arm(arm, "ood")} & {f.run.seed for f in sr.of_arm(twin, "ood")})
+        a_run, b_run = sr.pooled(twin, "ood", set(ood_seeds)), sr.pooled(arm, "ood", set(ood_seeds))
         ood_a = ood_means(a_run.metrics.get("ood", {})) if a_run else {}
         ood_b = ood_means(b_run.metrics.get("ood", {})) if b_run else {}
-        lines = verdict_line(arm, twin, objective, comparison, split, ood_a, ood_b, spec.english_tolerance)
+        lines = verdict_line(arm, twin, objective, comparison, split, ood_a, ood_b, spec.english_tolerance, ood_seeds)
         statement += [lines[0], "\n".join(lines[1:])]
     sections.append(("Against the paper", statement or [
         "Not yet: no arm with a shuffled twin has finished on the test split."]))

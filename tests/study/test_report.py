@@ -49,6 +49,22 @@ def test_a_gap_that_shrinks_because_english_falls_is_called_a_loss():
     assert "The gap shrinks because English falls: a loss, not a gain." in text
 
 
+def test_non_english_significantly_down_is_called_worse():
+    text = statement(comparison(english=(0.80, 0.79), non_english=(0.81, 0.755), gap=(-0.01, 0.035),
+                                non_english_ci=(-0.094, -0.014)), english_tolerance=0.02)
+    assert "**Worse** than orpo_shuffled: non-English falls by 5.5 points (interval below 0)." in text
+    assert "Not better" not in text and "does not rise" not in text
+
+
+def test_the_ood_line_names_the_seeds_it_comes_from():
+    ood_a, ood_b = {"lastword": {"accuracy": 0.50}}, {"lastword": {"accuracy": 0.60}}
+    c = comparison(english=(0.80, 0.80), non_english=(0.70, 0.70), gap=(0.10, 0.10))
+    one = "\n".join(verdict_line("a", "b", "orpo", c, "test", ood_a, ood_b, 0.01, [0]))
+    assert "- OOD change (points, mean over languages; seed 0 only): lastword accuracy +10.0." in one
+    two = "\n".join(verdict_line("a", "b", "orpo", c, "test", ood_a, ood_b, 0.01, [0, 1]))
+    assert "mean over languages; seeds 0, 1)" in two
+
+
 def test_no_positive_baseline_gap_has_nothing_to_close():
     text = statement(comparison(english=(0.72, 0.68), non_english=(0.76, 0.64), gap=(-0.04, 0.04)))
     assert "the shuffled baseline has no positive gap to close" in text
