@@ -83,8 +83,16 @@ class DataConfig:
 
 @dataclass
 class BatchConfig:
-    mode: str = "grouped"
-    """``grouped`` (BCAT: whole groups per micro-batch), or the ablations ``shuffled``, ``monolingual``, ``no_anchor``."""
+    mode: str = "shuffled"
+    """Which records share a micro-batch. ``shuffled``: records shuffled freely across groups, as a stock
+    trainer does. ``grouped``: BCAT's batch composition, whole groups per micro-batch with the anchor
+    first; the alignment terms need it. ``monolingual`` and ``no_anchor``: ablations (``bcat.batching.sampler``).
+
+    ``shuffled`` by default because that is what the evidence supports: on the built-in model and
+    data, ``grouped`` did not beat ``shuffled`` at one group per optimizer step and lost 5 points of
+    non-English accuracy at 8 groups (32 records) per step, 3 training seeds per arm
+    (``results/study/README.md``, ``results/study-8g/README.md``). Try ``grouped`` on your own model
+    and data with the A/B of ``configs/study/template-ab.yaml``."""
     groups_per_batch: int = 2
     """Groups per micro-batch; a micro-batch holds ``groups_per_batch x languages`` records."""
     languages_per_group: Optional[int] = None
@@ -246,19 +254,21 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"config key '{key}' must be {expected}, got {_get(self, key)!r}")
         a = self.alignment
+        without_pairs = {"shuffled": "it scatters each group's records across micro-batches",
+                         "no_anchor": "it removes the anchor records",
+                         "monolingual": "it puts one language in each micro-batch"}
+        on = [f"alignment.{k}" for k in ALIGNMENT_WEIGHTS if getattr(a, k) > 0]
+        if on and self.batch.mode in without_pairs:
+            raise ConfigError(
+                f"{', '.join(on)} > 0 needs batch.mode=grouped: the alignment terms pull each translation toward "
+                f"its anchor in the same micro-batch, and batch.mode={self.batch.mode} "
+                f"{without_pairs[self.batch.mode].removeprefix('it ')}; "
+                f"set batch.mode=grouped, or {', '.join(k + '=0' for k in on)}")
         if a.hidden_weight > 0 and a.hidden_loss == "infonce" and self.batch.groups_per_batch == 1:
             raise ConfigError(
                 "alignment.hidden_loss=infonce with batch.groups_per_batch=1 is identically 0: its negatives are the "
                 "anchors of the OTHER groups in the micro-batch, and there are none; set batch.groups_per_batch=2 "
                 "or more, or alignment.hidden_loss=cosine, or alignment.hidden_weight=0")
-        without_pairs = {"no_anchor": "it removes the anchor records",
-                         "monolingual": "it puts one language in each micro-batch"}
-        on = [f"alignment.{k}" for k in ALIGNMENT_WEIGHTS if getattr(a, k) > 0]
-        if on and self.batch.mode in without_pairs:
-            raise ConfigError(
-                f"{', '.join(on)} > 0 with batch.mode={self.batch.mode} is identically 0: the alignment terms pull "
-                f"each translation toward its anchor in the same micro-batch, and {without_pairs[self.batch.mode]}; "
-                f"set {', '.join(k + '=0' for k in on)}, or use batch.mode=grouped")
         if a.hidden_layers is not None and (not a.hidden_layers or min(a.hidden_layers) < 0):
             raise ConfigError(f"config key 'alignment.hidden_layers' must list indices into hidden_states "
                               f"(0 = embeddings, 1..L = transformer layers), got {a.hidden_layers!r}")

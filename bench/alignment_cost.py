@@ -86,7 +86,7 @@ def run(args, model_dir: Path, data: Path, work: Path) -> dict:
     orders = [arm for order in protocol.round_orders(ARMS, args.warmup + args.rounds) for arm in order]
     out = work / f"run-{args.objective}-{args.align}"
     cfg = load_config(None, [
-        f"model.path={model_dir}", f"data.train={data}", f"objective.name={args.objective}",
+        f"model.path={model_dir}", f"data.train={data}", f"objective.name={args.objective}", "batch.mode=grouped",
         f"batch.groups_per_batch={args.groups_per_batch}", f"training.max_steps={steps}",
         f"training.output_dir={out}", f"training.threads={THREADS}", "training.lr_scheduler=constant",
         "training.learning_rate=2e-4", "training.save_steps=0", "training.logging_steps=1", "training.grad_ratio_steps=0",

@@ -56,7 +56,7 @@ VARIANTS = {
 
 def run_once(variant: str, data: Path, out: Path, steps: int) -> dict:
     setup = VARIANTS[variant]
-    args = ["train", "model.path=builtin:gemma3-270m", f"data.train={data}", "objective.name=orpo",
+    args = ["train", "model.path=builtin:gemma3-270m", f"data.train={data}", "objective.name=orpo", "batch.mode=grouped",
             f"training.max_steps={steps}", f"training.output_dir={out}", f"training.threads={THREADS}",
             "training.lr_scheduler=constant", "training.learning_rate=2e-4", "training.save_steps=0",
             "data.max_length=2048", "model.lora_dropout=0"]

@@ -456,7 +456,7 @@ def run_bcat(spec: dict, clock: StepClock) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     overrides = [
         f"model.path={spec['model_dir']}", f"data.train={spec['data']}", f"objective.name={conf['objective']}",
-        f"batch.groups_per_batch={spec['groups_per_batch']}", f"training.max_steps={spec['steps']}",
+        "batch.mode=grouped", f"batch.groups_per_batch={spec['groups_per_batch']}", f"training.max_steps={spec['steps']}",
         f"training.output_dir={out}", f"training.threads={THREADS}", "training.lr_scheduler=constant",
         "training.learning_rate=2e-4", "training.save_steps=0", "data.max_length=2048", "model.lora_dropout=0",
         f"training.packed_preference={str(conf.get('packed', True)).lower()}",

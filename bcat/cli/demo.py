@@ -3,18 +3,17 @@
 1. ``bcat data pairs``: ORPO preference pairs of ``--steps`` groups drawn from the bundled train
    split (training uses the seen languages only), so that training is exactly one epoch;
 2. ``bcat eval``: the base model on a subset of the bundled test split (all eleven languages);
-3. ``bcat train``: BCAT in the setting the reproduction study selected on dev
-   (:data:`bcat.study.commands.SELECTED_SETTING`: ORPO, one group of English + 3 languages per
-   micro-batch, no alignment terms);
+3. ``bcat train``: ordinary fine-tuning, ``bcat train``'s default batch composition (records
+   shuffled across groups), in the reproduction study's setting at one group per step
+   (:data:`bcat.study.commands.STUDY_SETTING`: ORPO, 4 records per micro-batch, no alignment terms),
+   into ``OUTPUT/train_shuffled``;
 4. ``bcat eval``: the tuned model on the same items;
 5. ``bcat compare`` and ``bcat report``: per-language verdicts and ``report.html``.
 
-``--baseline`` adds ordinary fine-tuning as a control: the same objective, pairs, steps and
-micro-batch size, but records shuffled across groups (``batch.mode=shuffled``, what a stock trainer
-does) and no alignment terms (the selected BCAT setting has none either, so the two differ only in
-which records share a micro-batch). It is trained and evaluated on the same items, and
-``bcat compare baseline bcat`` (in ``OUTPUT/bcat_vs_baseline``) says what the batch composition
-adds over it.
+``--grouped`` adds BCAT's batch composition, the A/B of the reproduction study: the same objective,
+pairs, steps and micro-batch size, but one whole group per micro-batch, English first, into
+``OUTPUT/train_grouped``. It is evaluated on the same items, and ``bcat compare`` of the two (in
+``OUTPUT/grouped_vs_shuffled``) says what grouping adds over ordinary fine-tuning.
 
 Every number the demo prints comes from those commands' output files in ``--output``.
 """
@@ -27,10 +26,11 @@ from pathlib import Path
 
 from bcat.bundled import resource
 from bcat.cli.arguments import positive
-from bcat.study.commands import ORDINARY_FINE_TUNING, SELECTED_SETTING, eval_argv, pairs_argv, train_argv
+from bcat.study.commands import STUDY_SETTING, eval_argv, pairs_argv, train_argv
 
-BASELINE_OVERRIDES = ORDINARY_FINE_TUNING
-"""Ordinary fine-tuning: records shuffled across groups, no alignment terms (all else as BCAT)."""
+ARMS = {mode: [f"batch.mode={mode}", *STUDY_SETTING] for mode in ("shuffled", "grouped")}
+"""The demo's trainings: ordinary fine-tuning (always) and BCAT's grouped batches (``--grouped``), which
+differ only in which records share a micro-batch (the study's ``orpo_shuffled`` and ``orpo_best`` arms)."""
 
 
 def add_cli(subparsers) -> None:
@@ -41,8 +41,9 @@ def add_cli(subparsers) -> None:
                    help="training steps = groups of training pairs drawn (one epoch; default 120, as in the study)")
     p.add_argument("--batch-size", type=positive, default=12, help="generation batch size (default 12)")
     p.add_argument("--model", default="builtin:gemma3-270m", help="model to tune (default builtin:gemma3-270m)")
-    p.add_argument("--baseline", action="store_true",
-                   help="also train and evaluate ordinary fine-tuning (shuffled records, no alignment) as a control")
+    p.add_argument("--grouped", action="store_true",
+                   help="also train and evaluate BCAT's grouped batches (whole groups per micro-batch) and compare "
+                        "them with ordinary fine-tuning")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for the training config")
     p.set_defaults(func=run_demo)
 
@@ -54,25 +55,18 @@ def run_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     pairs = out / "train_pairs.jsonl"
-
-    def train(run_dir: Path, extra=()) -> list[str]:
-        command, *rest = train_argv(args.model, pairs, run_dir, args.steps, [*SELECTED_SETTING, *args.overrides, *extra])
-        return [command, "--resume-if-possible", *rest]  # a rerun after a kill continues the training
-
-    evals = [out / "eval_base", out / "eval_bcat"]
-    steps = [
-        pairs_argv(resource("kb/train.jsonl"), pairs, groups=args.steps),
-        _eval(args.model, evals[0], args),
-        train(out / "train"),
-        _eval(str(out / "train" / "model"), evals[1], args),
-    ]
-    if args.baseline:
-        evals.insert(1, out / "eval_baseline")
-        steps += [train(out / "train_baseline", BASELINE_OVERRIDES),
-                  _eval(str(out / "train_baseline" / "model"), evals[1], args),
-                  ["compare", str(evals[1]), str(evals[2]), "--output", str(out / "bcat_vs_baseline")]]
-    steps += [["compare", str(evals[0]), str(evals[-1]), "--output", str(out)],
-              ["report", *map(str, evals), "--output", str(out)]]
+    arms = ["shuffled", "grouped"] if args.grouped else ["shuffled"]
+    evals = [out / "eval_base", *(out / f"eval_{arm}" for arm in arms)]
+    steps = [pairs_argv(resource("kb/train.jsonl"), pairs, groups=args.steps), _eval(args.model, evals[0], args)]
+    for arm, evaluation in zip(arms, evals[1:]):
+        run_dir = out / f"train_{arm}"
+        command, *rest = train_argv(args.model, pairs, run_dir, args.steps, [*ARMS[arm], *args.overrides])
+        steps += [[command, "--resume-if-possible", *rest],  # a rerun after a kill continues the training
+                  _eval(str(run_dir / "model"), evaluation, args)]
+    steps.append(["compare", str(evals[0]), str(evals[1]), "--output", str(out)])
+    if args.grouped:
+        steps.append(["compare", str(evals[1]), str(evals[2]), "--output", str(out / "grouped_vs_shuffled")])
+    steps.append(["report", *map(str, evals), "--output", str(out)])
     for argv in steps:
         run_dir = Path(argv[-1].removeprefix("training.output_dir=")) if argv[0] == "train" else None
         if run_dir is not None and (run_dir / "training_summary.json").exists():
@@ -94,7 +88,7 @@ def _eval(model: str, output: Path, args) -> list[str]:
 
 
 def print_table(metrics_files: list[Path]) -> None:
-    """Per-language strict accuracy (the headline) of each run (base first, bcat last), the gap and
+    """Per-language strict accuracy (the headline) of each run (the base model first), the gap and
     the unseen-language mean."""
     runs = [json.loads(p.read_text()) for p in metrics_files]
     names = [p.parent.name.removeprefix("eval_") for p in metrics_files]

@@ -5,7 +5,7 @@
     from bcat.integrations.trl import BCATDPOTrainer
 
     trainer = BCATDPOTrainer(model=model, args=DPOConfig(...), train_dataset=pairs, processing_class=tokenizer,
-                             batch=BatchConfig(groups_per_batch=2),
+                             batch=BatchConfig(mode="grouped", groups_per_batch=2),
                              alignment=AlignmentConfig(hidden_weight=3.0, output_weight=2.0))  # default: both 0
     trainer.train()
 
@@ -17,7 +17,8 @@ causal-LM records with ``labels``). Against the trainer each one subclasses, thr
 
 * **Batches.** Each training micro-batch is one of :class:`bcat.batching.sampler.GroupBatchSampler`,
   built by :func:`bcat.batching.plan.build_sampler` from the ``BatchConfig``: whole groups, anchor
-  first, the same modes as ``bcat train``; ``groups_per_batch`` sets the size and
+  first (``mode="grouped"`` when no ``batch`` is given; the other modes of ``bcat train`` too, whose
+  default is ``shuffled``); ``groups_per_batch`` sets the size and
   ``per_device_train_batch_size`` is not used. The sampler already deals each rank its own
   micro-batches, so the ``BatchSamplerShard`` that ``accelerator.prepare`` wraps around it is made a
   pass-through (as ``transformers.Trainer`` does for its own rank-aware ``BatchRebalanceSampler``):
@@ -158,7 +159,7 @@ class GroupAlignmentMixin:
     def __init__(self, *args, batch: BatchConfig | None = None, alignment: AlignmentConfig | None = None,
                  anchor: str = ANCHOR, hidden_standardization: tuple[torch.Tensor, torch.Tensor] | None = None,
                  **kwargs):
-        self.bcat_config = TrainConfig(batch=batch or BatchConfig(), alignment=alignment or AlignmentConfig(),
+        self.bcat_config = TrainConfig(batch=batch or BatchConfig(mode="grouped"), alignment=alignment or AlignmentConfig(),
                                        data=DataConfig(anchor=anchor)).validate()
         if self.bcat_config.alignment.token_kl_weight > 0:
             raise ConfigError("alignment.token_kl_weight is not available with TRL trainers: their fused output head "

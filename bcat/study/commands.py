@@ -14,12 +14,8 @@ from bcat.languages import ANCHOR, SEEN
 TRAINED_LANGUAGES: tuple[str, ...] = (ANCHOR, *SEEN)
 """Languages training sees in the paper's setting: the unseen ones (th, vi, hu, ro) are never trained."""
 
-ORDINARY_FINE_TUNING = ["batch.mode=shuffled", "alignment.hidden_weight=0", "alignment.output_weight=0"]
-"""Ordinary fine-tuning: records shuffled across groups (what a stock trainer does), no alignment terms."""
-
-SELECTED_SETTING = [
+STUDY_SETTING = [
     "objective.name=orpo",
-    "batch.mode=grouped",
     "batch.groups_per_batch=1",
     "batch.languages_per_group=3",
     "alignment.hidden_weight=0",
@@ -29,10 +25,11 @@ SELECTED_SETTING = [
     "training.lr_scheduler=constant",
     "training.warmup_steps=10",
 ]
-"""The BCAT setting the reproduction study picked on dev (``results/study/selection.json``: its
-``orpo_grouped`` arm, configs/study/grid.yaml) for ``bcat demo``: ORPO, one group of English + 3
-sampled languages per micro-batch, no alignment terms, 1e-4 constant after 10 warm-up steps, trained
-for one epoch (as many steps as groups). ``tests/study/test_selection.py`` checks it against the grid."""
+"""The reproduction study's setting at one group per optimizer step (configs/study/grid.yaml), which
+``bcat demo`` trains with either batch composition: ORPO, a group's worth of records (English + 3
+sampled languages) per micro-batch, no alignment terms (the dev selection, results/study/selection.json,
+found neither term better), 1e-4 constant after 10 warm-up steps, one epoch (as many steps as groups).
+``tests/study/test_selection.py`` checks it against the grid's ``orpo_shuffled`` and ``orpo_best`` arms."""
 
 
 def pairs_argv(qa: Path, output: Path, seed: int = 0, groups: Optional[int] = None) -> list[str]:

@@ -32,6 +32,13 @@ from bcat.evaluation.scoring import file_sha256
 from bcat.languages import LANGUAGES
 from bcat.study.commands import TRAINED_LANGUAGES
 
+STUDY_BASE = ["batch.mode=grouped"]
+"""Where every trained arm starts, before the study's ``training`` list: a study is an A/B of batch
+composition, so an arm that sets no ``batch.mode`` trains BCAT's whole groups, whatever ``bcat
+train``'s own default (``shuffled``). The same for every run, so :meth:`Run.key` leaves it out (the
+keys of runs made while ``grouped`` was ``bcat train``'s default stay valid); changing it changes what
+every cached run means."""
+
 BUILTIN_DATA = {"builtin-train": "kb/train.jsonl", "builtin-dev": "kb/dev.jsonl", "builtin-test": "kb/test.jsonl",
                 "builtin": "kb/test.jsonl"}
 """Names of the bundled splits a study file may use instead of a path."""
@@ -169,7 +176,8 @@ class StudySpec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     curve: CurveSpec = field(default_factory=CurveSpec)
     training: list[str] = field(default_factory=list)
-    """``bcat train`` overrides shared by every arm (objective, schedule, micro-batch size, steps...)."""
+    """``bcat train`` overrides shared by every arm (objective, schedule, micro-batch size, steps...), after
+    :data:`STUDY_BASE`."""
     selection: list[SelectionSpec] = field(default_factory=list)
     """Settings picked on dev: one mapping, or a list of named ones."""
     timing: TimingSpec = field(default_factory=TimingSpec)
@@ -181,6 +189,11 @@ class StudySpec:
 
     source: str = field(default="", init=False)
     """The file it was read from (set by :func:`load_study`; not a key)."""
+
+    @property
+    def shared(self) -> list[str]:
+        """What every trained arm starts from: :data:`STUDY_BASE`, then ``training``."""
+        return [*STUDY_BASE, *self.training]
 
 
 SEED_CHOICES = ("first", "all", "none")
@@ -289,7 +302,7 @@ def validate(spec: StudySpec) -> StudySpec:
     for arm in spec.arms:
         if arm.train:
             try:
-                cfg = load_config(None, [*spec.training, *arm.overrides])
+                cfg = load_config(None, [*spec.shared, *arm.overrides])
             except ConfigError as e:
                 raise bad(f"arms[{names.index(arm.name)}].overrides", f"(with 'training'): {e}") from None
             if not 1 <= cfg.training.save_steps < cfg.training.max_steps:
@@ -348,7 +361,11 @@ class Run:
         training = [d.train_qa, d.pairs_seed, d.train_languages, d.train_groups] if self.trained else []
         if self.trained and d.train:
             training.append(file_sha256(Path(d.train)))
-        text = json.dumps({"model": spec.model, "data": training, "overrides": self.overrides}, sort_keys=True)
+        overrides = self.overrides
+        if self.trained:
+            assert overrides[:len(STUDY_BASE)] == STUDY_BASE, overrides
+            overrides = overrides[len(STUDY_BASE):]
+        text = json.dumps({"model": spec.model, "data": training, "overrides": overrides}, sort_keys=True)
         return ("base" if not self.trained else "t") + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -370,7 +387,7 @@ def expand(spec: StudySpec, selected: Optional[dict[str, str]] = None) -> list[R
             runs.append(Run(arm.name, arm.name, None, [], dev=arm.dev != "none", test=arm.test,
                             ood=arm.test and arm.ood != "none", curve_steps=[]))
             continue
-        base = list(spec.training)
+        base = list(spec.shared)
         pick = None
         if arm.from_selection is not None:
             pick = selected.get(selection_of(spec, arm).name)
@@ -379,7 +396,7 @@ def expand(spec: StudySpec, selected: Optional[dict[str, str]] = None) -> list[R
             base += arms[pick].overrides
         overrides = [*base, *arm.overrides]
         if spec.curve.steps:  # every trained run keeps its snapshots, so any seed's curve can be evaluated
-            overrides.insert(len(spec.training), f"training.snapshot_steps=[{','.join(map(str, spec.curve.steps))}]")
+            overrides.insert(len(spec.shared), f"training.snapshot_steps=[{','.join(map(str, spec.curve.steps))}]")
         max_steps = load_config(None, overrides).training.max_steps
         for i, seed in enumerate(arm.seeds):
             dev, ood = (choice == "all" or (choice == "first" and i == 0) for choice in (arm.dev, arm.ood))

@@ -331,7 +331,7 @@ class Study:
         if not all(self.finished(first[a]) for a in feeding):
             return None
         dev = {arm: json.loads(self.result_json(run).read_text())["splits"]["dev"] for arm, run in first.items()}
-        settings = {arm: _settings([*self.spec.training, *self.spec_arm_by_name(arm).overrides]) for arm in sel.candidates}
+        settings = {arm: _settings([*self.spec.shared, *self.spec_arm_by_name(arm).overrides]) for arm in sel.candidates}
         out = selection.pick(sel, dev, {arm: run.name for arm, run in first.items()}, settings)
         path = selection.selection_file(self.results, sel)
         text = json.dumps(out, indent=1) + "\n"

@@ -40,7 +40,7 @@ def _plan(capsys, *argv) -> tuple[int, list[dict], str]:
 def test_overrides_and_options_in_any_order(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(4))
     config = tmp_path / "c.yaml"
-    config.write_text("batch:\n  groups_per_batch: 4\n", encoding="utf-8")
+    config.write_text("batch:\n  mode: grouped\n  groups_per_batch: 4\n", encoding="utf-8")
     # overrides before, between and after the options; a later override wins over an earlier one and the file
     rc, plan, err = _plan(capsys, "plan", f"data.train={data}", "batch.groups_per_batch=2", "--config", str(config),
                           f"model.path={tiny_model_dir}", "--json", "batch.groups_per_batch=1", "--steps", "1",

@@ -55,7 +55,7 @@ def _stats(model_dir) -> tuple[torch.Tensor, torch.Tensor]:
     d = AutoConfig.from_pretrained(model_dir).hidden_size
     g = torch.Generator().manual_seed(0)
     return torch.randn(1, d, generator=g) * 0.1, torch.rand(1, d, generator=g) + 0.5
-BATCH = BatchConfig(groups_per_batch=2)
+BATCH = BatchConfig(mode="grouped", groups_per_batch=2)
 SCRIPT = Path(__file__).with_name("trl_run.py")
 
 
@@ -213,7 +213,7 @@ def test_two_processes_keep_whole_groups_and_match_one_process(tiny_model_dir, t
     two = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     keys = [(r["group"], r["lang"]) for r in parallel_records(4, langs=LANGS)]
-    cfg = TrainConfig(batch=BatchConfig(groups_per_batch=1))
+    cfg = TrainConfig(batch=BatchConfig(mode="grouped", groups_per_batch=1))
     plans = [build_sampler(cfg, [bt._Keyed(g, lang, 0) for g, lang in keys], 2, rank) for rank in (0, 1)]
     for rank, run in enumerate(two):
         expected = [[list(keys[i]) for i in rnd[rank].records] for e in (0, 1) for rnd in plans[rank].epoch_plan(e)]
@@ -399,4 +399,4 @@ def test_refuses_what_would_split_groups_or_cannot_be_computed(tiny_model_dir, t
                           train_dataset=_data("dpo").remove_columns("lang"))
     with pytest.raises(ConfigError, match="batch.groups_per_batch"):
         bt.BCATDPOTrainer(model=_model(tiny_model_dir), args=_args(DPOConfig, tmp_path), processing_class=tok,
-                          train_dataset=_data("dpo"), batch=BatchConfig(groups_per_batch=9))
+                          train_dataset=_data("dpo"), batch=BatchConfig(mode="grouped", groups_per_batch=9))

@@ -33,7 +33,7 @@ def run(model_dir: str, out_dir: str, grad_accum: int) -> None:
     trainer = BCATDPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, processing_class=AutoTokenizer.from_pretrained(model_dir),
         train_dataset=datasets.Dataset.from_list(parallel_records(4, langs=LANGS)),
-        batch=BatchConfig(groups_per_batch=1),
+        batch=BatchConfig(mode="grouped", groups_per_batch=1),
         alignment=AlignmentConfig(hidden_weight=3.0, output_weight=2.0, hidden_loss="cosine", hidden_standardize="none"))
     batches = []
     loss = trainer.compute_loss

@@ -29,7 +29,7 @@ def train(tiny_model_dir, capsys):
         flag = {True: ["--resume"], "if-possible": ["--resume-if-possible"]}.get(resume, [])
         argv = (["--debug"] if debug else []) + ["train"] + flag
         argv += [f"model.path={model or tiny_model_dir}", f"data.train={data}", f"training.output_dir={out}",
-                 f"training.max_steps={steps}", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", "training.threads=1",
+                 f"training.max_steps={steps}", "batch.mode=grouped", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", "training.threads=1",
                   *overrides]
         capsys.readouterr()
         rc = main(argv)

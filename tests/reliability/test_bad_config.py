@@ -17,7 +17,7 @@ from bcat.data.tokenization import tokenize_records
 from bcat.errors import ConfigError
 from bcat.model.loading import load_tokenizer
 
-HIDDEN_ON = "alignment.hidden_weight=3"  # checks that only matter with the hidden term on (it is off by default)
+HIDDEN_ON = "batch.mode=grouped alignment.hidden_weight=3"  # checks that only matter with the hidden term on (off by default)
 
 BAD_OVERRIDES = [
     ("objective.bta=0.2", ["unknown config key 'objective.bta'", "did you mean 'objective.beta'?"]),

@@ -77,7 +77,7 @@ def test_sigkill_mid_training_then_resume_is_bitwise_identical(tmp_path, train, 
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(4))
     steps = 20
     args = [f"model.path={tiny_model_dir}", f"data.train={data}", f"training.max_steps={steps}",
-            "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", *COMMON]
+            "batch.mode=grouped", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", *COMMON]
     killed = tmp_path / "killed"
     stderr = open(tmp_path / "killed.stderr", "w")
     proc = subprocess.Popen([sys.executable, "-m", "bcat.cli", "train", *args, f"training.output_dir={killed}"],

@@ -21,12 +21,19 @@ def data(tmp_path):
     return write_jsonl(tmp_path / "d.jsonl", parallel_records(2))
 
 
-@pytest.mark.parametrize("mode", ["no_anchor", "monolingual"])
+@pytest.mark.parametrize("mode", ["shuffled", "no_anchor", "monolingual"])
 @pytest.mark.parametrize("weight", ["hidden_weight", "output_weight", "token_kl_weight"])
-def test_alignment_terms_that_are_identically_zero_are_refused(mode, weight):
-    with pytest.raises(ConfigError, match=f"alignment.{weight} > 0 with batch.mode={mode} is identically 0"):
+def test_alignment_terms_without_whole_groups_are_refused(mode, weight):
+    with pytest.raises(ConfigError, match=f"alignment.{weight} > 0 needs batch.mode=grouped: .* batch.mode={mode} "):
         load_config(None, [f"batch.mode={mode}", f"alignment.{weight}=1.0"])
-    load_config(None, [f"batch.mode={mode}"])  # the ablation itself, without alignment terms, is fine
+    load_config(None, [f"batch.mode={mode}"])  # the mode itself, without alignment terms, is fine
+    load_config(None, ["batch.mode=grouped", f"alignment.{weight}=1.0"])
+
+
+def test_the_default_is_ordinary_fine_tuning_and_refuses_alignment_terms():
+    assert load_config(None, []).batch.mode == "shuffled"
+    with pytest.raises(ConfigError, match="set batch.mode=grouped, or alignment.hidden_weight=0"):
+        load_config(None, ["alignment.hidden_weight=3"])
 
 
 @pytest.mark.parametrize("argv,words", [

@@ -278,25 +278,27 @@ def test_pairs_command_draws_the_groups():
     assert "--groups" not in pairs_argv(Path("qa.jsonl"), Path("p.jsonl"))
 
 
-def test_the_demo_trains_the_setting_the_study_selected_on_dev():
-    """``bcat demo`` (``SELECTED_SETTING``) resolves to the same training config as the study's selected arm
-    (``configs/study/grid.yaml`` + ``results/study/selection.json``), apart from where and how long it runs."""
+@pytest.mark.parametrize("mode,arm", [("shuffled", "orpo_shuffled"), ("grouped", "orpo_best")])
+def test_the_demo_trains_the_study_arms(mode, arm):
+    """``bcat demo``'s two trainings (``ARMS``) resolve to the same training configs as the study's
+    ordinary fine-tuning arm and its selected grouped arm (``configs/study/grid.yaml`` +
+    ``results/study/selection.json``), apart from where and how long they run."""
     from pathlib import Path
 
+    from bcat.cli.demo import ARMS
     from bcat.config import load_config
-    from bcat.study.commands import SELECTED_SETTING
 
     root = Path(__file__).resolve().parents[2]
     spec = load_study(root / "configs/study/grid.yaml")
     selected = json.loads((root / "results/study/selection.json").read_text())["selected"]
-    best = next(r for r in expand(spec, {"": selected}) if r.arm == "orpo_best" and r.seed == 0)
-    study, demo = (load_config(None, o) for o in (best.overrides, SELECTED_SETTING))
+    run = next(r for r in expand(spec, {"": selected}) if r.arm == arm and r.seed == 0)
+    study, demo = (load_config(None, o) for o in (run.overrides, ARMS[mode]))
     for cfg in (study, demo):  # what differs by design: steps, checkpoints, seeds, the (unused) hidden loss
         cfg.training.max_steps, cfg.training.save_steps, cfg.training.snapshot_steps = 0, 0, []
         cfg.training.seed = cfg.batch.seed = 0
     assert study.alignment.hidden_weight == study.alignment.output_weight == 0
     study.alignment.hidden_loss = demo.alignment.hidden_loss
-    assert study == demo
+    assert study.batch.mode == mode and study == demo
 
 
 @pytest.mark.parametrize("text, message", [

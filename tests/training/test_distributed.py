@@ -12,7 +12,7 @@ import sys
 import pytest
 from helpers import parallel_records, qa_records, write_jsonl
 
-COMMON = ["objective.name=orpo", "training.max_steps=3", "batch.groups_per_batch=1", "training.lr_scheduler=constant",
+COMMON = ["objective.name=orpo", "training.max_steps=3", "batch.mode=grouped", "batch.groups_per_batch=1", "training.lr_scheduler=constant",
           "training.learning_rate=5e-3", "training.log_batch_items=true", "training.threads=1",
           "alignment.hidden_loss=cosine", "alignment.hidden_weight=3", "alignment.output_weight=2"]
 TERMS = ("loss", "main", "hidden", "output", "grad_norm")

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp2.yaml"
-COMMON = ["objective.name=orpo", "batch.groups_per_batch=1", "training.lr_scheduler=constant",
+COMMON = ["objective.name=orpo", "batch.mode=grouped", "batch.groups_per_batch=1", "training.lr_scheduler=constant",
           "training.log_batch_items=true", "training.threads=1", "alignment.hidden_loss=cosine",
           "alignment.hidden_weight=3", "alignment.output_weight=2"]  # both terms on (off by default)
 TERMS = ("loss", "nll", "log_odds", "main", "hidden", "output")

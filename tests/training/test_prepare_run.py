@@ -18,7 +18,7 @@ from bcat.model.loading import load_model, load_tokenizer, training_precision
 from bcat.training.loop import prepare_run, run_training, train
 
 SETTINGS = ["objective.name=dpo", "training.max_steps=3", "training.learning_rate=5e-3",
-            "training.lr_scheduler=constant", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine",
+            "training.lr_scheduler=constant", "batch.mode=grouped", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine",
             "alignment.hidden_weight=0.3", "alignment.output_weight=0.1"]
 
 

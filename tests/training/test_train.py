@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from bcat.cli import main
 
-FAST = ["training.learning_rate=5e-3", "training.lr_scheduler=constant", "batch.groups_per_batch=1",
+FAST = ["training.learning_rate=5e-3", "training.lr_scheduler=constant", "batch.mode=grouped", "batch.groups_per_batch=1",
         "alignment.hidden_loss=cosine"]
 ALIGN_OFF = ["alignment.hidden_weight=0", "alignment.output_weight=0"]
 ALIGN_ON = ["alignment.hidden_weight=0.3", "alignment.output_weight=0.1", "alignment.token_kl_weight=0.1"]
@@ -123,7 +123,7 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path, tiny_model_dir, capsys)
 def test_plan_json_keeps_groups_whole(tmp_path, capsys, tiny_model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", parallel_records(6, langs=("en", "fr", "de", "es")))
     assert main(["plan", "--json", "--steps", "3", "--world-size", "2", f"data.train={data}", f"model.path={tiny_model_dir}",
-                 "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", "objective.name=dpo"]) == 0
+                 "batch.mode=grouped", "batch.groups_per_batch=1", "alignment.hidden_loss=cosine", "objective.name=dpo"]) == 0
     plan = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(plan) == 6 and {p["rank"] for p in plan} == {0, 1}
     for p in plan:
