@@ -328,3 +328,29 @@ def test_the_study_file_shorthands(tmp_path):
     two = load_study(study_file(tmp_path, arms=PER_ARM, selection=PER_ARM_SELECTIONS))
     assert [s.name for s in two.selection] == [s["name"] for s in PER_ARM_SELECTIONS]
     assert two.source == str(tmp_path / "study.yaml")
+
+
+@pytest.mark.parametrize("grid", ["grid.yaml", "grid-8g.yaml"])
+def test_the_committed_study_runs_are_what_their_grid_trains_now(grid, monkeypatch):
+    """Every committed run result still counts as finished (its key is unchanged), and its grid, read with
+    today's code, resolves to the training config that run recorded: a change of ``bcat train``'s defaults
+    (or of ``STUDY_BASE``) must neither re-key finished runs nor change what their arms mean."""
+    import dataclasses
+    from pathlib import Path
+
+    from bcat.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    study = Study(load_study(root / "configs/study" / grid), read_only=True, echo=lambda _: None)
+    done = [r for r in study.runs() if r.trained and study.result_json(r).is_file()]
+    assert len(done) >= 9
+    for run in done:
+        assert study.finished(run), run.name
+        recorded = yaml.safe_load((study.result_dir(run) / "train" / "config.yaml").read_text(encoding="utf-8"))
+        now = dataclasses.asdict(load_config(None, run.overrides))
+        if now["batch"]["mode"] in ("no_anchor", "monolingual"):  # alignment terms are identically 0 there: an early
+            del recorded["alignment"], now["alignment"]           # run kept the then-default weights 3 and 2
+        for section in set(recorded) & {"batch", "objective", "alignment", "training"}:
+            shared = set(recorded[section]) & set(now[section]) - {"output_dir"}
+            assert {k: recorded[section][k] for k in shared} == {k: now[section][k] for k in shared}, (run.name, section)
