@@ -88,13 +88,14 @@ class BatchConfig:
     trainer does. ``grouped``: BCAT's batch composition, whole groups per micro-batch with the anchor
     first; the alignment terms need it. ``monolingual`` and ``no_anchor``: ablations (``bcat.batching.sampler``).
 
-    ``shuffled`` by default because that is what the evidence supports: on the built-in model and
-    data, ``grouped`` did not beat ``shuffled`` at one group per optimizer step and lost 5 points of
+    ``shuffled`` by default because that is what the evidence supports: in our ORPO studies on the
+    built-in model and data, ``grouped`` did not beat ``shuffled`` at one group per optimizer step and lost 5 points of
     non-English accuracy at 8 groups (32 records) per step, 3 training seeds per arm
     (``results/study/README.md``, ``results/study-8g/README.md``). Try ``grouped`` on your own model
     and data with the A/B of ``configs/study/template-ab.yaml``."""
     groups_per_batch: int = 2
-    """Groups per micro-batch; a micro-batch holds ``groups_per_batch x languages`` records."""
+    """Micro-batch size in groups: a micro-batch holds ``groups_per_batch x languages`` records (on
+    average, in the modes that do not keep groups whole)."""
     languages_per_group: Optional[int] = None
     """Sample this many non-anchor languages per group each epoch (``None``: all). The anchor is always kept."""
     order_by_length: bool = False
@@ -305,7 +306,7 @@ def valid_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-_BATCH_SIZE = ("batch.groups_per_batch", "bcat batches whole groups: a micro-batch holds groups_per_batch x "
+_BATCH_SIZE = ("batch.groups_per_batch", "bcat sizes micro-batches in groups: one holds about groups_per_batch x "
                "languages records; `bcat plan` shows them")
 _STEPS = ("training.max_steps", "bcat counts optimizer steps; `bcat plan` lists the steps of one epoch")
 _LENGTH = ("data.max_length", "prompt + completion in tokens; prompts are trimmed, completions never")

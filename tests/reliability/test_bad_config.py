@@ -63,7 +63,7 @@ BAD_OVERRIDES = [
     # the usual trainer argument names lead to bcat's key
     ("training.lr=1e-3", ["unknown config key 'training.lr'", "did you mean 'training.learning_rate'?"]),
     ("learning_rate=1e-3", ["did you mean 'training.learning_rate'?"]),
-    ("per_device_train_batch_size=4", ["did you mean 'batch.groups_per_batch' (bcat batches whole groups"]),
+    ("per_device_train_batch_size=4", ["did you mean 'batch.groups_per_batch' (bcat sizes micro-batches in groups"]),
     ("gradient_accumulation_steps=2", ["did you mean 'training.gradient_accumulation_steps'?"]),
     ("num_train_epochs=3", ["did you mean 'training.max_steps' (bcat counts optimizer steps"]),
     ("warmup_ratio=0.1", ["did you mean 'training.warmup_steps' (a number of steps, not a fraction"]),
