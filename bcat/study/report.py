@@ -1,7 +1,7 @@
 """``REPORT.md`` and ``REPORT.html`` of a study, built from the results folder alone.
 
 Sections: the statement against the paper (each BCAT arm evaluated on test against its shuffled
-twin, seeds pooled); the selection on dev; test results per arm (seeds pooled) with charts of
+twin, and against the end of its twin chain: :func:`judged_pairs`; seeds paired); the selection on dev; test results per arm (seeds pooled) with charts of
 per-language accuracy, the gap and the unseen languages; every arm against its twin (paired
 bootstrap over groups + McNemar, seeds pooled and paired); the dev ablations (first seeds); dev
 learning curves; the OOD suite; answer language and consistency; and every run with its commands,
@@ -118,6 +118,23 @@ class StudyResults:
 
 # --- the statement -----------------------------------------------------------------------------------
 
+def judged_pairs(spec: grid.StudySpec) -> list[tuple[str, str]]:
+    """``(arm, reference)`` pairs the report judges: each arm against its twin and, when the twin has a
+    twin of its own (``no_anchor -> grouped -> shuffled``), also against the end of that chain, the
+    ordinary fine-tuning every setting is finally measured against."""
+    twin_of = {a.name: a.twin for a in spec.arms if a.twin}
+    pairs = []
+    for arm, twin in twin_of.items():
+        pairs.append((arm, twin))
+        root, seen = twin, {arm}
+        while root in twin_of and root not in seen:
+            seen.add(root)
+            root = twin_of[root]
+        if root != twin:
+            pairs.append((arm, root))
+    return pairs
+
+
 def pooled_mcnemar(comparison: dict, langs: list[str]) -> Optional[float]:
     """Exact McNemar over the discordant items of several languages together."""
     rows = [comparison["per_language"][l] for l in langs if l in comparison["per_language"]]
@@ -219,7 +236,7 @@ def build_study_report(spec: grid.StudySpec, results: Path) -> tuple[Path, Path]
 
     # statement
     statement: list = []
-    twins = [(a.name, a.twin) for a in spec.arms if a.twin]
+    twins = judged_pairs(spec)
     for arm, twin in twins:
         found = sr.twin_comparison(arm, twin)
         if found is None or found[0] != "test":

@@ -134,3 +134,22 @@ def test_runs_from_a_pick_at_the_top_of_the_grid_wait_and_the_report_says_why(tm
     report = build_study_report(spec, tmp_path / "results")[0].read_text(encoding="utf-8")
     assert "has the largest training.learning_rate the candidates try (0.0004)" in report
     assert "wait until a candidate beyond it is added" in report
+
+
+def test_an_arm_whose_twin_has_a_twin_is_also_judged_against_the_end_of_the_chain(tmp_path):
+    """``no_anchor -> grouped -> shuffled``: the ablation against grouping, and against ordinary fine-tuning."""
+    import yaml
+
+    from bcat.study.grid import load_study
+    from bcat.study.report import judged_pairs
+
+    arms = [{"name": "shuffled", "overrides": ["batch.mode=shuffled"]},
+            {"name": "grouped", "twin": "shuffled"},
+            {"name": "no_anchor", "overrides": ["batch.mode=no_anchor"], "twin": "grouped"},
+            {"name": "infonce", "overrides": ["batch.groups_per_batch=2", "alignment.hidden_weight=3"], "twin": "grouped"}]
+    spec = {"name": "chain", "model": "some/model", "results": str(tmp_path / "results"),
+            "training": ["training.max_steps=4", "training.save_steps=2"], "arms": arms}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    assert judged_pairs(load_study(tmp_path / "study.yaml")) == [
+        ("grouped", "shuffled"), ("no_anchor", "grouped"), ("no_anchor", "shuffled"),
+        ("infonce", "grouped"), ("infonce", "shuffled")]
