@@ -48,6 +48,8 @@ from bcat.bundled import resource
 from bcat.errors import BcatError
 
 logger = logging.getLogger(__name__)
+_announced: set[Path] = set()
+"""Cached conversions this process has already named in the log (a command resolves the path several times)."""
 
 PREFIX = "builtin:"
 SOURCE_FILE = "bcat_source.json"
@@ -143,7 +145,9 @@ def ensure_converted(spec: BuiltinModel) -> Path:
     target = model_dir(spec)
     start = time.perf_counter()
     if is_converted(target):
-        logger.info("builtin:%s: using cached conversion %s (%.2f s)", spec.name, target, time.perf_counter() - start)
+        if target not in _announced:
+            _announced.add(target)
+            logger.info("builtin:%s: using cached conversion %s", spec.name, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _conversion_lock(target.parent / f".{spec.name}.lock"):

@@ -286,9 +286,9 @@ def _prepare_run(cfg: TrainConfig, resume: Resume, held: ExitStack, model, token
         standardization = (stats.mean, stats.scale) if stats is not None else None
     trainable, total = count_parameters(model)
     if is_main:
-        log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch",
-                 report.records, report.groups, len(report.records_per_language), f"{trainable:,}", f"{total:,}",
-                 sampler.micro_batches_per_epoch)
+        log.info("bcat: %d records, %d groups, %d languages; %s trainable of %s parameters; %d micro-batches per epoch "
+                 "(batch.mode=%s)", report.records, report.groups, len(report.records_per_language), f"{trainable:,}",
+                 f"{total:,}", sampler.micro_batches_per_epoch, cfg.batch.mode)
 
     # -- 3. DPO reference ---------------------------------------------------------------------------
     ref_table, reference = None, None

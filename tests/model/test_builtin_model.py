@@ -75,6 +75,16 @@ def test_converts_once_then_reuses(fake, monkeypatch, tmp_path):
     assert not stale.exists() and not list(first.parent.glob(".tmp-*"))
 
 
+def test_the_cached_conversion_is_named_once_per_process(fake, monkeypatch, caplog):
+    monkeypatch.setattr(builtin_model, "convert", fake_convert([]))
+    resolve("builtin:fake")  # converts
+    with caplog.at_level("INFO", logger=builtin_model.__name__):
+        for _ in range(3):  # a command resolves the path several times (config check, tokenizer, model)
+            resolve("builtin:fake")
+    assert [r.getMessage() for r in caplog.records].count(
+        f"builtin:fake: using cached conversion {builtin_model.model_dir(fake)}") == 1
+
+
 def test_failed_conversion_leaves_no_cache(fake, monkeypatch, tmp_path):
     def broken(spec, out_dir):
         (out_dir / "model.safetensors").write_bytes(b"half")
