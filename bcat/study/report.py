@@ -169,9 +169,9 @@ def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: s
         paper_text = f" (paper: {(paper[0] - paper[1]) / paper[0] * 100:.0f}%, {paper[0]} -> {paper[1]} points)" if paper else ""
         lines.append(f"- Gap (English minus seen non-English mean): {gap['a'] * 100:+.1f} -> {gap['b'] * 100:+.1f} points, "
                      f"change {gap['diff'] * 100:+.1f} (95% CI {_pts(gap['ci'])}{per_seed('gap')}); "
-                     + (f"the shuffled baseline has no positive gap to close{paper_text}." if closed is None
-                        else f"{closed:.0f}% of the shuffled baseline's gap closed{paper_text}." if closed >= 0
-                        else f"the gap grew by {-closed:.0f}% of the shuffled baseline's{paper_text}."))
+                     + (f"{twin} has no positive gap to close{paper_text}." if closed is None
+                        else f"{closed:.0f}% of {twin}'s gap closed{paper_text}." if closed >= 0
+                        else f"the gap grew by {-closed:.0f}% of {twin}'s{paper_text}."))
     en, non = h.get("english"), h.get("non_english_mean")
     if en:
         lines.append(f"- English: {en['a'] * 100:.1f} -> {en['b'] * 100:.1f} ({en['diff'] * 100:+.1f} points, 95% CI "

@@ -28,7 +28,7 @@ def statement(c: dict, english_tolerance: float = 0.01) -> str:
 def test_a_closed_gap_is_a_share_of_the_baseline_gap_and_better_needs_non_english_up():
     text = statement(comparison(english=(0.80, 0.80), non_english=(0.70, 0.75), gap=(0.10, 0.05),
                                 non_english_ci=(0.01, 0.09)))
-    assert "50% of the shuffled baseline's gap closed (paper: 74%, 13.6 -> 3.6 points)" in text
+    assert "50% of orpo_shuffled's gap closed (paper: 74%, 13.6 -> 3.6 points)" in text
     assert "**Better** than orpo_shuffled" in text and "3 seeds per arm" in text
     assert "Intervals: hierarchical bootstrap" in text and "per seed pair +4.0, +5.0, +6.0" in text
     assert "no significant change in any language" in text
@@ -36,7 +36,7 @@ def test_a_closed_gap_is_a_share_of_the_baseline_gap_and_better_needs_non_englis
 
 def test_a_wider_gap_is_called_growth_not_a_negative_share():
     text = statement(comparison(english=(0.80, 0.78), non_english=(0.76, 0.64), gap=(0.04, 0.14)))
-    assert "the gap grew by 250% of the shuffled baseline's" in text and "closed" not in text
+    assert "the gap grew by 250% of orpo_shuffled's" in text and "closed" not in text
     assert "**Not better**" in text and "non-English does not rise significantly" in text
     assert "English falls by 2.0 points (more than 1)" in text
     assert "**Not better**" not in statement(comparison(english=(0.80, 0.785), non_english=(0.70, 0.75),
@@ -45,7 +45,7 @@ def test_a_wider_gap_is_called_growth_not_a_negative_share():
 
 def test_a_gap_that_shrinks_because_english_falls_is_called_a_loss():
     text = statement(comparison(english=(0.80, 0.70), non_english=(0.70, 0.70), gap=(0.10, 0.00)))
-    assert "100% of the shuffled baseline's gap closed" in text
+    assert "100% of orpo_shuffled's gap closed" in text
     assert "The gap shrinks because English falls: a loss, not a gain." in text
 
 
@@ -67,7 +67,7 @@ def test_the_ood_line_names_the_seeds_it_comes_from():
 
 def test_no_positive_baseline_gap_has_nothing_to_close():
     text = statement(comparison(english=(0.72, 0.68), non_english=(0.76, 0.64), gap=(-0.04, 0.04)))
-    assert "the shuffled baseline has no positive gap to close" in text
+    assert "orpo_shuffled has no positive gap to close" in text
 
 
 
