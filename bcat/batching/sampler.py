@@ -16,8 +16,8 @@ Vocabulary
 Modes (``batch.mode``)
     ``grouped`` (BCAT): whole groups, at most ``groups_per_batch`` of them per micro-batch, anchor
     first inside each group. ``no_anchor``: the same with the anchor records removed. ``shuffled``: the
-    same records, shuffled freely across groups (what a stock trainer does). ``monolingual``: every
-    micro-batch holds one language only.
+    same records, shuffled freely across groups (what a stock trainer does; ``bcat train``'s default).
+    ``monolingual``: every micro-batch holds one language only.
 
     To make the ablations comparable with ``grouped``, ``shuffled`` and ``monolingual`` use the same
     records per epoch (the anchor included, the same ``languages_per_group`` draw) and the same number of
