@@ -3,7 +3,7 @@
 The package follows the data flow; each step imports only the steps before it (``.importlinter``)::
 
     data/       parallel records (group, lang) -> validated Records -> token ids        (Example)
-    batching/   whole groups per micro-batch and rank, anchor first -> padded/packed tensors
+    batching/   which records share a micro-batch and rank (shuffled, or whole groups) -> padded/packed tensors
     model/      load (or the built-in Gemma) -> trim vocabulary -> one forward -> log-probs, pooled states
     training/   losses (SFT/DPO/ORPO + hidden/output alignment) -> objective -> the loop -> checkpoints
     evaluation/ greedy answers per language -> scores -> summary, OOD suite -> compare (bootstrap, McNemar)
