@@ -89,9 +89,9 @@ class BatchConfig:
     first; the alignment terms need it. ``monolingual`` and ``no_anchor``: ablations (``bcat.batching.sampler``).
 
     ``shuffled`` by default because that is what the evidence supports: in our ORPO studies on the
-    built-in model and data, ``grouped`` did not beat ``shuffled`` at one group per optimizer step and lost 5 points of
-    non-English accuracy at 8 groups (32 records) per step, 3 training seeds per arm
-    (``results/study/README.md``, ``results/study-8g/README.md``). Try ``grouped`` on your own model
+    built-in model and data, ``grouped`` did not beat ``shuffled`` at one group per optimizer step
+    and lost 5 points of non-English accuracy at 8 groups (32 records) per step, 3 training seeds
+    per arm (``results/study/README.md``, ``results/study-8g/README.md``). Try ``grouped`` on your own model
     and data with the A/B of ``configs/study/template-ab.yaml``."""
     groups_per_batch: int = 2
     """Micro-batch size in groups: a micro-batch holds ``groups_per_batch x languages`` records (on
@@ -255,15 +255,15 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"config key '{key}' must be {expected}, got {_get(self, key)!r}")
         a = self.alignment
-        without_pairs = {"shuffled": "it scatters each group's records across micro-batches",
-                         "no_anchor": "it removes the anchor records",
-                         "monolingual": "it puts one language in each micro-batch"}
+        without_pairs = {"shuffled": "scatters each group's records across micro-batches",
+                         "no_anchor": "removes the anchor records",
+                         "monolingual": "puts one language in each micro-batch"}
         on = [f"alignment.{k}" for k in ALIGNMENT_WEIGHTS if getattr(a, k) > 0]
         if on and self.batch.mode in without_pairs:
             raise ConfigError(
                 f"{', '.join(on)} > 0 needs batch.mode=grouped: the alignment terms pull each translation toward "
                 f"its anchor in the same micro-batch, and batch.mode={self.batch.mode} "
-                f"{without_pairs[self.batch.mode].removeprefix('it ')}; "
+                f"{without_pairs[self.batch.mode]}; "
                 f"set batch.mode=grouped, or {', '.join(k + '=0' for k in on)}")
         if a.hidden_weight > 0 and a.hidden_loss == "infonce" and self.batch.groups_per_batch == 1:
             raise ConfigError(

@@ -1,11 +1,11 @@
 """``REPORT.md`` and ``REPORT.html`` of a study, built from the results folder alone.
 
 Sections: the statement against the paper (each BCAT arm evaluated on test against its shuffled
-twin, and against the end of its twin chain: :func:`judged_pairs`; seeds paired); the selection on dev; test results per arm (seeds pooled) with charts of
-per-language accuracy, the gap and the unseen languages; every arm against its twin (paired
-bootstrap over groups + McNemar, seeds pooled and paired); the dev ablations (first seeds); dev
-learning curves; the OOD suite; answer language and consistency; and every run with its commands,
-machine and wall time.
+twin, and against the end of its twin chain: :func:`judged_pairs`; seeds paired); the selection on
+dev; test results per arm (seeds pooled) with charts of per-language accuracy, the gap and the
+unseen languages; every arm against its twin (paired bootstrap over groups + McNemar, seeds pooled
+and paired); the dev ablations (first seeds); dev learning curves; the OOD suite; answer language
+and consistency; and every run with its commands, machine and wall time.
 
 A setting counts as **better** than its twin only when the non-English (seen) mean rises (its
 paired 95% interval lies above 0: seed-aware when the arms have several seeds, see
