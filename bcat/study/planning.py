@@ -47,13 +47,16 @@ class Estimate:
 
 
 def step_seconds(spec: StudySpec, overrides: list[str]) -> float:
-    """Seconds per optimizer step from ``spec.timing``, scaled by records per step and objective."""
+    """Seconds per optimizer step from ``spec.timing``, scaled by records per step, objective and
+    gradient checkpointing."""
     t, cfg = spec.timing, load_config(None, overrides)
     # every mode sees the records of `grouped` (bcat.batching.sampler), except no_anchor: no anchor records
     others = cfg.batch.languages_per_group or len(spec.data.train_languages) - 1
     per_group = others + (cfg.batch.mode != "no_anchor")
     records = cfg.batch.groups_per_batch * per_group * cfg.training.gradient_accumulation_steps
-    return t.step_s[cfg.batch.mode] * records / t.reference_records * t.objective_factor.get(cfg.objective.name, 1.0)
+    checkpointing = t.checkpointing_factor if cfg.model.gradient_checkpointing else 1.0
+    return (t.step_s[cfg.batch.mode] * records / t.reference_records * t.objective_factor.get(cfg.objective.name, 1.0)
+            * checkpointing)
 
 
 def estimate(spec: StudySpec, run: Run, item_counts: dict[str, int]) -> Estimate:
@@ -128,7 +131,8 @@ def _plan_text(study, rows: list[dict], counts: dict) -> str:
     lines += ["", f"remaining: {left / 3600:.2f} CPU-hours (shared trainings and evaluations counted once; "
                   "done, cached or adopted steps not counted)", "",
               "arithmetic: train = max_steps x step_s[batch.mode] x records per step / "
-              f"{t.reference_records} x objective factor + {t.command_s:g} s start-up;",
+              f"{t.reference_records} x objective factor (x {t.checkpointing_factor:g} with gradient checkpointing) + "
+              f"{t.command_s:g} s start-up;",
               f"  step_s = {json.dumps(t.step_s)}, objective factor = {json.dumps(t.objective_factor)};",
               f"  eval = items x {t.eval_item_s:g} s (+{t.command_s:g} s): dev {counts['dev']} items, test "
               f"{counts['test']}, one curve point {counts['curve']};",

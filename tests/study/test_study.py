@@ -18,6 +18,7 @@ from bcat.bundled import resource
 from bcat.cli import main
 from bcat.study import runner
 from bcat.study.grid import load_study
+from bcat.study.planning import step_seconds
 from bcat.study.runner import Study
 
 TRAINING = ["objective.name=orpo", "batch.groups_per_batch=1", "batch.languages_per_group=1",
@@ -149,6 +150,10 @@ def test_plan_lists_every_run_with_its_estimate(tmp_path, tiny_model_dir, capsys
     shuffled, grouped = (next(r for r in rows if r["run"] == n) for n in ("shuffled-s0", "grouped-s0"))
     assert shuffled["train_s"] - 30 == pytest.approx(2 * 9.5 * 2 / 4)
     assert grouped["train_s"] - 30 == pytest.approx(2 * 4.5 * 2 / 4)
+    spec = load_study(path)
+    overrides = spec.shared + ["batch.groups_per_batch=8"]
+    assert step_seconds(spec, overrides + ["model.gradient_checkpointing=true"]) == pytest.approx(
+        1.8 * step_seconds(spec, overrides))
     assert not (tmp_path / "cache").exists()  # a plan runs nothing
 
 
