@@ -124,10 +124,11 @@ class TimingSpec:
     """Records per optimizer step at which ``step_s`` was measured; other sizes scale linearly."""
     objective_factor: dict[str, float] = field(default_factory=lambda: {"orpo": 1.0, "dpo": 1.3, "sft": 0.6})
     """Step time relative to ORPO (DPO with a live reference: one more forward)."""
-    checkpointing_factor: float = 1.8
+    checkpointing_factor: float = 1.7
     """Step time with ``model.gradient_checkpointing=true`` relative to without: the recomputed forward, and
     the larger micro-batch that such runs are for (grid-8g's InfoNCE arm, 8 groups in one micro-batch with
-    checkpointing: 68.5 s per step against 37.5 s for 2 groups x 4 accumulated without)."""
+    checkpointing: 61-68 s per step, median of each seed, against 36-39 s for 2 groups x 4 accumulated
+    without)."""
     eval_item_s: float = 0.9
     """Seconds per RAG item evaluated."""
     ood_item_s: float = 2.0
