@@ -46,6 +46,8 @@ PAPER_GAP = {"orpo": (13.6, 3.6), "dpo": (13.9, 4.1)}
 """English minus non-English gap (points) before -> after batch-level alignment, as secondary summaries
 of arXiv 2509.23659 report it (/work/shared/REFERENCE.md section 1; the full text is not available)."""
 
+GAP_SHRINK_NOTED = 0.01
+"""A gap that shrinks by at least this (1 point) while English falls past the tolerance is called a loss."""
 OOD_HEADLINE = {"lastword": "accuracy", "retrieval": "top1", "arith": "accuracy", "mgsm": "accuracy"}
 """The number each OOD task is summarised by."""
 
@@ -165,11 +167,15 @@ def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: s
     gap = h.get("gap")
     if gap:
         closed = (gap["a"] - gap["b"]) / gap["a"] * 100 if gap["a"] > 0 else None
+        # a share of a gap smaller than the change's own uncertainty is noise (+0.3 points "1040% closed")
+        half_width = (gap["ci"][1] - gap["ci"][0]) / 2 if gap["ci"] else 0.0
         paper = PAPER_GAP.get(objective)
         paper_text = f" (paper: {(paper[0] - paper[1]) / paper[0] * 100:.0f}%, {paper[0]} -> {paper[1]} points)" if paper else ""
         lines.append(f"- Gap (English minus seen non-English mean): {gap['a'] * 100:+.1f} -> {gap['b'] * 100:+.1f} points, "
                      f"change {gap['diff'] * 100:+.1f} (95% CI {_pts(gap['ci'])}{per_seed('gap')}); "
                      + (f"{twin} has no positive gap to close{paper_text}." if closed is None
+                        else f"{twin}'s gap is within the change's 95% CI half-width ({half_width * 100:.1f} points): "
+                             f"no share of it closed is quoted{paper_text}." if gap["a"] <= half_width
                         else f"{closed:.0f}% of {twin}'s gap closed{paper_text}." if closed >= 0
                         else f"the gap grew by {-closed:.0f}% of {twin}'s{paper_text}."))
     en, non = h.get("english"), h.get("non_english_mean")
@@ -208,7 +214,7 @@ def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: s
                                      else "non-English does not rise significantly"])
             why += [] if keeps else [f"English falls by {-en['diff'] * 100:.1f} points (more than {english_tolerance * 100:g})"]
             shrink = " The gap shrinks because English falls: a loss, not a gain." if (
-                gap and gap["diff"] < 0 and not keeps) else ""
+                gap and gap["diff"] <= -GAP_SHRINK_NOTED and not keeps) else ""
             lines.append(f"- **{'Worse' if falls else 'Not better'}** than {twin}: {'; '.join(why)}.{shrink}")
     return lines
 

@@ -35,8 +35,8 @@ def test_a_closed_gap_is_a_share_of_the_baseline_gap_and_better_needs_non_englis
 
 
 def test_a_wider_gap_is_called_growth_not_a_negative_share():
-    text = statement(comparison(english=(0.80, 0.78), non_english=(0.76, 0.64), gap=(0.04, 0.14)))
-    assert "the gap grew by 250% of orpo_shuffled's" in text and "closed" not in text
+    text = statement(comparison(english=(0.80, 0.78), non_english=(0.74, 0.63), gap=(0.06, 0.15)))
+    assert "the gap grew by 150% of orpo_shuffled's" in text and "closed" not in text
     assert "**Not better**" in text and "non-English does not rise significantly" in text
     assert "English falls by 2.0 points (more than 1)" in text
     assert "**Not better**" not in statement(comparison(english=(0.80, 0.785), non_english=(0.70, 0.75),
@@ -63,6 +63,14 @@ def test_the_ood_line_names_the_seeds_it_comes_from():
     assert "- OOD change (points, mean over languages; seed 0 only): lastword accuracy +10.0." in one
     two = "\n".join(verdict_line("a", "b", "orpo", c, "test", ood_a, ood_b, 0.01, [0, 1]))
     assert "mean over languages; seeds 0, 1)" in two
+
+
+def test_a_baseline_gap_inside_the_noise_gets_no_share_and_a_tiny_shrink_is_not_called_a_loss():
+    c = comparison(english=(0.80, 0.76), non_english=(0.797, 0.76), gap=(0.003, 0.0))
+    text = statement(c)  # the gap's 95% CI is +-5 points: a 0.3-point gap has no meaningful share
+    assert "orpo_shuffled's gap is within the change's 95% CI half-width (5.0 points): no share" in text
+    assert "closed (paper" not in text and "grew" not in text
+    assert "English falls by 4.0 points" in text and "a loss, not a gain" not in text
 
 
 def test_no_positive_baseline_gap_has_nothing_to_close():
