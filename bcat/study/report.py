@@ -48,6 +48,7 @@ of arXiv 2509.23659 report it (/work/shared/REFERENCE.md section 1; the full tex
 
 GAP_SHRINK_NOTED = 0.01
 """A gap that shrinks by at least this (1 point) while English falls past the tolerance is called a loss."""
+
 OOD_HEADLINE = {"lastword": "accuracy", "retrieval": "top1", "arith": "accuracy", "mgsm": "accuracy"}
 """The number each OOD task is summarised by."""
 
@@ -167,7 +168,7 @@ def verdict_line(arm: str, twin: str, objective: str, comparison: dict, split: s
     gap = h.get("gap")
     if gap:
         closed = (gap["a"] - gap["b"]) / gap["a"] * 100 if gap["a"] > 0 else None
-        # a share of a gap smaller than the change's own uncertainty is noise (+0.3 points "1040% closed")
+        # a share of a gap smaller than the change's own uncertainty is noise, however large it reads
         half_width = (gap["ci"][1] - gap["ci"][0]) / 2 if gap["ci"] else 0.0
         paper = PAPER_GAP.get(objective)
         paper_text = f" (paper: {(paper[0] - paper[1]) / paper[0] * 100:.0f}%, {paper[0]} -> {paper[1]} points)" if paper else ""
