@@ -22,7 +22,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("config", help="study YAML file (see configs/study/)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--plan", "--dry-run", dest="plan", action="store_true",
-                      help="print every run, its status and estimated CPU time, and the total; run nothing")
+                      help="print every run, its status and estimated CPU time, and the total (also at the rates the "
+                           "finished runs measured); run nothing")
     what.add_argument("--report", action="store_true", help="only rebuild the report from the results folder")
     p.add_argument("--commit", action="store_true", help="git-commit each finished run's results as it finishes")
     p.add_argument("--max-runs", type=positive, default=None, metavar="N", help="stop after N runs finish")

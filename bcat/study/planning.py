@@ -2,7 +2,9 @@
 
 Estimates come from the study file's ``timing`` (measured on the machine that will run the grid):
 steps x seconds per step (scaled by records per step and objective), items x seconds per item,
-plus start-up per command. Finished, cached, adopted and shared steps are not counted again.
+plus start-up per command. Finished, cached, adopted and shared steps are not counted again. Once
+runs have finished, their recorded command times say how far off those rates are on this machine,
+and the plan also gives the remaining time at the measured rates.
 """
 
 from __future__ import annotations
@@ -77,6 +79,36 @@ def estimate(spec: StudySpec, run: Run, item_counts: dict[str, int]) -> Estimate
     return est
 
 
+@dataclass
+class Measured:
+    """Recorded seconds of finished runs' commands of one kind, and what the plan estimates for them."""
+
+    seconds: float = 0.0
+    estimated_s: float = 0.0
+    commands: int = 0
+    outputs: set = field(default_factory=set)
+    """Outputs counted: a training shared by several runs is in each run's record, and counts once."""
+
+    @property
+    def ratio(self) -> Optional[float]:
+        return self.seconds / self.estimated_s if self.estimated_s > 0 else None
+
+
+def record_measured(measured: dict[str, Measured], est: Estimate, result: dict) -> None:
+    """Add a finished run's recorded commands (its RUN.json) to ``measured``, each against its estimate;
+    re-scorings of adopted evaluations (``bcat score``) have no estimate and are left out."""
+    for command in result.get("commands", []):
+        kind, output = command["argv"][1], command["output"]
+        estimated = est.train_s if kind == "train" else est.eval_s.get(Path(output).name) if kind == "eval" else None
+        if not estimated or output in measured[kind].outputs:
+            continue
+        m = measured[kind]
+        m.outputs.add(output)
+        m.seconds += command["seconds"]
+        m.estimated_s += estimated
+        m.commands += 1
+
+
 def plan(study) -> tuple[list[dict], str]:
     """Every run with its status and estimated CPU time; the text prints it, arithmetic included."""
     spec = study.spec
@@ -89,6 +121,7 @@ def plan(study) -> tuple[list[dict], str]:
         runs = expand(spec, {sel.name: picks.get(sel.name, sel.candidates[0]) for sel in spec.selection})
         estimated_as = {r.name: r.selected for r in runs if r.selected and r.selected not in picks.values()}
     rows, seen_keys, seen_evals = [], set(), set()
+    measured = {"train": Measured(), "eval": Measured()}
     for run in runs:
         est: Estimate = estimate(spec, run, counts)
         key = run.key(spec)
@@ -96,26 +129,30 @@ def plan(study) -> tuple[list[dict], str]:
         if status != "done" and any(Path(d).is_dir() and not (Path(d) / "metrics.json").is_file()
                                     for d in study.spec_arm(run).adopt.values()):
             status = "waits"  # for an adopted evaluation still being written
-        cost = 0.0
-        if status != "done":
+        cost = {"train": 0.0, "eval": 0.0}
+        if status == "done":
+            record_measured(measured, est, json.loads(study.result_json(run).read_text(encoding="utf-8")))
+        else:
             if run.trained and key not in seen_keys and not (study.train_dir(run) / "training_summary.json").is_file():
-                cost += est.train_s
+                cost["train"] += est.train_s
             for split, s in est.eval_s.items():
                 out = study.eval_dir(run, split)
                 adopted = study.spec_arm(run).adopt.get(split) if not run.trained else None
                 adopted = adopted if adopted and Path(adopted).exists() else None
                 if (key, split) in seen_evals or (out / "metrics.json").is_file() or adopted:
                     continue
-                cost += s
+                cost["eval"] += s
         if run.trained:
             seen_keys.add(key)
         seen_evals.update((key, s) for s in est.eval_s)
-        rows.append({"run": run.name, "status": status, "estimate_s": est.total_s, "remaining_s": cost,
+        rows.append({"run": run.name, "status": status, "estimate_s": est.total_s, "remaining_s": sum(cost.values()),
+                     "remaining_by_kind_s": cost,
                      "train_s": est.train_s, "eval_s": est.eval_s, "estimated_as": estimated_as.get(run.name),
                      "shared": [r["run"] for r in rows if r.get("key") == key], "key": key})
-    return rows, _plan_text(study, rows, counts)
+    return rows, _plan_text(study, rows, counts, measured)
 
-def _plan_text(study, rows: list[dict], counts: dict) -> str:
+
+def _plan_text(study, rows: list[dict], counts: dict, measured: dict[str, Measured]) -> str:
     t, spec = study.spec.timing, study.spec
     lines = [f"bcat study plan: {spec.source} ({len(rows)} runs)", "",
              f"{'run':<28}{'status':<8}{'train min':>10}{'eval min':>10}{'left min':>10}  evaluations"]
@@ -129,7 +166,14 @@ def _plan_text(study, rows: list[dict], counts: dict) -> str:
     for line in study.held_back():
         lines += ["", line]
     lines += ["", f"remaining: {left / 3600:.2f} CPU-hours (shared trainings and evaluations counted once; "
-                  "done, cached or adopted steps not counted)", "",
+                  "done, cached or adopted steps not counted)"]
+    if left > 0 and any(m.ratio for m in measured.values()):
+        at_measured = sum(r["remaining_by_kind_s"][kind] * (m.ratio or 1.0) for r in rows
+                          for kind, m in measured.items())
+        took = [f"`bcat {kind}` took {m.ratio:.2f}x its estimate over {m.commands} command{'s' * (m.commands != 1)}"
+                for kind, m in measured.items() if m.ratio]
+        lines.append(f"  at the rates the finished runs measured: {at_measured / 3600:.2f} CPU-hours ({', '.join(took)})")
+    lines += ["",
               "arithmetic: train = max_steps x step_s[batch.mode] x records per step / "
               f"{t.reference_records} x objective factor (x {t.checkpointing_factor:g} with gradient checkpointing) + "
               f"{t.command_s:g} s start-up;",

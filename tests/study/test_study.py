@@ -232,3 +232,40 @@ def test_detach_runs_the_study_in_the_background(finished_study, capsys):
     while time.time() < deadline and "complete" not in (tmp / "cache" / "study.log").read_text():
         time.sleep(0.2)
     assert "bcat study: complete" in (tmp / "cache" / "study.log").read_text()  # everything was already finished
+
+
+def test_plan_gives_the_remaining_time_at_the_rates_finished_runs_measured(finished_study, tmp_path):
+    tmp, path, _, _ = finished_study
+    shutil.copytree(tmp / "results", tmp_path / "results")
+    (tmp_path / "results" / "grouped-s0.json").unlink()
+    spec = load_study(path)
+    spec.results, spec.cache = str(tmp_path / "results"), str(tmp_path / "no-cache")
+    rows, text = Study(spec, read_only=True).plan()
+    row = {r["run"]: r for r in rows}
+    recorded = {run: json.loads((tmp_path / "results" / f"{run}.json").read_text())["commands"]
+                for run in ("base", "shuffled-s0")}
+    train = [c["seconds"] for c in recorded["shuffled-s0"] if c["argv"][1] == "train"]
+    evals = [(c["seconds"], row[run]["eval_s"][Path(c["output"]).name])
+             for run, commands in recorded.items() for c in commands if c["argv"][1] == "eval"]
+    train_ratio = sum(train) / row["shuffled-s0"]["train_s"]
+    eval_ratio = sum(s for s, _ in evals) / sum(e for _, e in evals)
+    assert f"`bcat train` took {train_ratio:.2f}x its estimate over 1 command" in text
+    assert f"`bcat eval` took {eval_ratio:.2f}x its estimate over {len(evals)} commands" in text
+    left = row["grouped-s0"]["remaining_by_kind_s"]
+    assert left["train"] > 0 and left["eval"] > 0
+    at_measured = left["train"] * train_ratio + left["eval"] * eval_ratio
+    assert f"at the rates the finished runs measured: {at_measured / 3600:.2f} CPU-hours" in text
+
+
+def test_a_training_shared_by_two_runs_is_measured_once():
+    from bcat.study.planning import Estimate, Measured, record_measured
+
+    measured = {"train": Measured(), "eval": Measured()}
+    est = Estimate(train_s=100.0, eval_s={"test": 50.0})
+    shared = {"output": "cache/train/t-1", "argv": ["bcat", "train"], "seconds": 80.0}
+    for test_dir in ("cache/eval/t-1-e/test", "cache/eval/t-2-e/test"):
+        record_measured(measured, est, {"commands": [shared, {"output": test_dir, "argv": ["bcat", "eval"],
+                                                             "seconds": 60.0}]})
+    record_measured(measured, est, {"commands": [{"output": "x/test", "argv": ["bcat", "score"], "seconds": 1.0}]})
+    assert (measured["train"].commands, measured["train"].ratio) == (1, 0.8)
+    assert (measured["eval"].commands, measured["eval"].ratio) == (2, 1.2)
