@@ -3,6 +3,7 @@
     bcat study configs/study/grid.yaml --plan           # every run, its status and estimated CPU time
     bcat study configs/study/grid.yaml --detach --commit  # run in the background, commit run by run
     bcat study configs/study/grid.yaml --report         # rebuild REPORT.md/.html from the results only
+    bcat study configs/study/grid.yaml --rescore        # judge recorded answers with this bcat's scorer
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def add_cli(subparsers) -> None:
                       help="print every run, its status and estimated CPU time, and the total (also at the rates the "
                            "finished runs measured); run nothing")
     what.add_argument("--report", action="store_true", help="only rebuild the report from the results folder")
+    what.add_argument("--rescore", action="store_true",
+                      help="judge the recorded answers again with this bcat's scorer (no model runs), rewrite "
+                           "the evaluations whose judgements changed, and rebuild the report")
     p.add_argument("--commit", action="store_true", help="git-commit each finished run's results as it finishes")
     p.add_argument("--max-runs", type=positive, default=None, metavar="N", help="stop after N runs finish")
     p.add_argument("--detach", action="store_true",
@@ -41,7 +45,11 @@ def _main(args) -> int:
     if args.plan:
         print(study.plan()[1])
         return 0
-    if args.report:
+    if args.rescore:
+        from bcat.study.recording import rescore
+
+        print("\n".join(rescore(study)) or "bcat study: every recorded answer is judged as recorded")
+    if args.report or args.rescore:
         study.write_report()
         return 0
     if args.detach:

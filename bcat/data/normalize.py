@@ -6,15 +6,19 @@ comparison of the model, not of the matcher:
 1. Unicode NFKC (full-width letters and digits become ASCII, compatibility forms fold);
 2. casefold (``ß`` -> ``ss``, ``Ü`` -> ``ü``; diacritics are kept: ``garantía`` is not ``garantia``);
 3. decimal digits of any script become ASCII (``०१२``, ``٠١٢``, ``๐๑๒`` -> ``012``);
-4. Arabic tatweel and optional Arabic vowel marks (harakat) are dropped;
-5. punctuation (Unicode category ``P*``) and whitespace are removed, except that a run of them
-   BETWEEN TWO DIGITS becomes one space: ``"12, 24"`` is two numbers (``"12 24"``), not ``1224``,
-   and ``"2.5"`` is not ``25``. Combining marks (Devanagari and Thai vowel signs) are kept: they
-   are letters' parts, not decoration.
+4. Arabic tatweel, optional Arabic vowel marks (harakat) and invisible format characters (Unicode
+   category ``Cf``: zero-width space and joiners, soft hyphen, word joiner) are dropped;
+5. punctuation (Unicode category ``P*``) and whitespace are removed, except between two digits:
+   one decimal or grouping mark there (``.`` ``,`` ``'`` ``٫`` ``٬``, no space; not the full-width
+   comma ``，``, a list separator) becomes ``.``, so ``"2.5"`` and ``"2,5"`` are one number, not
+   ``25`` and not ``2`` then ``5``; any other run becomes one space: ``"12, 24"`` is two numbers
+   (``"12 24"``), not ``1224``. Combining marks
+   (Devanagari and Thai vowel signs) are kept: they are letters' parts, not decoration.
 
 An accepted answer OCCURS in a text when its normal form is a substring of the text's normal
-form and an answer that begins or ends with a digit is not glued to a further digit at that end
-(``24`` does not match ``240`` nor ``124``, but does match ``"Model 3 24 months"``).
+form and an answer that begins or ends with a digit is not glued to a further digit at that end,
+directly or across a decimal mark (``24`` does not match ``240``, ``124`` nor ``24.5``, but does
+match ``"Model 3 24 months"``).
 
 :func:`judge` scores a prediction's FIRST LINE against the accepted answers and the item's other
 candidate values (see its docstring): ``contains`` (an accepted answer occurs), ``strict`` (an
@@ -39,6 +43,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 _ARABIC_OPTIONAL = {chr(c) for c in range(0x064B, 0x0660)} | {"\u0670", "\u0640"}  # harakat, dagger alif, tatweel
+_NUMBER_MARKS = {".", ",", "'", "\u2019", "\u066b", "\u066c"}
+"""Decimal and digit-grouping marks: one of them between two digits keeps the digits one number."""
+_GLUE = "."
 
 
 def ascii_digits(text: str) -> str:
@@ -62,32 +69,39 @@ def ascii_digits(text: str) -> str:
 def normalize(text: str) -> str:
     """The normal form used for matching and for character n-grams (see the module docstring).
 
-    >>> normalize("Model 3: 24 months"), normalize("2.5 kg"), normalize("KT-2450")
-    ('model3 24months', '2 5kg', 'kt2450')
+    >>> normalize("Model 3: 24 months"), normalize("2,5 kg"), normalize("KT-2450"), normalize("12 - 24")
+    ('model3 24months', '2.5kg', 'kt2450', '12 24')
+    >>> normalize("BJ-\u200b9440")
+    'bj9440'
     """
-    text = ascii_digits(unicodedata.normalize("NFKC", text).casefold())
+    # the full-width comma separates list items in Chinese and Japanese; NFKC would make it a decimal comma
+    text = ascii_digits(unicodedata.normalize("NFKC", text.replace("\uff0c", "\u3001")).casefold())
     out: list[str] = []
-    separated = False  # a removed run of spaces/punctuation lies between out[-1] and the next kept char
+    removed = ""  # the run of spaces/punctuation removed between out[-1] and the next kept char
     for ch in text:
-        if ch in _ARABIC_OPTIONAL:
+        category = unicodedata.category(ch)
+        if ch in _ARABIC_OPTIONAL or category == "Cf":
             continue
-        if ch.isspace() or unicodedata.category(ch).startswith("P"):
-            separated = True
+        if ch.isspace() or category.startswith("P"):
+            removed += ch
             continue
-        if separated and ch.isdigit() and out and out[-1].isdigit():
-            out.append(" ")  # two numbers stay two numbers
+        if removed and ch.isdigit() and out and out[-1].isdigit():
+            out.append(_GLUE if removed in _NUMBER_MARKS else " ")  # one number, or two numbers
         out.append(ch)
-        separated = False
+        removed = ""
     return "".join(out)
 
 
 def first_line(text: str) -> str:
     """The first non-empty line of a generation, stripped: what a reader takes as the answer.
 
-    >>> first_line("\\n  24 months\\nQuestion: next")
-    '24 months'
+    Lines end at ``\\n`` or ``\\r``, where generation stops, not at the other separators of
+    ``str.splitlines`` (``\\x1c`` and ``\\x85`` print as nothing, so the rest would pass unseen).
+
+    >>> first_line("\\n  24 months\\nQuestion: next"), first_line("24\\x1c12")
+    ('24 months', '24\\x1c12')
     """
-    for line in text.splitlines():
+    for line in re.split(r"[\r\n]", text):
         if line.strip():
             return line.strip()
     return ""
@@ -96,10 +110,13 @@ def first_line(text: str) -> str:
 def answer_spans(normalized_text: str, normalized_answer: str) -> list[tuple[int, int]]:
     """Every ``(start, end)`` where the answer occurs in the text (both normalised), digits not glued.
 
-    An answer that starts (ends) with a digit must not be preceded (followed) by a digit.
+    An answer that starts (ends) with a digit must not be preceded (followed) by a digit or a decimal
+    mark (which :func:`normalize` keeps only between two digits).
 
     >>> answer_spans("12 24months", "24months"), answer_spans("124months", "24months")
     ([(3, 11)], [])
+    >>> answer_spans("22.5hours", "22"), answer_spans("0.22hours", "22hours"), answer_spans("2.5kg", "2.5kg")
+    ([], [], [(0, 5)])
     >>> answer_spans("anything", "")
     []
     """
@@ -109,13 +126,17 @@ def answer_spans(normalized_text: str, normalized_answer: str) -> list[tuple[int
     start = normalized_text.find(normalized_answer)
     while start != -1:
         end = start + len(normalized_answer)
-        glued_left = normalized_answer[0].isdigit() and start > 0 and normalized_text[start - 1].isdigit()
+        glued_left = normalized_answer[0].isdigit() and start > 0 and _number_part(normalized_text[start - 1])
         glued_right = (normalized_answer[-1].isdigit() and end < len(normalized_text)
-                       and normalized_text[end].isdigit())
+                       and _number_part(normalized_text[end]))
         if not glued_left and not glued_right:
             spans.append((start, end))
         start = normalized_text.find(normalized_answer, start + 1)
     return spans
+
+
+def _number_part(ch: str) -> bool:
+    return ch.isdigit() or ch == _GLUE
 
 
 def contains_answer(normalized_prediction: str, normalized_answer: str) -> bool:

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from bcat.errors import BcatError
@@ -115,6 +116,62 @@ def curve(study, run: Run, copied: Path) -> list[dict]:
     steps = json.loads((copied / "train" / "training_summary.json").read_text())["steps"]
     points.append(res.curve_point(copied / "dev", steps, groups))
     return points
+
+
+def rescore(study) -> list[str]:
+    """Judge every finished run's recorded predictions again with this bcat's scorer (``bcat score``)
+    and rewrite the evaluations in which any item's judgement changed: their ``metrics.json`` and
+    ``predictions.jsonl``, and the run's JSON (splits, dev curve, and ``rescored``: the bcat version and
+    the splits). Returns one line per rewritten evaluation.
+
+    Scoring rules can improve after a study ran; this keeps every recorded number the one that the
+    current code gives for the recorded answers, without running a model again.
+    """
+    from bcat import __version__
+    from bcat.evaluation.scoring import rescore as score
+
+    finished = [run for run in study.runs() if study.finished(run)]
+    lines, changed = [], {}
+    for run in finished:
+        done = study.result_dir(run)
+        for split_dir in sorted(d for d in done.iterdir() if (d / "predictions.jsonl").is_file()):
+            with tempfile.TemporaryDirectory() as tmp:
+                scored = Path(tmp) / "scored"
+                score(study.test if split_dir.name == "test" else study.dev, split_dir / "predictions.jsonl", scored)
+                flips = _judged_otherwise(split_dir / "predictions.jsonl", scored / "predictions.jsonl")
+                if flips:
+                    shutil.copy2(scored / "metrics.json", split_dir / "metrics.json")
+                    res.copy_predictions(scored / "predictions.jsonl", split_dir / "predictions.jsonl")
+                    changed.setdefault(run.name, []).append(split_dir.name)
+                    lines.append(f"{run.name} {split_dir.name}: {flips} of the recorded answers judged otherwise")
+    for run in finished:  # a curve starts at the base model's dev run: it may change with another run's
+        path, done = study.result_json(run), study.result_dir(run)
+        result = json.loads(path.read_text(encoding="utf-8"))
+        splits = changed.get(run.name, [])
+        for split in splits:
+            if split in result["splits"]:
+                result["splits"][split] = res.split_summary(done / split)
+        new_curve = curve(study, run, done) if result.get("curve") else None
+        if not splits and new_curve == result.get("curve"):
+            continue
+        if new_curve is not None:
+            result["curve"] = new_curve
+        result["rescored"] = {"bcat": __version__, "splits": splits}
+        path.with_suffix(".json.tmp").write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n",
+                                                 encoding="utf-8")
+        path.with_suffix(".json.tmp").replace(path)
+        if study.commit:
+            git_commit([path, done], f"study: {run.name} re-scored", study.results)
+    return lines
+
+
+def _judged_otherwise(recorded: Path, scored: Path) -> int:
+    """How many answers' records differ between two ``predictions.jsonl`` (same items, same order),
+    over the fields both have."""
+    def records(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    return sum(any(a[k] != b[k] for k in a.keys() & b.keys()) for a, b in zip(records(recorded), records(scored)))
 
 
 def git_commit(paths: list[Path], message: str, where: Path) -> None:

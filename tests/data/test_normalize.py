@@ -125,9 +125,25 @@ def test_numbers_still_glued_or_different(prediction, answer):
     assert not is_correct(prediction, [answer])
 
 
+@pytest.mark.parametrize("prediction, answer", [
+    ("22.5 hours", "22"), ("0.22 hours", "22 hours"), ("A$1,489", "489"), ("0,775 g", "775"),
+    ("139,000 บาท", "139"),                       # a committed DPO answer once credited for CHF139
+])
+def test_a_number_is_not_matched_inside_a_decimal_or_grouped_number(prediction, answer):
+    assert not is_correct(prediction, [answer])
+
+
+def test_invisible_format_characters_neither_hide_a_value_nor_break_an_answer():
+    listed = "BJ-9880, BJ-\u200b9440, BJ-\u200b9380"
+    assert not judge(listed, ["BJ-9880"], [["BJ-9440"], ["BJ-9380"]]).strict
+    assert is_correct("พฤศ\u200bจิกายน", ["พฤศจิกายน"]) and is_correct("नव\u200cंबर", ["नवंबर"])
+    assert not judge("BJ-9880\x1cBJ-9440", ["BJ-9880"], [["BJ-9440"]]).strict  # \x1c does not end the line
+
+
 def test_separators_between_digits_are_one_mark():
-    assert normalize("1,000") == normalize("1.000") == normalize("1 000") == normalize("1 000") == "1 000"
-    assert normalize("2,5 kg") == normalize("2.5 kg") != normalize("25 kg")
+    assert normalize("1 000") == normalize("1 000") == normalize("1 - 000") == normalize("1，000") == "1 000"
+    assert normalize("1,000") == normalize("1.000") == normalize("1'000") == normalize("1٬000") == "1.000"
+    assert normalize("2,5 kg") == normalize("2.5 kg") == normalize("2٫5 kg") != normalize("25 kg")
     assert normalize("KT-2450") == "kt2450" and normalize("24 mois") == "24mois"  # letter-digit joins stay
 
 

@@ -269,3 +269,33 @@ def test_a_training_shared_by_two_runs_is_measured_once():
     record_measured(measured, est, {"commands": [{"output": "x/test", "argv": ["bcat", "score"], "seconds": 1.0}]})
     assert (measured["train"].commands, measured["train"].ratio) == (1, 0.8)
     assert (measured["eval"].commands, measured["eval"].ratio) == (2, 1.2)
+
+
+def test_rescore_rewrites_only_the_evaluations_a_scorer_judges_otherwise(finished_study, tmp_path, capsys):
+    tmp, path, _, _ = finished_study
+    shutil.copytree(tmp / "results", tmp_path / "results")
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "results": str(tmp_path / "results"),
+                                         "cache": str(tmp_path / "no-cache")}))
+    study = Study(load_study(spec_file))
+    assert runner.recording.rescore(study) == []  # the current scorer made them: nothing changes
+    assert not any("rescored" in json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json"))
+    # an older scorer judged one answer otherwise: its metrics, predictions and the run's JSON follow this one
+    test_dir = tmp_path / "results" / "runs" / "shuffled-s0" / "test"
+    original = {name: (test_dir / name).read_text() for name in ("metrics.json", "predictions.jsonl")}
+    records = [json.loads(line) for line in original["predictions.jsonl"].splitlines()]
+    records[0]["strict_correct"] = not records[0]["strict_correct"]
+    (test_dir / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    (test_dir / "metrics.json").write_text(json.dumps({**json.loads(original["metrics.json"]), "english": -1.0}))
+    run_json = tmp_path / "results" / "shuffled-s0.json"
+    recorded = json.loads(run_json.read_text())
+    assert runner.recording.rescore(study) == ["shuffled-s0 test: 1 of the recorded answers judged otherwise"]
+    assert [json.loads(line) for line in (test_dir / "predictions.jsonl").read_text().splitlines()] == \
+        [json.loads(line) for line in original["predictions.jsonl"].splitlines()]
+    assert json.loads((test_dir / "metrics.json").read_text())["english"] == json.loads(original["metrics.json"])["english"]
+    rewritten = json.loads(run_json.read_text())
+    assert rewritten["rescored"]["splits"] == ["test"]
+    assert rewritten["splits"]["test"]["english"] == recorded["splits"]["test"]["english"]
+    assert main(["study", str(spec_file), "--rescore"]) == 0
+    assert "every recorded answer is judged as recorded" in capsys.readouterr().out
+    assert (tmp_path / "results" / "REPORT.md").is_file()
