@@ -11,8 +11,8 @@ comparison of the model, not of the matcher:
 5. punctuation (Unicode category ``P*``) and whitespace are removed, except between two digits:
    one decimal or grouping mark there (``.`` ``,`` ``'`` ``٫`` ``٬``, no space; not the full-width
    comma ``，``, a list separator) becomes ``.``, so ``"2.5"`` and ``"2,5"`` are one number, not
-   ``25`` and not ``2`` then ``5``; any other run becomes one space: ``"12, 24"`` is two numbers
-   (``"12 24"``), not ``1224``. Combining marks
+   ``25`` and not ``2`` then ``5`` (one or two zero decimals are dropped: ``409.00`` is ``409``);
+   any other run becomes one space: ``"12, 24"`` is two numbers (``"12 24"``), not ``1224``. Combining marks
    (Devanagari and Thai vowel signs) are kept: they are letters' parts, not decoration.
 
 An accepted answer OCCURS in a text when its normal form is a substring of the text's normal
@@ -46,6 +46,8 @@ _ARABIC_OPTIONAL = {chr(c) for c in range(0x064B, 0x0660)} | {"\u0670", "\u0640"
 _NUMBER_MARKS = {".", ",", "'", "\u2019", "\u066b", "\u066c"}
 """Decimal and digit-grouping marks: one of them between two digits keeps the digits one number."""
 _GLUE = "."
+_ZERO_DECIMALS = re.compile(r"(\d)\.0{1,2}(?!\d)")
+"""``409.00`` is ``409``; three zeros are not dropped: ``1.000`` is a thousand in German."""
 
 
 def ascii_digits(text: str) -> str:
@@ -89,7 +91,7 @@ def normalize(text: str) -> str:
             out.append(_GLUE if removed in _NUMBER_MARKS else " ")  # one number, or two numbers
         out.append(ch)
         removed = ""
-    return "".join(out)
+    return _ZERO_DECIMALS.sub(r"\1", "".join(out))
 
 
 def first_line(text: str) -> str:

@@ -121,8 +121,8 @@ def curve(study, run: Run, copied: Path) -> list[dict]:
 def rescore(study) -> list[str]:
     """Judge every finished run's recorded predictions again with this bcat's scorer (``bcat score``)
     and rewrite the evaluations in which any item's judgement changed: their ``metrics.json`` and
-    ``predictions.jsonl``, and the run's JSON (splits, dev curve, and ``rescored``: the bcat version and
-    the splits). Returns one line per rewritten evaluation.
+    ``predictions.jsonl``, and the run's JSON (splits, dev curve, and ``rescored``: the bcat version, the
+    splits, whether the curve was rebuilt). Returns one line per rewritten evaluation.
 
     Scoring rules can improve after a study ran; this keeps every recorded number the one that the
     current code gives for the recorded answers, without running a model again.
@@ -156,7 +156,7 @@ def rescore(study) -> list[str]:
             continue
         if new_curve is not None:
             result["curve"] = new_curve
-        result["rescored"] = {"bcat": __version__, "splits": splits}
+        result["rescored"] = {"bcat": __version__, "splits": splits, "curve": new_curve is not None}
         path.with_suffix(".json.tmp").write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n",
                                                  encoding="utf-8")
         path.with_suffix(".json.tmp").replace(path)

@@ -144,6 +144,7 @@ def test_separators_between_digits_are_one_mark():
     assert normalize("1 000") == normalize("1 000") == normalize("1 - 000") == normalize("1，000") == "1 000"
     assert normalize("1,000") == normalize("1.000") == normalize("1'000") == normalize("1٬000") == "1.000"
     assert normalize("2,5 kg") == normalize("2.5 kg") == normalize("2٫5 kg") != normalize("25 kg")
+    assert normalize("CHF409.00") == normalize("CHF 409,0") == "chf409" and normalize("2.05") == "2.05"
     assert normalize("KT-2450") == "kt2450" and normalize("24 mois") == "24mois"  # letter-digit joins stay
 
 
