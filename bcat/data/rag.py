@@ -59,7 +59,7 @@ from typing import Optional, Sequence
 from bcat.bundled import resource
 from bcat.data.candidates import derive_candidates, fillers_by_language
 from bcat.data.normalize import normalize
-from bcat.data.records import check_language_code, read_rows
+from bcat.data.records import check_language_code, language_code_error, read_rows
 from bcat.errors import BcatError, DataError, OptionError
 from bcat.languages import primary_subtag
 
@@ -166,12 +166,11 @@ def parse_record(rec: object, path: str, line: int) -> RagItem:
     group = rec.get("group")
     if isinstance(group, int) and not isinstance(group, bool):
         group = str(group)
-    if not isinstance(group, str) or not group:
+    if not isinstance(group, str) or not group.strip():
         raise DataError(path, line, "group", "missing or not a non-empty string")
     lang = _require(path, line, rec, "lang", str, "a language code")
     if not check_language_code(lang):
-        raise DataError(path, line, "lang", f"unknown or malformed language code {lang!r} (use BCP-47, e.g. "
-                        "'en', 'zh-Hans')")
+        raise DataError(path, line, "lang", language_code_error(lang))
     question = _require(path, line, rec, "question", str, "a string")
     if not question.strip():
         raise DataError(path, line, "question", "must not be empty")
@@ -194,8 +193,6 @@ def load_items(path: str | Path, *, languages: Optional[Sequence[str]] = None,
     the first N groups in file order, with all their languages, so that languages stay paired.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BcatError(f"data file not found: {path}")
     items: list[RagItem] = []
     seen: dict[tuple[str, str], int] = {}
     for line_no, rec in read_rows(path):
@@ -289,7 +286,7 @@ def parse_wording(text: str, source: str) -> dict[str, Wording]:
         if "{n}" not in values["passage"]:
             raise DataError(source, line_no, "passage", "must contain {n} (the passage number)")
         if not check_language_code(values["lang"]):
-            raise DataError(source, line_no, "lang", f"unknown or malformed language code {values['lang']!r}")
+            raise DataError(source, line_no, "lang", language_code_error(values["lang"]))
         if values["lang"] in table:
             raise DataError(source, line_no, "lang", f"a second row for {values['lang']!r}")
         table[values["lang"]] = Wording(values["passage"], values["question"], values["answer"],

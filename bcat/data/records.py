@@ -75,7 +75,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             raise DataError(str(path), None, None, f"holds several splits {list(ds)}; point at one split's directory")
         yield from enumerate(ds, start=1)
         return
-    if path.suffix == ".parquet":
+    if path.suffix.lower() in (".parquet", ".pq") or (path.is_file() and _starts_with(path, b"PAR1")):
         import pyarrow.parquet as pq
 
         try:
@@ -101,12 +101,22 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             obj = json.loads(text, parse_int=_parse_int)
         except json.JSONDecodeError as e:
             last = number == len(lines) or (number == len(lines) - 1 and not lines[-1].strip())
-            hint = " (the last line looks truncated)" if last else ""
+            if b"\r" in line.rstrip(b"\r") and b"\n" not in raw:
+                hint = " (lines end with a carriage return alone; end them with \\n or \\r\\n)"
+            elif last and (e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated")):  # input ran out
+                hint = " (the last line looks truncated)"
+            else:
+                hint = ""
             raise DataError(str(path), number, None, f"not valid JSON{hint}: {e.msg}") from None
         except RecursionError:
             raise DataError(str(path), number, None, "not valid JSON: nested too deeply") from None
         check_values(obj, str(path), number)
         yield number, obj
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
 
 
 class _LongInteger(str):
@@ -168,16 +178,35 @@ def _check_text(value: Any, path: str, line: int, name: str) -> Text:
 
 
 def check_language_code(code: str) -> bool:
-    """A BCP-47 tag whose language CLDR knows (``en``, ``pt-BR``, ``zh-Hans``)."""
+    """A BCP-47 tag whose language CLDR knows, in the usual case (``en``, ``pt-BR``, ``zh-Hans``):
+    codes are compared as written, so ``EN`` beside ``en`` would be a second language.
+
+    >>> check_language_code("pt-BR"), check_language_code("EN"), check_language_code("und")
+    (True, False, False)
+    """
     from babel import Locale, UnknownLocaleError
 
-    if not code or code != code.strip() or "_" in code:
+    if not code or code != code.strip() or "_" in code or code != _usual_case(code) or code in ("root", "und"):
         return False
     try:
         Locale.parse(code, sep="-")
     except (UnknownLocaleError, ValueError, TypeError):
         return False
     return True
+
+
+def _usual_case(code: str) -> str:
+    """BCP-47's case conventions: language lower, script title (``Hans``), region upper (``BR``)."""
+    first, *rest = code.split("-")
+    return "-".join([first.lower(), *(t.title() if len(t) == 4 else t.upper() if len(t) == 2 else t.lower()
+                                      for t in rest)])
+
+
+def language_code_error(code: str) -> str:
+    """The message for a code :func:`check_language_code` refuses."""
+    if code.strip() and code != _usual_case(code.strip()) and check_language_code(_usual_case(code.strip())):
+        return f"language code {code!r} is written {_usual_case(code.strip())!r} (codes are compared as written)"
+    return f"unknown or malformed language code {code!r} (use BCP-47, e.g. 'en', 'zh-Hans')"
 
 
 def parse_record(obj: Any, kind: str, path: str, line: int, settings: Settings = Settings()) -> Record:
@@ -191,7 +220,7 @@ def parse_record(obj: Any, kind: str, path: str, line: int, settings: Settings =
     if not isinstance(lang, str):
         raise DataError(path, line, "lang", "must be a language code string such as 'en' or 'pt-BR'")
     if not check_language_code(lang):
-        raise DataError(path, line, "lang", f"unknown or malformed language code {lang!r} (use BCP-47, e.g. 'en', 'zh-Hans')")
+        raise DataError(path, line, "lang", language_code_error(lang))
     has_sft = "completion" in obj
     has_pref = "chosen" in obj or "rejected" in obj
     if has_sft and has_pref:
@@ -204,6 +233,9 @@ def parse_record(obj: Any, kind: str, path: str, line: int, settings: Settings =
         raise DataError(path, line, "completion", "SFT record in preference data; give 'chosen' and 'rejected'")
     names = SFT_FIELDS if kind == "sft" else PREFERENCE_FIELDS
     texts = [_check_text(obj.get(n), path, line, n) for n in names]
+    for name, text in zip(names[1:], texts[1:]):
+        if isinstance(text, str) != isinstance(texts[0], str):
+            raise DataError(path, line, name, f"'{names[0]}' and '{name}' must both be strings or both message lists")
     if kind == "preference" and texts[1] == texts[2]:
         raise DataError(path, line, "rejected", "is identical to 'chosen'")
     extra = {k: v for k, v in obj.items() if k not in ("group", "lang", *SFT_FIELDS, *PREFERENCE_FIELDS)}

@@ -19,6 +19,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from bcat.data.records import Record, Text
 from bcat.errors import DataError
 
@@ -87,7 +89,7 @@ def tokenize_record(record: Record, index: int, tokenizer, max_length: int, side
     for name, completion in zip(names, record.completions):
         try:
             prompt_ids, ids = _render(tokenizer, record.prompt, completion)
-        except ValueError as e:
+        except (ValueError, TemplateError) as e:  # a chat template refuses messages with raise_exception
             raise DataError(record.source, record.line, name, str(e)) from None
         completions.append(ids)
     assert prompt_ids is not None

@@ -211,3 +211,19 @@ def test_chat_template_modes():
     assert not uses_chat_template(ChatTok(), "off") and not uses_chat_template(Plain(), "auto")
     with pytest.raises(BcatError, match="no chat template"):
         uses_chat_template(Plain(), "on")
+
+
+def test_a_blank_group_id_and_an_upper_case_language_are_refused(tmp_path):
+    with pytest.raises(DataError, match="group") as err:
+        load_items(write(tmp_path / "blank.jsonl", [rec("  "), rec("  ", "fr")]))
+    assert err.value.line == 1
+    with pytest.raises(DataError, match="is written 'fr'") as err:
+        load_items(write(tmp_path / "upper.jsonl", [rec(), rec(lang="FR")]))
+    assert (err.value.line, err.value.field) == (2, "lang")
+
+
+def test_a_datasets_directory_of_evaluation_records_loads(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([rec(), rec(lang="fr", answers=["24 mois"])]).save_to_disk(str(tmp_path / "qa"))
+    assert [i.lang for i in load_items(tmp_path / "qa")] == ["en", "fr"]

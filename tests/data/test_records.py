@@ -30,6 +30,13 @@ BAD = [
     ("mistyped lang", lines(GOOD, {**FR, "lang": 7}), "dpo", 2, "lang", "language code"),
     ("unknown lang", lines(GOOD, {**FR, "lang": "xx"}), "dpo", 2, "lang", "unknown or malformed"),
     ("malformed lang", lines(GOOD, {**FR, "lang": "fr_FR"}), "dpo", 2, "lang", "unknown or malformed"),
+    ("second English as EN", lines(GOOD, {**GOOD, "lang": "EN"}), "dpo", 2, "lang", "is written 'en'"),
+    ("region in lower case", lines(GOOD, {**FR, "lang": "pt-br"}), "dpo", 2, "lang", "is written 'pt-BR'"),
+    ("undetermined language", lines(GOOD, {**FR, "lang": "und"}), "dpo", 2, "lang", "unknown or malformed"),
+    ("message prompt, text answer", lines(GOOD, {**FR, "prompt": [{"role": "user", "content": "Q?"}]}), "dpo", 2,
+     "chosen", "must both be strings or both message lists"),
+    ("trailing comma on the last line", lines(GOOD) + '{"group": "g0", "lang": "fr",}\n', "dpo", 2, None,
+     "Expecting property name"),
     ("missing chosen", lines(GOOD, {k: v for k, v in FR.items() if k != "chosen"}), "dpo", 2, "chosen", "missing"),
     ("empty prompt", lines(GOOD, {**FR, "prompt": "  "}), "dpo", 2, "prompt", "empty"),
     ("mistyped rejected", lines(GOOD, {**FR, "rejected": 3}), "dpo", 2, "rejected", "string or a list"),
@@ -148,3 +155,24 @@ def test_data_check_hints_name_its_own_flags(tmp_path, capsys):
     assert main(["data", "check", str(pref), "--objective", "sft"]) == 2
     err = capsys.readouterr().err
     assert "use --objective dpo or orpo" in err and "objective.name" not in err
+
+
+def test_a_trailing_comma_is_not_called_truncation_and_lone_carriage_returns_are_named(tmp_path):
+    comma = tmp_path / "comma.jsonl"
+    comma.write_text(lines(GOOD) + '{"group": "g0", "lang": "fr",}\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_records(comma, "dpo")
+    assert "truncated" not in str(err.value)
+    cr = tmp_path / "cr.jsonl"
+    cr.write_bytes((json.dumps(GOOD) + "\r" + json.dumps(FR) + "\r").encode())
+    with pytest.raises(DataError, match="carriage return alone"):
+        load_records(cr, "dpo")
+
+
+def test_parquet_is_recognised_by_its_signature_whatever_the_suffix(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in ("pairs.PARQUET", "pairs.pq", "pairs.data"):
+        pq.write_table(pa.Table.from_pylist([GOOD, FR]), tmp_path / name)
+        assert [r.lang for r in load_records(tmp_path / name, "dpo")[0]] == ["en", "fr"]

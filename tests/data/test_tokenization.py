@@ -48,3 +48,15 @@ def test_completion_that_does_not_fit_is_an_error(tok):
     with pytest.raises(DataError, match="never cut") as err:
         tokenize_record(rec("Q", "short", "word " * 100), 0, tok, 32)
     assert (err.value.line, err.value.field) == (7, "rejected")
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_data_error(tok):
+    refusing = tok.chat_template
+    tok.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    try:
+        with pytest.raises(DataError, match="roles must alternate") as err:
+            tokenize_record(rec([{"role": "assistant", "content": "Hi"}], [{"role": "assistant", "content": "24"}]),
+                            0, tok, 128)
+        assert (err.value.line, err.value.field) == (7, "completion")
+    finally:
+        tok.chat_template = refusing
