@@ -93,12 +93,17 @@ def record(study, run: Run) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(dest)
     final = study.result_json(run)
-    final.with_suffix(".json.tmp").write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n",
-                                              encoding="utf-8")
-    final.with_suffix(".json.tmp").replace(final)
+    _write_result(final, result)
     study.echo(f"bcat study: {run.name} finished -> {final}")
     if study.commit:
         git_commit([final, dest], f"study: {run.name}", study.results)
+
+def _write_result(path: Path, result: dict) -> None:
+    """Write a run's JSON whole or not at all (its presence marks a finished run)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
 
 def curve(study, run: Run, copied: Path) -> list[dict]:
     """Dev learning curve on the first ``curve.groups`` groups: step 0 (the base model's dev run,
@@ -157,9 +162,7 @@ def rescore(study) -> list[str]:
         if new_curve is not None:
             result["curve"] = new_curve
         result["rescored"] = {"bcat": __version__, "splits": splits, "curve": new_curve is not None}
-        path.with_suffix(".json.tmp").write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n",
-                                                 encoding="utf-8")
-        path.with_suffix(".json.tmp").replace(path)
+        _write_result(path, result)
         if study.commit:
             git_commit([path, done], f"study: {run.name} re-scored", study.results)
     return lines
